@@ -1,0 +1,3 @@
+from mmgen_lightning.callbacks.sample_logger import SampleLogger
+
+__all__ = ["SampleLogger"]

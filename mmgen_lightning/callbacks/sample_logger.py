@@ -1,0 +1,90 @@
+"""Log samples to TensorBoard while training: image grids, captions, audio and video.
+
+Every ``every_n_epochs`` epochs (or ``every_n_steps`` steps) the model's ``generate`` runs on a
+fixed set of conditions taken from the validation split, for each direction asked for, and the
+results go to the experiment's ``SummaryWriter`` under ``samples/<direction>``.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torchvision
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import default_collate
+
+from mmgen_lightning.batch import parse_direction
+
+
+class SampleLogger(L.Callback):
+    """Args:
+        directions: e.g. ``["text->image", "image->text", "->image"]``; default: every direction
+            the model serves with its full condition set.
+        num_samples: conditions taken from the start of the validation split.
+        every_n_epochs: log at the end of every n-th training epoch (0 turns this off).
+        every_n_steps: also log every n optimizer steps (0 turns this off).
+        sampling: keyword arguments passed to ``generate`` (temperature, guidance_scale, ...).
+    """
+
+    def __init__(self, directions: list[str] | None = None, num_samples: int = 8, every_n_epochs: int = 1,
+                 every_n_steps: int = 0, sampling: dict | None = None) -> None:
+        super().__init__()
+        self.directions = [parse_direction(d) for d in directions] if directions else None
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.sampling = sampling or {}
+        self._conditions: dict[str, torch.Tensor] | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.log_samples(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.log_samples(trainer, pl_module)
+
+    def fixed_conditions(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        if self._conditions is None:
+            dataset = trainer.datamodule.dataset("val")
+            count = min(self.num_samples, len(dataset))
+            self._conditions = default_collate([dataset[i] for i in range(count)])
+        return self._conditions
+
+    @rank_zero_only
+    def log_samples(self, trainer: L.Trainer, pl_module) -> None:
+        writer = getattr(trainer.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "add_image"):
+            return
+        reference = self.fixed_conditions(trainer)
+        directions = self.directions or [(tuple(pl_module.condition_modalities), target)
+                                         for target in pl_module.output_modalities]
+        step = trainer.global_step
+        for sources, target in directions:
+            keys = list(sources) + (["text_mask"] if "text" in sources else [])
+            conditions = {key: reference[key] for key in keys}
+            count = next(iter(reference.values())).shape[0]
+            samples = pl_module.generate(conditions, num_samples=count, to=target, **self.sampling)
+            tag = f"samples/{'+'.join(sources) or 'unconditional'}->{target}"
+            self._log(writer, tag, target, samples[target], conditions, pl_module, step)
+
+    @staticmethod
+    def _log(writer, tag: str, target: str, values: torch.Tensor, conditions, pl_module, step: int) -> None:
+        values = values.detach().float().cpu()
+        if target == "image":
+            grid = torchvision.utils.make_grid(values, nrow=8, normalize=True, value_range=(-1, 1))
+            writer.add_image(tag, grid, step)
+        elif target == "video":
+            frames = values.flatten(0, 1)  # each row of the grid is one clip
+            grid = torchvision.utils.make_grid(frames, nrow=values.shape[1], normalize=True, value_range=(-1, 1))
+            writer.add_image(tag, grid, step)
+        elif target == "audio":
+            rate = pl_module.data_spec.get("sample_rate", 16000)
+            for index, clip in enumerate(values[:4]):
+                writer.add_audio(f"{tag}/{index}", clip.clamp(-1, 1)[None], step, sample_rate=rate)
+        elif target == "text":
+            captions = pl_module.tokenizer.decode(values.long())
+            sources = (pl_module.tokenizer.decode(conditions["text"].cpu()) if "text" in conditions
+                       else [""] * len(captions))
+            lines = [f"| {i} | {src} | {out} |" for i, (src, out) in enumerate(zip(sources, captions))]
+            writer.add_text(tag, "| # | condition | generated |\n|---|---|---|\n" + "\n".join(lines), step)

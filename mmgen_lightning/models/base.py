@@ -1,0 +1,147 @@
+"""What every family shares: the ``generate`` contract, declared modalities, checkpoint extras.
+
+A checkpoint written by any family is self-contained: Lightning stores the hyper-parameters
+(``data_spec`` included, so every size is known) and the weights; :class:`GenerativeModule` adds
+the family's import path and the tokenizer, so :func:`load_generator` rebuilds the model with no
+dataset and no config file, and loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from mmgen_lightning.batch import MODALITIES, check_batch, check_modalities
+from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+
+CHECKPOINT_KEY = "mmgen"
+
+
+class GenerativeModule(L.LightningModule):
+    """Base of every family.
+
+    Args:
+        data_spec: sizes that belong to the data (vocab size, image size, sample rate, ...),
+            linked from the datamodule's ``data_spec`` by the CLI; never written by hand.
+    """
+
+    #: modalities ``generate`` accepts as conditions / produces; families set them per instance.
+    condition_modalities: tuple[str, ...] = ()
+    output_modalities: tuple[str, ...] = ()
+
+    def __init__(self, data_spec: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.data_spec = dict(data_spec or {})
+        self.tokenizer: CaptionTokenizer | None = None
+
+    def spec(self, key: str) -> Any:
+        """A size from ``data_spec``, with an error that says where it should have come from."""
+        if key not in self.data_spec:
+            raise ValueError(f"{type(self).__name__}: data_spec has no {key!r} (it is linked from the "
+                             f"datamodule's data_spec; keys present: {sorted(self.data_spec)})")
+        return self.data_spec[key]
+
+    # --- directions ---------------------------------------------------------------------------
+    def serves(self, sources: tuple[str, ...], target: str) -> bool:
+        """Whether ``sources -> target`` is modelled; families with stricter rules override this."""
+        return set(sources) <= set(self.condition_modalities) and target in self.output_modalities
+
+    def directions(self) -> list[str]:
+        """Human-readable directions, for error messages and dashboards."""
+        sources = "|".join(self.condition_modalities) or ""
+        return [f"{sources}->{target}" for target in self.output_modalities]
+
+    def check_direction(self, conditions: Mapping[str, Tensor], to: str | Sequence[str] | None) -> list[str]:
+        sources = tuple(k for k in conditions if k in MODALITIES)
+        if to is None:
+            to = [m for m in self.output_modalities if m not in sources][:1] or list(self.output_modalities[:1])
+        targets = check_modalities(to, "to")
+        for target in targets:
+            if not self.serves(sources, target):
+                given = "+".join(sources) or "(nothing)"
+                raise ValueError(f"{type(self).__name__} cannot generate {given}->{target}; "
+                                 f"it serves: {', '.join(self.directions())}")
+        return targets
+
+    # --- the generate contract ----------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, conditions: Mapping[str, Tensor] | None, num_samples: int,
+                 to: str | Sequence[str] | None = None, **sampling: Any) -> dict[str, Tensor]:
+        """Sample ``num_samples`` outputs given ``conditions`` (batch-contract keys, batch size 1
+        or ``num_samples``); returns batch-contract keys for every modality in ``to``.
+
+        Sampling knobs (temperature, top_k, top_p, guidance_scale, truncation, ...) are keyword
+        arguments of the family's :meth:`sample`.
+        """
+        conditions = dict(conditions or {})
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        check_batch(conditions, where="conditions")
+        for key, value in conditions.items():
+            if value.shape[0] not in (1, num_samples):
+                raise ValueError(f"conditions[{key!r}] has batch size {value.shape[0]}; "
+                                 f"give 1 (shared) or num_samples={num_samples}")
+            conditions[key] = value.to(self.device).expand(num_samples, *value.shape[1:])
+        targets = self.check_direction(conditions, to)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.sample(conditions, num_samples, targets, **sampling)
+        finally:
+            self.train(was_training)
+
+    def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str],
+               **sampling: Any) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # --- checkpoint extras --------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.tokenizer is None and getattr(datamodule, "tokenizer", None) is not None:
+            self.tokenizer = datamodule.tokenizer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        cls = type(self)
+        checkpoint[CHECKPOINT_KEY] = {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "tokenizer": self.tokenizer.to_json() if self.tokenizer is not None else None,
+            "max_text_length": self.tokenizer.max_length if self.tokenizer is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extras = checkpoint.get(CHECKPOINT_KEY) or {}
+        if extras.get("tokenizer"):
+            self.tokenizer = CaptionTokenizer.from_json(extras["tokenizer"], extras["max_text_length"])
+
+
+def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
+    """Rebuild any family from its checkpoint alone (``weights_only=True``: no arbitrary pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"{path}: not a loadable checkpoint with weights_only=True ({error})") from error
+    for key in (CHECKPOINT_KEY, "state_dict", "hyper_parameters"):
+        if key not in checkpoint:
+            raise KeyError(f"{path}: checkpoint has no {key!r} entry; was it written by mmgen-lightning?")
+    class_path = checkpoint[CHECKPOINT_KEY].get("class_path", "")
+    module_name, _, class_name = class_path.rpartition(".")
+    if not module_name.startswith("mmgen_lightning."):
+        raise ValueError(f"{path}: refusing to import {class_path!r}; only mmgen_lightning families load")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    model = cls(**hparams)
+    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    if missing or unexpected:
+        raise KeyError(f"{path}: state_dict does not match {class_name}: "
+                       f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    model.on_load_checkpoint(checkpoint)
+    return model.eval()
