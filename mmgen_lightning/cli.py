@@ -28,6 +28,14 @@ class MMGenCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_spec", "model.init_args.data_spec", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        # the default callbacks would clash with a config that turns the progress bar or logger off
+        trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+        unwanted = ((RichProgressBar,) if trainer.get("enable_progress_bar") is False else ()) + (
+            (LearningRateMonitor,) if trainer.get("logger") is False else ())
+        self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"]
+                                              if not isinstance(c, unwanted)]
+
 
 def lightning_main(args: Sequence[str]) -> None:
     import mmgen_lightning.datamodules  # noqa: F401 - registers the built-in sources for class_path

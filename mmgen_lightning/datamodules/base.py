@@ -39,6 +39,9 @@ class MultimodalDataModule(L.LightningDataModule):
     def __init__(self, modalities: list[str], batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  max_text_length: int = 24, tokenizer_path: str | None = None) -> None:
         super().__init__()
+        # collects the subclass's arguments too; checkpoints carry them so a datamodule can be rebuilt.
+        # Not logged: names such as `modalities` mean different things on the model and the data.
+        self.save_hyperparameters(logger=False)
         self.modalities = check_modalities(modalities, "modalities", self.available_modalities)
         if not self.modalities:
             raise ValueError(f"modalities: give at least one of {', '.join(self.available_modalities)}")

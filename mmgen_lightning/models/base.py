@@ -113,6 +113,11 @@ class GenerativeModule(L.LightningModule):
             "tokenizer": self.tokenizer.to_json() if self.tokenizer is not None else None,
             "max_text_length": self.tokenizer.max_length if self.tokenizer is not None else None,
         }
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:  # lets `mmgen evaluate` rebuild the data with no config file
+            kind = type(datamodule)
+            checkpoint[CHECKPOINT_KEY]["datamodule"] = {"class_path": f"{kind.__module__}.{kind.__qualname__}",
+                                                        "init_args": dict(datamodule.hparams)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extras = checkpoint.get(CHECKPOINT_KEY) or {}

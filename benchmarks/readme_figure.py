@@ -1,0 +1,71 @@
+"""Draw the README's sample figure from a checkpoint: text -> image rows and image -> text pairs.
+
+    python benchmarks/readme_figure.py --ckpt runs/quickstart/checkpoints/last.ckpt --out docs/quickstart_samples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from mmgen_lightning.generate import _to_uint8
+from mmgen_lightning.metrics.report import load_datamodule
+from mmgen_lightning.models.base import load_generator
+
+SCALE = 3
+
+
+def tile(image: torch.Tensor) -> Image.Image:
+    picture = Image.fromarray(_to_uint8(image)).convert("RGB")
+    return picture.resize((picture.width * SCALE, picture.height * SCALE), Image.Resampling.NEAREST)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--captions", nargs="+", default=None, help="text -> image rows (default: val captions)")
+    parser.add_argument("--per_row", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    model = load_generator(args.ckpt)
+    datamodule = load_datamodule(args.ckpt)
+    val = datamodule.dataset("val")
+    captions = args.captions or model.tokenizer.decode(torch.stack([val[i]["text"] for i in range(4)]))
+    rows = []
+    for caption in captions:
+        images = model.generate(model.tokenizer.encode([caption]), args.per_row, to="image")["image"]
+        rows.append((caption, [tile(image) for image in images]))
+    references = torch.stack([val[i]["image"] for i in range(4, 4 + args.per_row)])
+    generated = model.tokenizer.decode(model.generate({"image": references}, len(references), to="text")["text"])
+    side = rows[0][1][0].width
+    label_width, pad = 330, 6
+    width = label_width + args.per_row * (side + pad)
+    height = (len(rows) + 1) * (side + pad) + 3 * 18 + 40
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), "text -> image", fill="black")
+    y = 18
+    for caption, images in rows:
+        draw.text((pad, y + side // 2 - 6), caption, fill="black")
+        for column, image in enumerate(images):
+            canvas.paste(image, (label_width + column * (side + pad), y))
+        y += side + pad
+    draw.text((pad, y + 4), "image -> text", fill="black")
+    y += 22
+    for column, (image, text) in enumerate(zip(references, generated)):
+        x = label_width + column * (side + pad)
+        canvas.paste(tile(image), (x, y))
+    for line, column in enumerate(range(len(generated))):
+        draw.text((pad, y + line * 14), f"{column + 1}: {generated[column]}", fill="black")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""Captioner: an image, audio or video encoder and a causal text decoder that cross-attends to it,
+trained by likelihood (teacher-forced token cross-entropy).
+
+The decoder is a GPT-2 block stack from ``transformers``, built from a config (random weights,
+nothing downloaded) with ``add_cross_attention=True`` and fed the encoder's tokens through
+``encoder_hidden_states``. It is used rather than a hand-written decoder because its KV cache
+(self- and cross-attention) and ``generate()`` (greedy, beam search, temperature/top-k/top-p
+sampling, repetition penalty, n-gram blocking, min/max length, length penalty, batching) are
+well tested; ``tests/models/test_captioner.py`` checks that the cached and uncached paths, the
+masks and the beams agree with this model's own teacher-forced likelihood.
+
+Directions: ``image->text``, ``audio->text`` or ``video->text`` (one condition modality per model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
+from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+from mmgen_lightning.datamodules.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS
+from mmgen_lightning.models.base import GenerativeModule
+from mmgen_lightning.models.layers.token_encoders import (AudioTokenEncoder, ImageTokenEncoder,
+                                                          PretrainedImageEncoder, VideoTokenEncoder)
+
+CAPTION_MODALITIES = ("image", "audio", "video")
+PAD_ID, BOS_ID, EOS_ID = (SPECIAL_TOKENS.index(token) for token in (PAD, BOS, EOS))
+IGNORE_INDEX = -100
+CaptionParser = Callable[[str], "dict[str, Any] | None"]
+
+
+class Captioner(GenerativeModule):
+    """Args:
+        data_spec: sizes from the datamodule (linked by the CLI).
+        modality: the condition, one of ``image``, ``audio``, ``video``; default: the first of them
+            the data carries.
+        width: token size of the encoder and the decoder.
+        encoder_layers: transformer layers of the encoder (space-time layer pairs for video).
+        decoder_layers: GPT-2 blocks (self-attention, cross-attention, MLP) of the decoder.
+        num_heads: attention heads everywhere.
+        patch_size: stride of the image/video conv stem: one token per ``p x p`` pixels.
+        n_mels: mel bands of the audio frontend.
+        audio_frames: about how many log-mel frames (audio tokens) a clip gives.
+        dropout: dropout of encoder and decoder.
+        label_smoothing: label smoothing of the training cross-entropy (validation reports plain NLL).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms or positions).
+        warmup_steps: linear warm-up steps; the rate then follows a cosine to 10% over the run
+            when the trainer knows its length.
+        max_positions: decoder positions (caption length, ``[BOS]`` included); default: the
+            datamodule's ``max_text_length``.
+        val_num_beams: beam width of the captions scored in validation (1 = greedy).
+        bleu_n_gram: longest n-gram of the validation BLEU; BLEU is 0 for captions shorter than it,
+            so give 2 or 3 for captions of a few words.
+        scored_attributes: attributes a caption must state right to count in
+            ``val/all_attributes_correct`` (for example without ``motion`` for still images);
+            default: every attribute the reference caption states.
+        image_encoder_path: a local ``save_pretrained`` folder of a vision backbone used as the image
+            encoder instead of the conv-stem transformer (never downloaded).
+        freeze_image_encoder: keep that backbone's weights fixed (its projection still trains).
+        image_encoder_config: filled in from the folder when the model is built; lets a checkpoint
+            rebuild the backbone without the folder. Leave unset.
+        text_decoder_path: a local ``save_pretrained`` folder of a GPT-2 model whose vocabulary is
+            the datamodule's tokenizer (for example a caption LM); its blocks initialise the
+            decoder and new cross-attention layers are added.
+        freeze_text_decoder: train only the new cross-attention layers of that decoder.
+        text_decoder_config: filled in from ``text_decoder_path``, as ``image_encoder_config``. Leave unset.
+    """
+
+    def __init__(self, data_spec: dict[str, Any] | None = None, modality: str | None = None, width: int = 128,
+                 encoder_layers: int = 2, decoder_layers: int = 2, num_heads: int = 4, patch_size: int = 4,
+                 n_mels: int = 64, audio_frames: int = 32, dropout: float = 0.1, label_smoothing: float = 0.0,
+                 lr: float = 5e-4, weight_decay: float = 0.01, warmup_steps: int = 200,
+                 max_positions: int | None = None, val_num_beams: int = 1, bleu_n_gram: int = 4,
+                 scored_attributes: list[str] | None = None,
+                 image_encoder_path: str | None = None, freeze_image_encoder: bool = True,
+                 image_encoder_config: dict[str, Any] | None = None, text_decoder_path: str | None = None,
+                 freeze_text_decoder: bool = True, text_decoder_config: dict[str, Any] | None = None) -> None:
+        super().__init__(data_spec)
+        self.save_hyperparameters()
+        carried = [m for m in CAPTION_MODALITIES if m in self.data_spec.get("modalities", CAPTION_MODALITIES)]
+        self.modality = modality or (carried[0] if carried else "")
+        if self.modality not in CAPTION_MODALITIES:
+            raise ValueError(f"modality: unknown {modality!r}; allowed: {', '.join(CAPTION_MODALITIES)}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if val_num_beams < 1:
+            raise ValueError(f"val_num_beams must be >= 1, got {val_num_beams}")
+        if (image_encoder_path or image_encoder_config) and self.modality != "image":
+            raise ValueError(f"image_encoder_path is only used with modality 'image', not {self.modality!r}")
+        self.condition_modalities, self.output_modalities = (self.modality,), ("text",)
+        self.encoder = self._build_encoder()
+        self.decoder = self._build_decoder()
+        # encoder tokens enter every cross-attention at the decoder's width
+        decoder_width = self.decoder.config.n_embd
+        self.to_memory = nn.Identity() if decoder_width == width else nn.Linear(width, decoder_width)
+        self.parse_caption: CaptionParser | None = None
+        self.metrics = nn.ModuleDict({stage: nn.ModuleDict({
+            "perplexity": Perplexity(ignore_index=IGNORE_INDEX), "bleu": BLEUScore(n_gram=bleu_n_gram, smooth=True),
+            "chrf": CHRFScore(), "all_attributes_correct": MeanMetric()}) for stage in ("val", "test")})
+
+    # --- networks -----------------------------------------------------------------------------
+    def _build_encoder(self) -> nn.Module:
+        hp = self.hparams
+        if hp.image_encoder_path or hp.image_encoder_config:
+            encoder = PretrainedImageEncoder(hp.image_encoder_path, hp.width, hp.freeze_image_encoder,
+                                             hp.image_encoder_config)
+            self.hparams["image_encoder_config"] = encoder.config_dict  # the checkpoint rebuilds it alone
+            return encoder
+        shared = {"num_layers": hp.encoder_layers, "num_heads": hp.num_heads, "dropout": hp.dropout}
+        if self.modality == "image":
+            return ImageTokenEncoder(self.spec("image_channels"), self.spec("image_size"), hp.width,
+                                     patch_size=hp.patch_size, **shared)
+        if self.modality == "audio":
+            return AudioTokenEncoder(self.spec("sample_rate"), self.spec("audio_length"), hp.width, n_mels=hp.n_mels,
+                                     frames=hp.audio_frames, **shared)
+        size = self.data_spec.get("video_size", self.spec("image_size"))
+        return VideoTokenEncoder(self.spec("image_channels"), self.spec("num_frames"), size, hp.width,
+                                 patch_size=hp.patch_size, **shared)
+
+    def _build_decoder(self) -> GPT2LMHeadModel:
+        hp = self.hparams
+        vocab_size, positions = self.spec("vocab_size"), hp.max_positions or self.spec("max_text_length")
+        if hp.text_decoder_config is not None:
+            decoder = GPT2LMHeadModel(GPT2Config.from_dict(hp.text_decoder_config))
+        elif hp.text_decoder_path:
+            decoder = load_local_gpt2(hp.text_decoder_path)
+            self.hparams["text_decoder_config"] = decoder.config.to_dict()
+        else:
+            return GPT2LMHeadModel(GPT2Config(
+                vocab_size=vocab_size, n_positions=positions, n_embd=hp.width, n_layer=hp.decoder_layers,
+                n_head=hp.num_heads, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
+                add_cross_attention=True, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID))
+        if decoder.config.vocab_size != vocab_size:
+            raise ValueError(f"text_decoder_path: the decoder has {decoder.config.vocab_size} tokens but the "
+                             f"datamodule's tokenizer has {vocab_size}; use the tokenizer the decoder was trained "
+                             "with (the datamodule's tokenizer_path)")
+        if decoder.config.n_positions < positions:
+            raise ValueError(f"text_decoder_path: the decoder has {decoder.config.n_positions} positions, "
+                             f"captions need {positions}")
+        if hp.freeze_text_decoder:  # only the new cross-attention layers learn
+            for name, parameter in decoder.named_parameters():
+                parameter.requires_grad = "crossattention" in name or "ln_cross_attn" in name
+        return decoder
+
+    def encode(self, conditions: Mapping[str, Tensor]) -> Tensor:
+        """The condition (``image: B,C,H,W`` / ``audio: B,T`` / ``video: B,F,C,H,W``, all in [-1, 1])
+        -> memory tokens ``B,N,D`` for cross-attention."""
+        return self.to_memory(self.encoder(conditions[self.modality]))
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Teacher-forced logits ``B,L-1,V``: row ``t`` predicts ``text[:, t+1]`` from ``text[:, :t+1]``
+        (``text: long B,L``, ``text_mask: bool B,L``) and the condition."""
+        return self.decoder(input_ids=batch["text"][:, :-1], attention_mask=batch["text_mask"][:, :-1].long(),
+                            encoder_hidden_states=self.encode(batch), use_cache=False).logits
+
+    @staticmethod
+    def targets(batch: Mapping[str, Tensor]) -> Tensor:
+        """Next tokens ``long B,L-1`` with padding set to ``IGNORE_INDEX``, so the loss skips it."""
+        return batch["text"][:, 1:].masked_fill(~batch["text_mask"][:, 1:], IGNORE_INDEX)
+
+    # --- objective ----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits, targets = self(batch).float(), self.targets(batch)
+        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                               label_smoothing=self.hparams.label_smoothing)
+        nll, accuracy = token_statistics(logits.detach(), targets)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/perplexity", nll.exp())
+        self.log("train/token_accuracy", accuracy)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.evaluate_batch(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.evaluate_batch(batch, "test")
+
+    def evaluate_batch(self, batch: dict[str, Tensor], stage: str) -> None:
+        """Perplexity and token accuracy under teacher forcing; BLEU, chrF and (for data with a
+        caption parser) the share of captions stating every attribute right, on decoded captions."""
+        metrics = self.metrics[stage]
+        logits, targets = self(batch).float(), self.targets(batch)
+        nll, accuracy = token_statistics(logits, targets)
+        metrics["perplexity"].update(logits, targets)
+        self.log(f"{stage}/loss", nll, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/perplexity", metrics["perplexity"])
+        self.log(f"{stage}/token_accuracy", accuracy, sync_dist=True)
+        if self.tokenizer is None:
+            return
+        generated = self.sample({self.modality: batch[self.modality]}, len(batch["text"]), ["text"],
+                                num_beams=self.hparams.val_num_beams)["text"]
+        hypotheses, references = self.tokenizer.decode(generated.cpu()), self.tokenizer.decode(batch["text"].cpu())
+        metrics["bleu"].update(hypotheses, [[reference] for reference in references])
+        metrics["chrf"].update(hypotheses, [[reference] for reference in references])
+        self.log(f"{stage}/bleu", metrics["bleu"])
+        self.log(f"{stage}/chrf", metrics["chrf"])
+        if self.parse_caption is not None:
+            correct = states_every_attribute(hypotheses, references, self.parse_caption,
+                                             self.hparams.scored_attributes)
+            if correct.numel():
+                metrics["all_attributes_correct"].update(correct.float().to(self.device))
+                self.log(f"{stage}/all_attributes_correct", metrics["all_attributes_correct"])
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.parse_caption is None:
+            self.parse_caption = find_caption_parser(getattr(self.trainer, "datamodule", None))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        decayed = [p for name, p in trainable if p.ndim >= 2 and "position" not in name and "wpe" not in name]
+        others = [p for name, p in trainable if not (p.ndim >= 2 and "position" not in name and "wpe" not in name)]
+        optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": self.hparams.weight_decay},
+                                       {"params": others, "weight_decay": 0.0}], lr=self.hparams.lr)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        warmup = self.hparams.warmup_steps
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not math.isfinite(total) or total <= warmup:
+                return 1.0
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- sampling -----------------------------------------------------------------------------
+    def serves(self, sources: tuple[str, ...], target: str) -> bool:
+        return target == "text" and set(sources) == set(self.condition_modalities)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self.sample({self.modality: batch[self.modality]}, len(batch[self.modality]), ["text"])
+
+    def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str], num_beams: int = 1,
+               temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+               repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0, length_penalty: float = 1.0,
+               min_new_tokens: int = 0, max_new_tokens: int | None = None, use_cache: bool = True,
+               seed: int | None = None) -> dict[str, Tensor]:
+        """Caption the condition: ``text: long B,L`` (``[BOS] ... [EOS] [PAD]...``, padded to the
+        tokenizer's ``L`` or longer if ``max_new_tokens`` asks) and ``text_mask: bool B,L``.
+
+        Args:
+            num_beams: beam width (1 = no beam search).
+            temperature: 0 decodes the most likely tokens (greedy, or beam search); above 0 samples.
+            top_k, top_p: keep only the ``k`` most likely tokens / the smallest set of mass ``p``
+                when sampling.
+            repetition_penalty: divides the logits of tokens already generated (> 1 discourages repeats).
+            no_repeat_ngram_size: forbid any n-gram of this size from occurring twice (0 = off).
+            length_penalty: beam scores are divided by ``length ** length_penalty`` (> 0 favours
+                longer captions).
+            min_new_tokens: ``[EOS]`` is forbidden before this many tokens.
+            max_new_tokens: at most this many tokens after ``[BOS]`` (``[EOS]`` included); default:
+                fill the tokenizer's ``L``.
+            use_cache: reuse keys/values of earlier positions (the KV cache); False recomputes them.
+            seed: makes sampling reproducible without touching the global random state.
+        """
+        positions = self.decoder.config.n_positions
+        if max_new_tokens is None:
+            max_new_tokens = min(positions, self.spec("max_text_length")) - 1
+        checks = {"num_beams": (num_beams, num_beams >= 1, ">= 1"),
+                  "temperature": (temperature, temperature >= 0, ">= 0"),
+                  "top_k": (top_k, top_k is None or top_k >= 1, ">= 1 or None"),
+                  "top_p": (top_p, top_p is None or 0 < top_p <= 1, "in (0, 1] or None"),
+                  "repetition_penalty": (repetition_penalty, repetition_penalty > 0, "> 0"),
+                  "max_new_tokens": (max_new_tokens, 1 <= max_new_tokens <= positions - 1, f"in [1, {positions - 1}]"),
+                  "min_new_tokens": (min_new_tokens, 0 <= min_new_tokens <= max_new_tokens, "in [0, max_new_tokens]")}
+        for name, (value, valid, allowed) in checks.items():
+            if not valid:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
+        knobs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
+                                 "num_beams": num_beams, "do_sample": temperature > 0, "use_cache": use_cache,
+                                 "repetition_penalty": repetition_penalty,
+                                 "no_repeat_ngram_size": no_repeat_ngram_size,
+                                 "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+        if num_beams > 1:
+            knobs.update(length_penalty=length_penalty, early_stopping=True)
+        if temperature > 0:
+            knobs.update(temperature=temperature, top_k=top_k, top_p=top_p)
+        memory = self.encode(conditions)
+        start = torch.full((memory.shape[0], 1), BOS_ID, dtype=torch.long, device=memory.device)
+        devices = [memory.device] if memory.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            ids = self.decoder.generate(input_ids=start, attention_mask=torch.ones_like(start),
+                                        encoder_hidden_states=memory, generation_config=GenerationConfig(**knobs))
+        length = max(self.spec("max_text_length"), ids.shape[1])
+        text = F.pad(ids, (0, length - ids.shape[1]), value=PAD_ID)
+        return {"text": text, "text_mask": text != PAD_ID}
+
+    @torch.no_grad()
+    def log_likelihood(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """``log p(text | condition)`` per sample (``B``), summed over real tokens after ``[BOS]``."""
+        logits, targets = self(batch).float(), self.targets(batch)
+        log_probs = -F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        return log_probs.sum(1)
+
+    @torch.no_grad()
+    def cross_attention_maps(self, conditions: Mapping[str, Tensor], text: Tensor, layer: int | None = None) -> Tensor:
+        """Where the decoder looks: ``B,L-1,N`` attention over the condition's ``N`` tokens (fold them
+        with ``self.encoder.grid`` after ``self.encoder.num_prefix_tokens``) when predicting
+        ``text[:, t+1]``; mean over heads, and over layers unless ``layer`` picks one. Rows sum to 1.
+        """
+        text_mask = text != PAD_ID
+        text_mask[:, 0] = True
+        implementation = self.decoder.config._attn_implementation
+        # fused attention kernels never materialise the weights, so only the eager path can return them
+        self.decoder.set_attn_implementation("eager")
+        try:
+            out = self.decoder(input_ids=text[:, :-1], attention_mask=text_mask[:, :-1].long(),
+                               encoder_hidden_states=self.encode(conditions), output_attentions=True, use_cache=False)
+        finally:
+            self.decoder.set_attn_implementation(implementation)
+        maps = torch.stack(out.cross_attentions).float()  # layers,B,heads,L-1,N
+        maps = maps[layer] if layer is not None else maps.mean(0)
+        return maps.mean(1)
+
+
+def token_statistics(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean NLL per real token and token accuracy (``targets`` padded with ``IGNORE_INDEX``)."""
+    real = targets != IGNORE_INDEX
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX)
+    accuracy = (logits.argmax(-1) == targets)[real].float().mean()
+    return nll, accuracy
+
+
+def states_every_attribute(hypotheses: list[str], references: list[str], parse_caption: CaptionParser,
+                           attributes: list[str] | None = None) -> Tensor:
+    """``bool`` per scorable caption: the generated caption states every attribute the reference
+    states (only ``attributes`` when given) with the same value. References the parser cannot read
+    are skipped, so the result may be shorter than the batch."""
+    correct = []
+    for hypothesis, reference in zip(hypotheses, references):
+        truth = parse_caption(reference)
+        if not truth:
+            continue
+        said = parse_caption(hypothesis) or {}
+        names = [name for name in truth if attributes is None or name in attributes]
+        correct.append(all(said.get(name) == truth[name] for name in names))
+    return torch.tensor(correct, dtype=torch.bool)
+
+
+def find_caption_parser(datamodule: Any) -> CaptionParser | None:
+    """The datamodule's ``parse_caption(text) -> dict | None`` (a method, or a function of its module)."""
+    if datamodule is None:
+        return None
+    parser = getattr(datamodule, "parse_caption", None)
+    if parser is None:
+        parser = getattr(importlib.import_module(type(datamodule).__module__), "parse_caption", None)
+    return parser if callable(parser) else None
+
+
+def load_local_gpt2(path: str) -> GPT2LMHeadModel:
+    """A GPT-2 decoder from a local ``save_pretrained`` folder, with cross-attention layers added."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"text_decoder_path: {folder} is not a local transformers model folder "
+                                "(no config.json); save one with model.save_pretrained(folder)")
+    config = GPT2Config.from_pretrained(str(folder), local_files_only=True)
+    if config.model_type != "gpt2":
+        raise ValueError(f"text_decoder_path: {folder} holds a {config.model_type!r} model; allowed: 'gpt2'")
+    config.add_cross_attention = True
+    return GPT2LMHeadModel.from_pretrained(str(folder), config=config, local_files_only=True)

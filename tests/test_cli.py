@@ -1,0 +1,93 @@
+"""The `mmgen` command: help for every subcommand, fit -> generate -> manifest, clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmgen_lightning.cli import main
+
+SUBCOMMANDS = ["fit", "validate", "test", "predict", "generate", "evaluate"]
+
+
+@pytest.mark.parametrize("subcommand", SUBCOMMANDS)
+def test_help_for_every_subcommand(subcommand, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage" in out.lower()
+    if subcommand == "generate":
+        for flag in ("--ckpt", "--to", "--text", "--image", "--audio", "--label", "--num", "--out", "--seed"):
+            assert flag in out
+
+
+def test_top_level_help_lists_subcommands(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in SUBCOMMANDS)
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([str(Path(sys.executable).parent / "mmgen"), "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "generate" in out
+
+
+def test_unknown_subcommand_names_the_allowed_ones():
+    with pytest.raises(SystemExit, match="unknown subcommand 'train'; allowed: fit, validate"):
+        main(["train"])
+
+
+def _config(tmp_path: Path) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 6, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path / "run"), "limit_val_batches": 1,
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
+        "model": {"class_path": "mmgen_lightning.models.MultimodalVAE",
+                  "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
+        "data": {"class_path": "tests.conftest.ToyDataModule", "init_args": {"size": 32}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_then_generate_writes_files_and_manifest(tmp_path):
+    main(["fit", "--config", str(_config(tmp_path))])
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    assert ckpt.is_file()
+    out = tmp_path / "samples"
+    main(["generate", "--ckpt", str(ckpt), "--to", "image", "--text", "class one", "--text", "class two",
+          "--num", "3", "--out", str(out), "--seed", "7"])
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    assert rows[0] == {"file": "00000_image.png", "to": "image", "condition": {"text": "class one"}, "seed": 7}
+    assert rows[-1]["condition"] == {"text": "class two"}
+    assert all((out / row["file"]).is_file() for row in rows)
+    main(["generate", "--ckpt", str(ckpt), "--to", "text", "--image", str(out / rows[0]["file"]), "--num", "2",
+          "--out", str(tmp_path / "captions")])
+    captions = [json.loads(line) for line in (tmp_path / "captions" / "manifest.jsonl").read_text().splitlines()]
+    assert [row["file"] for row in captions] == ["00000_text.txt", "00001_text.txt"]
+    assert all(isinstance(row["text"], str) for row in captions)
+
+
+def test_generate_errors_are_clear(tmp_path):
+    main(["fit", "--config", str(_config(tmp_path))])
+    ckpt = str(tmp_path / "ckpt" / "last.ckpt")
+    with pytest.raises(SystemExit, match="cannot generate label->image; it serves"):
+        main(["generate", "--ckpt", ckpt, "--to", "image", "--label", "1", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="same number of each condition"):
+        main(["generate", "--ckpt", ckpt, "--to", "image", "--text", "class one", "--text", "class two",
+              "--image", "a.png", "--out", str(tmp_path / "x")])
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        main(["generate", "--ckpt", str(tmp_path / "nope.ckpt"), "--to", "image", "--out", str(tmp_path / "x")])
+    (tmp_path / "bad.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="--image .*bad.png: cannot read it as an image"):
+        main(["generate", "--ckpt", ckpt, "--to", "text", "--image", str(tmp_path / "bad.png"), "--out",
+              str(tmp_path / "x")])
