@@ -43,11 +43,11 @@ ATTRIBUTE_SIZES = (len(SHAPES), len(COLORS), len(SIZES), len(POSITIONS), len(MOT
 COLOR_RGB = np.array([[1.0, 0.1, 0.1], [0.1, 0.85, 0.1], [0.15, 0.35, 1.0],
                       [1.0, 0.95, 0.1], [0.65, 0.2, 0.95], [0.1, 0.95, 0.95]], dtype=np.float32)
 #: shape centre (x, y) in canvas units, y down
-POSITION_XY = np.array([[0.5, 0.5], [0.28, 0.5], [0.72, 0.5], [0.5, 0.28], [0.5, 0.72]])
+POSITION_XY = np.array([[0.5, 0.5], [0.3, 0.5], [0.7, 0.5], [0.5, 0.3], [0.5, 0.7]])
 #: unit step (x, y) per motion, y down
 MOTION_XY = np.array([[0.0, -1.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 0.0]])
 #: "radius" per size in canvas units (each shape scales it to a similar area)
-SIZE_RADIUS = (0.13, 0.23)
+SIZE_RADIUS = (0.12, 0.21)
 #: distance the shape travels over a video, in canvas units
 MOTION_TRAVEL = 0.3
 
@@ -89,13 +89,13 @@ def caption(attributes: tuple[int, ...] | Tensor, template: int = 0, size_word: 
 
 @functools.cache
 def _corpus() -> tuple[str, ...]:
+    """Every caption the grammar produces: each scene in each template with each synonym."""
     captions = []
-    for template, shape, color, position, motion in itertools.product(
-            TEMPLATES, SHAPES, COLORS, range(len(POSITIONS)), MOTIONS):
-        for size, words in enumerate(SIZE_WORDS):
-            for word, phrase in itertools.product(words, POSITION_PHRASES[position]):
-                captions.append(template.format(shape=shape, color=color, size=word, position=phrase,
-                                                motion=motion))
+    for attributes in itertools.product(*(range(n) for n in ATTRIBUTE_SIZES)):
+        size, position = attributes[2], attributes[3]
+        for template, word, phrase in itertools.product(range(len(TEMPLATES)), range(len(SIZE_WORDS[size])),
+                                                        range(len(POSITION_PHRASES[position]))):
+            captions.append(caption(attributes, template, word, phrase))
     return tuple(captions)
 
 
@@ -106,8 +106,11 @@ def _longest_caption() -> int:
 
 
 def parse_caption(text: str) -> dict[str, int] | None:
-    """Recover ``{shape, color, size, position, motion}`` (indices) from a caption of this grammar,
-    or ``None`` if any attribute is missing or stated twice with different values.
+    """Recover ``{shape, color, size, position, motion}`` (indices) from a caption of this grammar.
+
+    Every caption of the grammar states all five. Other text (a model's caption) gets the attributes
+    it states once, or with one value: unstated or contradicted ones are left out, as metrics read
+    them as "not said"; ``None`` when it states none.
 
     "left"/"right" are a position after "the" ("on the left") and a motion after a motion verb
     ("moving left"); "up"/"down" are only motions and "top"/"bottom"/"center"/"middle" only positions.
@@ -130,9 +133,8 @@ def parse_caption(text: str) -> dict[str, int] | None:
             found["motion"].add(MOTIONS.index(word))
         elif word in ("left", "right") and before == "the":
             found["position"].add(POSITIONS.index(word))
-    if any(len(values) != 1 for values in found.values()):
-        return None
-    return {name: values.pop() for name, values in found.items()}
+    parsed = {name: values.pop() for name, values in found.items() if len(values) == 1}
+    return parsed or None
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -151,8 +153,8 @@ def _signed_distance(shape: int, x: np.ndarray, y: np.ndarray, radius: float) ->
         px, py = np.where(fold, (px - k * py) / 2, px), np.where(fold, (-k * px - py) / 2, py)
         px = px - np.clip(px, -2 * half, 0.0)
         return -np.hypot(px, py) * np.sign(py)
-    # diamond: the square rotated 45 degrees, half diagonal 1.2 r
-    return (np.abs(x) + np.abs(y) - 1.2 * radius) / np.sqrt(2.0)
+    # diamond: the square rotated 45 degrees, half diagonal 1.15 r
+    return (np.abs(x) + np.abs(y) - 1.15 * radius) / np.sqrt(2.0)
 
 
 def render_frames(shape: int, color: np.ndarray, radius: float, centres: np.ndarray, size: int) -> np.ndarray:
@@ -165,46 +167,57 @@ def render_frames(shape: int, color: np.ndarray, radius: float, centres: np.ndar
     return coverage[:, None] * (2 * color[None, :, None, None]) - 1.0
 
 
+def harmonic_weights(waveform: str, count: int) -> np.ndarray:
+    """Fourier sine-series weights of harmonics ``1..count`` of a unit ``waveform``."""
+    n = np.arange(1, count + 1, dtype=np.float64)
+    if waveform == "sine":
+        weights = (n == 1).astype(np.float64)
+    elif waveform == "square":
+        weights = np.where(n % 2 == 1, 4 / (np.pi * n), 0.0)
+    elif waveform == "triangle":
+        weights = np.where(n % 2 == 1, 8 / np.pi**2 * (-1.0) ** ((n - 1) // 2) / n**2, 0.0)
+    else:  # sawtooth
+        weights = 2 / np.pi * (-1.0) ** (n + 1) / n
+    return weights.astype(np.float32)
+
+
 def render_audio(attributes: tuple[int, ...], sample_rate: int, length: int, onset: float, amplitude: float,
                  phase: float) -> np.ndarray:
-    """``T`` float32 in [-1, 1]; see the module docstring for what each attribute does."""
+    """``T`` float32 in [-1, 1]; see the module docstring for what each attribute does.
+
+    ``onset`` (fraction of the clip) delays the note, ``amplitude`` scales it, ``phase`` (radians)
+    starts its oscillator."""
     shape, color, size, position, motion = attributes
-    t = np.arange(length) / sample_rate
+    t = np.arange(length, dtype=np.float32) / np.float32(sample_rate)
     seconds = length / sample_rate
     start, duration = onset * seconds, NOTE_LENGTHS[size] * seconds
-    local = np.clip((t - start) / duration, 0.0, 1.0)  # 0 -> 1 across the note
-    if motion == 0:  # up: glide from a semitone below the note to a semitone above
-        semitones = 2 * local - 1
-    elif motion == 1:  # down: the reverse
-        semitones = 1 - 2 * local
+    if motion < 2:  # up: glide from a semitone below the note to a semitone above; down: the reverse
+        progress = np.clip((t - np.float32(start)) / np.float32(duration), 0.0, 1.0)
+        semitones = 2 * progress - 1 if motion == 0 else 1 - 2 * progress
     elif motion == 2:  # left: a held note
         semitones = np.zeros_like(t)
     else:  # right: a 6 Hz vibrato of half a semitone
-        semitones = 0.5 * np.sin(2 * np.pi * 6.0 * t)
-    frequency = NOTES_HZ[color] * 2 ** (semitones / 12)
-    cycles = np.cumsum(frequency) / sample_rate
-    angle = 2 * np.pi * cycles + phase
-    harmonics = 1 if WAVEFORMS[shape] == "sine" else max(1, min(MAX_HARMONICS, int(
-        0.45 * sample_rate / frequency.max())))
-    n = np.arange(1, harmonics + 1)
-    if WAVEFORMS[shape] == "sine":
-        weights = np.ones(1)
-    elif WAVEFORMS[shape] == "square":
-        weights = np.where(n % 2 == 1, 4 / (np.pi * n), 0.0)
-    elif WAVEFORMS[shape] == "triangle":
-        weights = np.where(n % 2 == 1, 8 / np.pi**2 * (-1.0) ** ((n - 1) // 2) / n**2, 0.0)
-    else:
-        weights = 2 / np.pi * (-1.0) ** (n + 1) / n
-    keep = weights != 0
-    wave = weights[keep] @ np.sin(n[keep, None] * angle[None, :])
+        semitones = 0.5 * np.sin(np.float32(2 * np.pi * 6.0) * t)
+    frequency = np.float32(NOTES_HZ[color]) * np.exp(semitones * np.float32(np.log(2) / 12))
+    cycles = np.cumsum(frequency, dtype=np.float64) / sample_rate
+    angle = (2 * np.pi * (cycles - np.floor(cycles)) + phase).astype(np.float32)
+    # band-limited: only harmonics below Nyquist, summed with sin(n x) = 2 cos(x) sin((n-1) x) - sin((n-2) x)
+    count = 1 if WAVEFORMS[shape] == "sine" else max(1, min(MAX_HARMONICS, int(0.45 * sample_rate / frequency.max())))
+    weights = harmonic_weights(WAVEFORMS[shape], count)
+    sine, twice_cosine = np.sin(angle), 2 * np.cos(angle)
+    previous, current = np.zeros_like(angle), sine
+    wave = weights[0] * sine
+    for weight in weights[1:]:
+        previous, current = current, twice_cosine * current - previous
+        if weight:
+            wave += weight * current
     # raised-cosine 10 ms edges so the note starts and stops without clicks
-    edge = 0.01 * sample_rate
-    inside = (t >= start) & (t < start + duration)
-    ramp = np.minimum((t - start) * sample_rate, (start + duration - t) * sample_rate) / edge
-    envelope = np.where(inside, 0.5 - 0.5 * np.cos(np.pi * np.clip(ramp, 0.0, 1.0)), 0.0)
+    ramp = np.minimum(t - np.float32(start), np.float32(start + duration) - t) * np.float32(100.0)
+    envelope = 0.5 - 0.5 * np.cos(np.float32(np.pi) * np.clip(ramp, 0.0, 1.0))
     rate = TREMOLO_HZ[position]
-    envelope = envelope * (1 - 0.35 * (1 - np.cos(2 * np.pi * rate * (t - start))))
-    return np.clip(amplitude * envelope * wave, -1.0, 1.0).astype(np.float32)
+    if rate:
+        envelope *= 1 - 0.35 * (1 - np.cos(np.float32(2 * np.pi * rate) * (t - np.float32(start))))
+    return np.clip(np.float32(amplitude) * envelope * wave, -1.0, 1.0)
 
 
 class ShapesDataset(Dataset):
@@ -217,37 +230,46 @@ class ShapesDataset(Dataset):
         self.image_size, self.num_frames = image_size, num_frames
         self.sample_rate, self.audio_length = sample_rate, audio_length
         self.tokenizer = tokenizer
+        self._encoded: dict[str, tuple[Tensor, Tensor]] = {}
 
     def __len__(self) -> int:
         return self.size
 
+    def encode(self, text: str) -> tuple[Tensor, Tensor]:
+        """``(text, text_mask)`` of one caption, each ``L``; cached, since the grammar is finite."""
+        if text not in self._encoded:
+            encoded = self.tokenizer.encode(text)
+            self._encoded[text] = (encoded["text"][0], encoded["text_mask"][0])
+        return self._encoded[text]
+
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} items")
-        rng = np.random.default_rng([self.seed, self.split_id, index])
-        # every draw happens whatever the modalities, so an item is the same scene in every configuration
-        attributes = tuple(int(rng.integers(n)) for n in ATTRIBUTE_SIZES)
+        # one draw for every choice, whatever the modalities, so an item is the same scene in every configuration
+        u = np.random.default_rng([self.seed, self.split_id, index]).random(15)
+        chosen = (u[:5] * ATTRIBUTE_SIZES).astype(np.int64)
+        attributes = tuple(chosen.tolist())
         shape, color, size, position, motion = attributes
-        start = POSITION_XY[position] + rng.uniform(-0.03, 0.03, 2)
-        radius = SIZE_RADIUS[size] * rng.uniform(0.92, 1.08)
-        tint = COLOR_RGB[color] * np.float32(rng.uniform(0.85, 1.0))
-        wording = (int(rng.integers(len(TEMPLATES))), int(rng.integers(len(SIZE_WORDS[size]))),
-                   int(rng.integers(len(POSITION_PHRASES[position]))))
-        onset, amplitude, phase = rng.uniform(0.0, 0.1), rng.uniform(0.5, 0.9), rng.uniform(0, 2 * np.pi)
+        start = POSITION_XY[position] + 0.06 * (u[5:7] - 0.5)
+        radius = SIZE_RADIUS[size] * (0.92 + 0.16 * u[7])
+        tint = COLOR_RGB[color] * np.float32(0.85 + 0.15 * u[8])
+        wording = (int(u[9] * len(TEMPLATES)), int(u[10] * len(SIZE_WORDS[size])),
+                   int(u[11] * len(POSITION_PHRASES[position])))
+        onset, amplitude, phase = 0.1 * u[12], 0.5 + 0.4 * u[13], 2 * np.pi * u[14]
 
-        item = {"attributes": torch.tensor(attributes, dtype=torch.long)}
+        item = {"attributes": torch.from_numpy(chosen)}
         if "video" in self.modalities or "image" in self.modalities:
             frames = self.num_frames if "video" in self.modalities else 1
-            steps = np.linspace(0.0, MOTION_TRAVEL, self.num_frames)[:frames]
+            steps = MOTION_TRAVEL * np.arange(frames) / (self.num_frames - 1)
             centres = start[None, :] + steps[:, None] * MOTION_XY[motion][None, :]
             video = torch.from_numpy(render_frames(shape, tint, radius, centres, self.image_size))
             if "video" in self.modalities:
                 item["video"] = video
             if "image" in self.modalities:
-                item["image"] = video[0].clone()
+                item["image"] = video[0].clone() if "video" in self.modalities else video[0]
         if "text" in self.modalities:
-            encoded = self.tokenizer.encode(caption(attributes, *wording))
-            item["text"], item["text_mask"] = encoded["text"][0], encoded["text_mask"][0]
+            text, text_mask = self.encode(caption(attributes, *wording))
+            item["text"], item["text_mask"] = text.clone(), text_mask.clone()
         if "audio" in self.modalities:
             item["audio"] = torch.from_numpy(render_audio(attributes, self.sample_rate, self.audio_length,
                                                           onset, amplitude, phase))

@@ -49,9 +49,11 @@ class CaptionTokenizer:
             tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
             trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS))
         elif kind == "bpe":
-            tokenizer = Tokenizer(models.BPE(unk_token=UNK))
-            trainer = trainers.BpeTrainer(special_tokens=list(SPECIAL_TOKENS), vocab_size=vocab_size)
-            tokenizer.decoder = decoders.BPEDecoder()
+            # the end-of-word suffix is what lets the decoder put the spaces back between words
+            tokenizer = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix="</w>"))
+            trainer = trainers.BpeTrainer(special_tokens=list(SPECIAL_TOKENS), vocab_size=vocab_size,
+                                          end_of_word_suffix="</w>")
+            tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
         else:
             raise ValueError(f"tokenizer kind: unknown {kind!r}; allowed: {', '.join(KINDS)}")
         tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])

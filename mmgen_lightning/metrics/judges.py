@@ -34,6 +34,8 @@ JUDGED_ATTRIBUTES: dict[tuple[str, str], tuple[str, ...]] = {
     ("shapes", "video"): ("shape", "color", "size", "position", "motion"),
 }
 FEATURE_DIM = 128
+#: part of the cache key: bump it whenever the judge architecture or its training changes
+JUDGE_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -124,7 +126,8 @@ def train_judge(datamodule, modality: str, epochs: int = 15, lr: float = 2e-3, s
 
 def judge_key(datamodule, modality: str, seed: int) -> str:
     spec = {k: v for k, v in datamodule.data_spec.items() if k not in ("modalities", "vocab_size", "max_text_length")}
-    blob = json.dumps({"spec": spec, "modality": modality, "seed": seed, "data_seed": datamodule.seed}, sort_keys=True)
+    blob = json.dumps({"spec": spec, "modality": modality, "seed": seed, "data_seed": datamodule.seed,
+                       "version": JUDGE_VERSION}, sort_keys=True)
     return f"{spec['dataset']}-{modality}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

@@ -46,7 +46,8 @@ def load_datamodule(ckpt: str | Path, config: str | Path | None = None):
     stored = (checkpoint.get(CHECKPOINT_KEY) or {}).get("datamodule")
     if not stored:
         raise ValueError(f"{ckpt}: the checkpoint records no datamodule; pass --config CFG")
-    return _import(stored["class_path"], f"{ckpt}: datamodule")(**stored["init_args"])
+    init_args = {k: v for k, v in stored["init_args"].items() if not k.startswith("_")}  # older checkpoints
+    return _import(stored["class_path"], f"{ckpt}: datamodule")(**init_args)
 
 
 def served_directions(model, spec: dict[str, Any]) -> list[str]:

@@ -117,7 +117,8 @@ class GenerativeModule(L.LightningModule):
         if datamodule is not None:  # lets `mmgen evaluate` rebuild the data with no config file
             kind = type(datamodule)
             checkpoint[CHECKPOINT_KEY]["datamodule"] = {"class_path": f"{kind.__module__}.{kind.__qualname__}",
-                                                        "init_args": dict(datamodule.hparams)}
+                                                        "init_args": {k: v for k, v in datamodule.hparams.items()
+                                                                      if not k.startswith("_")}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extras = checkpoint.get(CHECKPOINT_KEY) or {}

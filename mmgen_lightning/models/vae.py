@@ -6,9 +6,9 @@ of experts (MoPoE).
   ``ELBO(X) + sum_m ELBO(x_m)``, each term reconstructing only the modalities it encodes.
 - MMVAE (Shi et al. 2019): ``q(z|X) = 1/M sum_m q(z|x_m)``; stratified: one ``z`` per expert,
   each reconstructing every modality, KL estimated by ``log q(z|X) - log p(z)``.
-- MoPoE (Sutter et al. 2021): ``q(z|X) = 1/|S| sum_{s in P(M)} PoE(q(z|x_m), m in s)``; one ``z``
-  per subset (stratified over the mixture), each reconstructing every modality; the mixture's KL
-  is bounded above by the mean of the subsets' closed-form KLs.
+- MoPoE (Sutter et al. 2021): ``q(z|X) = 1/|S| sum_{s in P(M)} PoE(q(z|x_m), m in s)``; each row
+  of the batch draws ``z`` from one subset (stratified over the batch) and reconstructs every
+  modality; the mixture's KL is bounded above by the mean of the subsets' closed-form KLs.
 """
 
 from __future__ import annotations
@@ -167,22 +167,29 @@ class MultimodalVAE(GenerativeModule):
                                          self.hparams.likelihood)
 
     # --- objective ----------------------------------------------------------------------------
-    def training_terms(self) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-        """(encoded subset, reconstructed modalities) of each ELBO term of the chosen method."""
+    def term_posteriors(self, experts: dict[str, Gaussian]) -> list[tuple[Gaussian, tuple[str, ...]]]:
+        """(posterior, reconstructed modalities) of each ELBO term of the chosen method."""
         everything = tuple(self.modalities)
         if self.hparams.fusion == "poe":
-            singles = [((m,), (m,)) for m in self.modalities] if len(self.modalities) > 1 else []
-            return [(everything, everything)] + singles
+            singles = [(self.subset_posterior(experts, (m,)), (m,)) for m in self.modalities]
+            return [(self.subset_posterior(experts, everything), everything)] + (singles if len(singles) > 1 else [])
         if self.hparams.fusion == "moe":
-            return [((m,), everything) for m in self.modalities]
-        return [(subset, everything) for subset in self.subsets]
+            return [(experts[m], everything) for m in self.modalities]
+        # MoPoE samples the mixture by giving each row one subset, the subsets spread evenly over the
+        # batch (stratified, as in Sutter et al.'s code): one decoder pass per modality, not one per subset
+        batch_size = next(iter(experts.values()))[0].shape[0]
+        device = next(iter(experts.values()))[0].device
+        choice = torch.randperm(batch_size, device=device) % len(self.subsets)
+        membership = torch.tensor([[m in s for s in self.subsets] for m in self.modalities], device=device)
+        mask = membership[:, choice].float()  # M,B: 1 where the row's subset holds the modality
+        mus = torch.stack([experts[m][0] for m in self.modalities])
+        logvars = torch.stack([experts[m][1] for m in self.modalities])
+        return [(product_of_experts(mus, logvars, mask), everything)]
 
     def elbo_terms(self, batch: dict[str, Tensor], kl_scale: float, weighted: bool = True) -> dict[str, Tensor]:
         """Per-term reconstruction and KL, batched: every term's ``z`` goes through each decoder once."""
-        experts = self.encode(batch, self.modalities)
-        terms = self.training_terms()
-        posteriors = [self.subset_posterior(experts, subset) for subset, _ in terms]
-        zs = [reparameterize(mu, logvar) for mu, logvar in posteriors]
+        terms = self.term_posteriors(self.encode(batch, self.modalities))
+        zs = [reparameterize(mu, logvar) for (mu, logvar), _ in terms]
         batch_size = zs[0].shape[0]
         reconstruction = torch.zeros(len(terms), batch_size, device=zs[0].device)
         per_modality = {}
@@ -193,14 +200,14 @@ class MultimodalVAE(GenerativeModule):
             reconstruction[users] += weight * log_p
             per_modality[name] = log_p.mean()
         if self.hparams.fusion == "moe":
-            mus, logvars = self.joint_components(experts, self.modalities)
-            kl = torch.stack([mixture_log_density(z, mus, logvars) - gaussian_log_density(z, torch.zeros_like(z),
-                                                                                           torch.zeros_like(z))
-                              for z in zs])
+            mus = torch.stack([mu for (mu, _), _ in terms])
+            logvars = torch.stack([logvar for (_, logvar), _ in terms])
+            log_prior = [gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)) for z in zs]
+            kl = torch.stack([mixture_log_density(z, mus, logvars) - prior for z, prior in zip(zs, log_prior)])
         else:
-            kl = torch.stack([kl_standard_normal(mu, logvar) for mu, logvar in posteriors])
+            kl = torch.stack([kl_standard_normal(mu, logvar) for (mu, logvar), _ in terms])
         elbo = reconstruction - kl_scale * kl  # terms,B
-        # MVAE sums its sub-sampled ELBOs; the mixtures average over their (stratified) components
+        # MVAE sums its sub-sampled ELBOs; MMVAE averages over its (stratified) components
         objective = elbo.sum(0) if self.hparams.fusion == "poe" else elbo.mean(0)
         return {"loss": -objective.mean(), "kl": kl.mean(), "reconstruction": per_modality}
 

@@ -50,44 +50,42 @@ class LogMel(nn.Module):
 class AudioEncoder(nn.Module):
     """Scaled log-mel ``B,n_mels,frames`` -> ``B,out_dim``.
 
-    Convolutions keep the frequency axis and pool over time (mean and max), so the feature knows
-    *which* frequencies sound but not *when*: tones here start and stop at random times.
+    1-D convolutions over time with the mel bands as channels (cheap on a CPU, and a band's
+    identity is the feature that matters), then mean and max pooling over time, so the feature
+    knows *which* frequencies sound but not *when*: tones here start and stop at random times.
     """
 
     def __init__(self, n_mels: int, out_dim: int, width: int = 32) -> None:
         super().__init__()
+        channels = 4 * width
         self.net = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, stride=(2, 1), padding=1), nn.GroupNorm(8, width), nn.SiLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=(2, 2), padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU(),
+            nn.Conv1d(n_mels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.SiLU(),
+            nn.Conv1d(channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.SiLU(),
         )
-        rows = (n_mels + 3) // 4
-        self.head = nn.Linear(2 * (2 * width) * rows, out_dim)
+        self.head = nn.Linear(2 * channels, out_dim)
 
     def forward(self, log_mel: Tensor) -> Tensor:
-        features = self.net(log_mel.unsqueeze(1))  # B,C,rows,time
-        pooled = torch.cat([features.mean(-1), features.amax(-1)], dim=1)
-        return self.head(pooled.flatten(1))
+        features = self.net(log_mel)  # B,C,frames
+        return self.head(torch.cat([features.mean(-1), features.amax(-1)], dim=1))
 
 
 class MelDecoder(nn.Module):
-    """``B,in_dim`` -> scaled log-mel ``B,n_mels,frames``."""
+    """``B,in_dim`` -> scaled log-mel ``B,n_mels,frames`` (1-D transposed convolutions over time)."""
 
     def __init__(self, in_dim: int, n_mels: int, frames: int, width: int = 32) -> None:
         super().__init__()
         self.n_mels, self.frames = n_mels, frames
-        self.rows, self.cols = -(-n_mels // 4), -(-frames // 4)
-        self.width = 2 * width
-        self.project = nn.Sequential(nn.Linear(in_dim, self.width * self.rows * self.cols), nn.SiLU())
+        self.channels, self.steps = 4 * width, -(-frames // 4)
+        self.project = nn.Sequential(nn.Linear(in_dim, self.channels * self.steps), nn.SiLU())
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(self.width, width, 4, 2, 1), nn.GroupNorm(8, width), nn.SiLU(),
-            nn.ConvTranspose2d(width, width, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(width, 1, 3, padding=1),
+            nn.ConvTranspose1d(self.channels, self.channels, 4, 2, 1), nn.GroupNorm(8, self.channels), nn.SiLU(),
+            nn.ConvTranspose1d(self.channels, self.channels, 4, 2, 1), nn.GroupNorm(8, self.channels), nn.SiLU(),
+            nn.Conv1d(self.channels, n_mels, 3, padding=1),
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        grid = self.project(z).view(z.shape[0], self.width, self.rows, self.cols)
-        return self.net(grid)[:, 0, : self.n_mels, : self.frames]
+        sequence = self.project(z).view(z.shape[0], self.channels, self.steps)
+        return self.net(sequence)[:, :, : self.frames]
 
 
 def fit_length(audio: Tensor, length: int) -> Tensor:

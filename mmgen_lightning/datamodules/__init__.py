@@ -1,0 +1,8 @@
+"""Multimodal data sources; every one follows the batch contract of :mod:`mmgen_lightning.batch`."""
+
+from mmgen_lightning.datamodules.base import MultimodalDataModule
+from mmgen_lightning.datamodules.digits import DigitsDataModule
+from mmgen_lightning.datamodules.shapes import ShapesDataModule
+from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+
+__all__ = ["CaptionTokenizer", "DigitsDataModule", "MultimodalDataModule", "ShapesDataModule"]

@@ -1,0 +1,94 @@
+"""CaptionTokenizer: padding and masks of the batch contract, exact round trips of every built-in
+caption, and serialisations (tokenizer.json, the checkpoint's JSON string) that encode identically."""
+
+import re
+
+import pytest
+import torch
+
+from mmgen_lightning.datamodules import CaptionTokenizer, DigitsDataModule, ShapesDataModule
+from mmgen_lightning.datamodules.digits import caption as digits_caption
+from mmgen_lightning.datamodules.tokenizer import KINDS
+
+
+def normalised(text: str) -> str:
+    """What a word-level decode gives back: lower case, punctuation as its own word."""
+    return " ".join(re.findall(r"\w+|[^\w\s]+", text.lower()))
+
+
+@pytest.fixture(scope="module")
+def shapes_corpus():
+    return ShapesDataModule().caption_corpus()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shapes_corpus):
+    return CaptionTokenizer.train(shapes_corpus, max_length=24)
+
+
+@pytest.mark.parametrize("source", [ShapesDataModule, DigitsDataModule])
+def test_every_corpus_caption_round_trips(source):
+    datamodule = source()
+    corpus = datamodule.caption_corpus()
+    assert len(set(corpus)) == len(corpus)
+    encoded = datamodule.tokenizer.encode(corpus)
+    assert not (encoded["text"] == datamodule.tokenizer.unk_id).any()  # a closed, complete vocabulary
+    assert datamodule.tokenizer.decode(encoded["text"]) == [normalised(c) for c in corpus]
+
+
+def test_encode_pads_masks_and_cuts_keeping_eos(tokenizer):
+    encoded = tokenizer.encode(["a small red circle on the left moving up",
+                                "tiny cyan square at the top, heading down"])
+    text, mask = encoded["text"], encoded["text_mask"]
+    assert text.shape == mask.shape == (2, 24) and text.dtype == torch.long and mask.dtype == torch.bool
+    assert mask.sum(1).tolist() == [9 + 2, 9 + 2]
+    assert (text[:, 0] == tokenizer.bos_id).all() and (text[torch.arange(2), mask.sum(1) - 1] == tokenizer.eos_id).all()
+    assert (text[~mask] == tokenizer.pad_id).all()
+    short = CaptionTokenizer.from_json(tokenizer.to_json(), max_length=5).encode("a small red circle on the left")
+    assert short["text"][0].tolist()[-1] == tokenizer.eos_id and short["text_mask"].all()
+    assert tokenizer.decode(short["text"]) == ["a small red"]
+
+
+def test_unknown_words_decode_as_question_marks(tokenizer):
+    assert tokenizer.decode(tokenizer.encode("a red zebra")["text"]) == ["a red ?"]
+
+
+def test_saved_and_serialised_tokenizers_encode_identically(tokenizer, tmp_path):
+    captions = ["a big purple diamond at the top that moves down", "large cyan square in the middle, heading left"]
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(path)
+    expected = tokenizer.encode(captions)
+    for restored in (CaptionTokenizer.from_file(path, 24), CaptionTokenizer.from_json(tokenizer.to_json(), 24)):
+        assert restored.vocab_size == tokenizer.vocab_size
+        encoded = restored.encode(captions)
+        assert torch.equal(encoded["text"], expected["text"])
+        assert torch.equal(encoded["text_mask"], expected["text_mask"])
+    datamodule = ShapesDataModule(tokenizer_path=str(path))
+    assert torch.equal(datamodule.tokenizer.encode(captions)["text"], expected["text"])
+
+
+def test_the_vocabulary_does_not_depend_on_modalities():
+    with_video = DigitsDataModule(["video", "text"]).tokenizer
+    without = DigitsDataModule(["text"]).tokenizer
+    assert with_video.to_json() == without.to_json()
+    assert with_video.decode(with_video.encode(digits_caption(8, 2, 5))["text"]) == ["an eight moving left"]
+
+
+def test_bad_inputs_are_errors(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="corpus"):
+        CaptionTokenizer.train([])
+    with pytest.raises(ValueError, match="kind"):
+        CaptionTokenizer.train(["a red circle"], kind="sentencepiece")
+    with pytest.raises(ValueError, match="max_length"):
+        CaptionTokenizer.from_json(tokenizer.to_json(), max_length=2)
+    with pytest.raises(ValueError, match="empty"):
+        tokenizer.encode(["a red circle", ""])
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        CaptionTokenizer.from_file(tmp_path / "missing.json")
+    assert set(KINDS) == {"word", "bpe"}
+
+
+def test_bpe_round_trips_open_captions():
+    captions = ["a zebra crossing a busy street", "two dogs play in the snow", "a red car at night"]
+    tokenizer = CaptionTokenizer.train(captions * 20, kind="bpe", vocab_size=120)
+    assert tokenizer.decode(tokenizer.encode(captions)["text"]) == captions
