@@ -6,8 +6,10 @@ Gaussians are given as ``(mu, logvar)`` with shapes ``B,D`` (or ``...,D``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 LOG_2PI = math.log(2 * math.pi)
@@ -74,3 +76,78 @@ def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return beta
     return beta * min(1.0, step / warmup_steps)
+
+
+# --- adversarial losses and regularisers (ConditionalGAN) -------------------------------------
+# Discriminator outputs are raw logits (real-valued scores, no sigmoid); every loss below is a
+# mean over the batch. The probabilistic losses go through ``binary_cross_entropy_with_logits``,
+# which is exact where ``log(sigmoid(x))`` computed in two steps would underflow.
+ADVERSARIAL_LOSSES = ("non_saturating", "hinge", "wgan_gp", "least_squares")
+
+
+def _check_adversarial(kind: str) -> None:
+    if kind not in ADVERSARIAL_LOSSES:
+        raise ValueError(f"loss: unknown {kind!r}; allowed: {', '.join(ADVERSARIAL_LOSSES)}")
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "non_saturating") -> Tensor:
+    """The discriminator's loss on real and (detached) fake logits, each term a batch mean.
+
+    non_saturating: ``BCE(D(x), 1) + BCE(D(G(z)), 0) = softplus(-D(x)) + softplus(D(G(z)))`` (Goodfellow et al. 2014);
+    hinge:          ``relu(1 - D(x)) + relu(1 + D(G(z)))`` (Lim & Ye 2017; Miyato et al. 2018);
+    wgan_gp:        ``D(G(z)) - D(x)``, the critic side of the Wasserstein loss; add :func:`gradient_penalty`
+                    (Gulrajani et al. 2017);
+    least_squares:  ``1/2 (D(x) - 1)^2 + 1/2 D(G(z))^2`` (Mao et al. 2017, targets a=0, b=1).
+    """
+    _check_adversarial(kind)
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    if kind == "non_saturating":
+        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    if kind == "hinge":
+        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+    if kind == "wgan_gp":
+        return fake_logits.mean() - real_logits.mean()
+    return 0.5 * (real_logits - 1.0).pow(2).mean() + 0.5 * fake_logits.pow(2).mean()
+
+
+def generator_loss(fake_logits: Tensor, kind: str = "non_saturating") -> Tensor:
+    """The generator's loss on the logits of its samples (gradients flow through ``D`` into ``G``).
+
+    non_saturating: ``BCE(D(G(z)), 1) = softplus(-D(G(z)))``, which keeps gradients alive where ``D`` wins;
+    hinge, wgan_gp: ``-D(G(z))``;
+    least_squares:  ``1/2 (D(G(z)) - 1)^2`` (Mao et al. 2017, c=1).
+    """
+    _check_adversarial(kind)
+    fake_logits = fake_logits.float()
+    if kind == "non_saturating":
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    if kind in ("hinge", "wgan_gp"):
+        return -fake_logits.mean()
+    return 0.5 * (fake_logits - 1.0).pow(2).mean()
+
+
+def input_gradient_norms(outputs: Tensor, inputs: Tensor) -> Tensor:
+    """``||d outputs_i / d inputs_i||_2`` per sample ``B``, with the graph kept so a penalty on it trains ``D``.
+
+    ``outputs`` (``B`` or ``B,1``) must come from ``inputs`` (``B,...``, ``requires_grad``), one row each."""
+    (gradients,) = torch.autograd.grad(outputs.sum(), inputs, create_graph=True)
+    gradients = gradients.flatten(1)
+    return gradients.to(torch.promote_types(gradients.dtype, torch.float32)).norm(2, dim=1)
+
+
+def r1_penalty(real_logits: Tensor, real_inputs: Tensor) -> Tensor:
+    """``E_x ||grad_x D(x)||^2`` on real data (Mescheder et al. 2018); the loss adds ``gamma / 2`` times it.
+
+    ``real_inputs`` must have ``requires_grad`` set before ``real_logits = D(real_inputs)`` was computed."""
+    return input_gradient_norms(real_logits, real_inputs).pow(2).mean()
+
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
+    """``E_xhat (||grad_xhat D(xhat)||_2 - 1)^2`` on ``xhat = e x + (1 - e) G(z)``, ``e ~ U[0, 1]`` per sample
+    (WGAN-GP, Gulrajani et al. 2017); the loss adds ``lambda`` (10 in the paper) times it.
+
+    ``critic`` maps a batch like ``real`` to logits ``B``; ``fake`` should be detached."""
+    mix = torch.rand(real.shape[0], *([1] * (real.ndim - 1)), device=real.device, dtype=real.dtype)
+    interpolates = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
+    return (input_gradient_norms(critic(interpolates), interpolates) - 1.0).pow(2).mean()

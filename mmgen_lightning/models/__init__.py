@@ -1,4 +1,6 @@
 from mmgen_lightning.models.base import GenerativeModule, load_generator
+from mmgen_lightning.models.captioner import Captioner
+from mmgen_lightning.models.gan import ConditionalGAN
 from mmgen_lightning.models.vae import MultimodalVAE
 
-__all__ = ["GenerativeModule", "MultimodalVAE", "load_generator"]
+__all__ = ["Captioner", "ConditionalGAN", "GenerativeModule", "MultimodalVAE", "load_generator"]

@@ -3,7 +3,9 @@ trained by likelihood (teacher-forced token cross-entropy).
 
 The decoder is a GPT-2 block stack from ``transformers``, built from a config (random weights,
 nothing downloaded) with ``add_cross_attention=True`` and fed the encoder's tokens through
-``encoder_hidden_states``. It is used rather than a hand-written decoder because its KV cache
+``encoder_hidden_states``, plus their mean (projected, zero at initialisation) added to every
+token embedding, which lets training find the condition far sooner (see
+``layers/caption_decoder.py``). It is used rather than a hand-written decoder because its KV cache
 (self- and cross-attention) and ``generate()`` (greedy, beam search, temperature/top-k/top-p
 sampling, repetition penalty, n-gram blocking, min/max length, length penalty, batching) are
 well tested; ``tests/models/test_captioner.py`` checks that the cached and uncached paths, the
@@ -24,10 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
-from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+from transformers import GenerationConfig, GPT2Config
 
 from mmgen_lightning.datamodules.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS
 from mmgen_lightning.models.base import GenerativeModule
+from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
 from mmgen_lightning.models.layers.token_encoders import (AudioTokenEncoder, ImageTokenEncoder,
                                                           PretrainedImageEncoder, VideoTokenEncoder)
 
@@ -51,7 +54,11 @@ class Captioner(GenerativeModule):
         audio_frames: about how many log-mel frames (audio tokens) a clip gives.
         dropout: dropout of encoder and decoder.
         label_smoothing: label smoothing of the training cross-entropy (validation reports plain NLL).
+        shift_augment: training only: shift each image (each video, all frames alike) by its own random
+            offset of up to this many pixels in x and y, filling with the background (-1); 0 turns it off.
         lr: peak AdamW learning rate.
+        betas: AdamW's moment decay rates; a beta2 below the default 0.999 adapts faster early on,
+            which shortens the plateau before the decoder starts to use the condition.
         weight_decay: AdamW weight decay on matrices (not on biases, norms or positions).
         warmup_steps: linear warm-up steps; the rate then follows a cosine to 10% over the run
             when the trainer knows its length.
@@ -75,10 +82,11 @@ class Captioner(GenerativeModule):
         text_decoder_config: filled in from ``text_decoder_path``, as ``image_encoder_config``. Leave unset.
     """
 
-    def __init__(self, data_spec: dict[str, Any] | None = None, modality: str | None = None, width: int = 128,
+    def __init__(self, data_spec: dict[str, Any] | None = None, modality: str | None = None, width: int = 64,
                  encoder_layers: int = 2, decoder_layers: int = 2, num_heads: int = 4, patch_size: int = 4,
                  n_mels: int = 64, audio_frames: int = 32, dropout: float = 0.1, label_smoothing: float = 0.0,
-                 lr: float = 5e-4, weight_decay: float = 0.01, warmup_steps: int = 200,
+                 shift_augment: int = 0, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.01, warmup_steps: int = 100,
                  max_positions: int | None = None, val_num_beams: int = 1, bleu_n_gram: int = 4,
                  scored_attributes: list[str] | None = None,
                  image_encoder_path: str | None = None, freeze_image_encoder: bool = True,
@@ -92,6 +100,8 @@ class Captioner(GenerativeModule):
             raise ValueError(f"modality: unknown {modality!r}; allowed: {', '.join(CAPTION_MODALITIES)}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if shift_augment < 0 or (shift_augment and self.modality == "audio"):
+            raise ValueError(f"shift_augment must be >= 0, and 0 for audio; got {shift_augment} for {self.modality!r}")
         if val_num_beams < 1:
             raise ValueError(f"val_num_beams must be >= 1, got {val_num_beams}")
         if (image_encoder_path or image_encoder_config) and self.modality != "image":
@@ -102,6 +112,9 @@ class Captioner(GenerativeModule):
         # encoder tokens enter every cross-attention at the decoder's width
         decoder_width = self.decoder.config.n_embd
         self.to_memory = nn.Identity() if decoder_width == width else nn.Linear(width, decoder_width)
+        self.summarize = nn.Linear(decoder_width, decoder_width)
+        nn.init.zeros_(self.summarize.weight)  # the decoder starts as plain GPT-2 with cross-attention
+        nn.init.zeros_(self.summarize.bias)
         self.parse_caption: CaptionParser | None = None
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict({
             "perplexity": Perplexity(ignore_index=IGNORE_INDEX), "bleu": BLEUScore(n_gram=bleu_n_gram, smooth=True),
@@ -126,16 +139,16 @@ class Captioner(GenerativeModule):
         return VideoTokenEncoder(self.spec("image_channels"), self.spec("num_frames"), size, hp.width,
                                  patch_size=hp.patch_size, **shared)
 
-    def _build_decoder(self) -> GPT2LMHeadModel:
+    def _build_decoder(self) -> ConditionedGPT2:
         hp = self.hparams
         vocab_size, positions = self.spec("vocab_size"), hp.max_positions or self.spec("max_text_length")
         if hp.text_decoder_config is not None:
-            decoder = GPT2LMHeadModel(GPT2Config.from_dict(hp.text_decoder_config))
+            decoder = ConditionedGPT2(GPT2Config.from_dict(hp.text_decoder_config))
         elif hp.text_decoder_path:
             decoder = load_local_gpt2(hp.text_decoder_path)
             self.hparams["text_decoder_config"] = decoder.config.to_dict()
         else:
-            return GPT2LMHeadModel(GPT2Config(
+            return ConditionedGPT2(GPT2Config(
                 vocab_size=vocab_size, n_positions=positions, n_embd=hp.width, n_layer=hp.decoder_layers,
                 n_head=hp.num_heads, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
                 add_cross_attention=True, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID))
@@ -156,11 +169,16 @@ class Captioner(GenerativeModule):
         -> memory tokens ``B,N,D`` for cross-attention."""
         return self.to_memory(self.encoder(conditions[self.modality]))
 
+    def decoder_inputs(self, conditions: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """What the decoder reads of the condition: memory tokens ``B,N,D`` and their summary ``B,D``."""
+        memory = self.encode(conditions)
+        return {"encoder_hidden_states": memory, "condition": self.summarize(memory.mean(1))}
+
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Teacher-forced logits ``B,L-1,V``: row ``t`` predicts ``text[:, t+1]`` from ``text[:, :t+1]``
         (``text: long B,L``, ``text_mask: bool B,L``) and the condition."""
         return self.decoder(input_ids=batch["text"][:, :-1], attention_mask=batch["text_mask"][:, :-1].long(),
-                            encoder_hidden_states=self.encode(batch), use_cache=False).logits
+                            use_cache=False, **self.decoder_inputs(batch)).logits
 
     @staticmethod
     def targets(batch: Mapping[str, Tensor]) -> Tensor:
@@ -169,6 +187,8 @@ class Captioner(GenerativeModule):
 
     # --- objective ----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.hparams.shift_augment:
+            batch = {**batch, self.modality: random_shift(batch[self.modality], self.hparams.shift_augment)}
         logits, targets = self(batch).float(), self.targets(batch)
         loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
                                label_smoothing=self.hparams.label_smoothing)
@@ -220,7 +240,8 @@ class Captioner(GenerativeModule):
         decayed = [p for name, p in trainable if p.ndim >= 2 and "position" not in name and "wpe" not in name]
         others = [p for name, p in trainable if not (p.ndim >= 2 and "position" not in name and "wpe" not in name)]
         optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": self.hparams.weight_decay},
-                                       {"params": others, "weight_decay": 0.0}], lr=self.hparams.lr)
+                                       {"params": others, "weight_decay": 0.0}], lr=self.hparams.lr,
+                                      betas=tuple(self.hparams.betas))
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         warmup = self.hparams.warmup_steps
 
@@ -282,19 +303,20 @@ class Captioner(GenerativeModule):
                                  "num_beams": num_beams, "do_sample": temperature > 0, "use_cache": use_cache,
                                  "repetition_penalty": repetition_penalty,
                                  "no_repeat_ngram_size": no_repeat_ngram_size,
-                                 "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+                                 "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID,
+                                 "suppress_tokens": [PAD_ID, BOS_ID]}  # never inside a caption
         if num_beams > 1:
             knobs.update(length_penalty=length_penalty, early_stopping=True)
         if temperature > 0:
             knobs.update(temperature=temperature, top_k=top_k, top_p=top_p)
-        memory = self.encode(conditions)
-        start = torch.full((memory.shape[0], 1), BOS_ID, dtype=torch.long, device=memory.device)
-        devices = [memory.device] if memory.device.type == "cuda" else []
+        inputs = self.decoder_inputs(conditions)
+        start = torch.full((num_samples, 1), BOS_ID, dtype=torch.long, device=self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             ids = self.decoder.generate(input_ids=start, attention_mask=torch.ones_like(start),
-                                        encoder_hidden_states=memory, generation_config=GenerationConfig(**knobs))
+                                        generation_config=GenerationConfig(**knobs), **inputs)
         length = max(self.spec("max_text_length"), ids.shape[1])
         text = F.pad(ids, (0, length - ids.shape[1]), value=PAD_ID)
         return {"text": text, "text_mask": text != PAD_ID}
@@ -318,13 +340,25 @@ class Captioner(GenerativeModule):
         # fused attention kernels never materialise the weights, so only the eager path can return them
         self.decoder.set_attn_implementation("eager")
         try:
-            out = self.decoder(input_ids=text[:, :-1], attention_mask=text_mask[:, :-1].long(),
-                               encoder_hidden_states=self.encode(conditions), output_attentions=True, use_cache=False)
+            out = self.decoder(input_ids=text[:, :-1], attention_mask=text_mask[:, :-1].long(), output_attentions=True,
+                               use_cache=False, **self.decoder_inputs(conditions))
         finally:
             self.decoder.set_attn_implementation(implementation)
         maps = torch.stack(out.cross_attentions).float()  # layers,B,heads,L-1,N
         maps = maps[layer] if layer is not None else maps.mean(0)
         return maps.mean(1)
+
+
+def random_shift(pixels: Tensor, max_shift: int) -> Tensor:
+    """Shift every sample of ``B,...,H,W`` (images or videos in [-1, 1]) by its own offset in
+    ``[-max_shift, max_shift]`` along y and x, filling the uncovered border with -1."""
+    batch, height, width = pixels.shape[0], pixels.shape[-2], pixels.shape[-1]
+    padded = F.pad(pixels, (max_shift,) * 4, value=-1.0).flatten(1, -3)  # B,M,H+2s,W+2s
+    offsets = torch.randint(0, 2 * max_shift + 1, (batch, 2), device=pixels.device)
+    rows = offsets[:, :1] + torch.arange(height, device=pixels.device)  # B,H
+    cols = offsets[:, 1:] + torch.arange(width, device=pixels.device)  # B,W
+    picked = padded[torch.arange(batch, device=pixels.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2).reshape(pixels.shape)  # advanced indexing put B,H,W first
 
 
 def token_statistics(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -361,7 +395,7 @@ def find_caption_parser(datamodule: Any) -> CaptionParser | None:
     return parser if callable(parser) else None
 
 
-def load_local_gpt2(path: str) -> GPT2LMHeadModel:
+def load_local_gpt2(path: str) -> ConditionedGPT2:
     """A GPT-2 decoder from a local ``save_pretrained`` folder, with cross-attention layers added."""
     from pathlib import Path
 
@@ -373,4 +407,4 @@ def load_local_gpt2(path: str) -> GPT2LMHeadModel:
     if config.model_type != "gpt2":
         raise ValueError(f"text_decoder_path: {folder} holds a {config.model_type!r} model; allowed: 'gpt2'")
     config.add_cross_attention = True
-    return GPT2LMHeadModel.from_pretrained(str(folder), config=config, local_files_only=True)
+    return ConditionedGPT2.from_pretrained(str(folder), config=config, local_files_only=True)

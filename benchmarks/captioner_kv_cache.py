@@ -1,0 +1,79 @@
+"""Sampling speed of a Captioner with and without the KV cache, in one run.
+
+    python benchmarks/captioner_kv_cache.py [--tokens 128] [--batch 16] [--repeats 3]
+
+Builds the architecture of an image recipe (default ``configs/captioner/digits.yaml``; random
+weights, since speed does not depend on them) with room for ``--tokens`` positions, and greedily
+decodes exactly ``--tokens`` tokens per caption (``min_new_tokens`` forbids an early ``[EOS]``)
+for a batch of images, with ``use_cache=True`` and ``use_cache=False``, alternating, best of
+``--repeats``. Both must give the same tokens. Writes benchmarks/results/captioner_kv_cache.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from mmgen_lightning.models.captioner import Captioner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/captioner/digits.yaml", help="recipe whose model sizes are used")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a shared machine's noise down)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = yaml.safe_load((ROOT / args.config).read_text())
+    module_name, _, class_name = config["data"]["class_path"].rpartition(".")
+    datamodule = getattr(importlib.import_module(module_name), class_name)(**config["data"]["init_args"])
+    torch.manual_seed(0)
+    model = Captioner(datamodule.data_spec, **{**config["model"]["init_args"], "max_positions": args.tokens + 1})
+    model.eval()
+    size, channels = model.spec("image_size"), model.spec("image_channels")
+    images = torch.rand(args.batch, channels, size, size) * 2 - 1
+    knobs = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    outputs = {}
+    model.generate({"image": images[:2]}, 2, max_new_tokens=4)  # warm-up
+    for _ in range(args.repeats):
+        for use_cache in (True, False):
+            started = time.perf_counter()
+            outputs[use_cache] = model.generate({"image": images}, args.batch, use_cache=use_cache, **knobs)["text"]
+            seconds[use_cache].append(time.perf_counter() - started)
+    assert outputs[True].shape[1] == args.tokens + 1, outputs[True].shape
+    identical = torch.equal(outputs[True], outputs[False])
+    cached, uncached = min(seconds[True]), min(seconds[False])
+    report = {"config": args.config, "decoder": f"GPT-2 blocks from transformers, {model.decoder.config.n_layer} layers, "
+                                                f"width {model.decoder.config.n_embd}, cross-attention to "
+                                                f"{model.encode({'image': images[:1]}).shape[1]} image tokens",
+              "tokens_per_caption": args.tokens, "batch": args.batch, "decoding": "greedy", "repeats": args.repeats,
+              "seconds_with_cache": round(cached, 3), "seconds_without_cache": round(uncached, 3),
+              "speedup": round(uncached / cached, 2), "identical_tokens": identical,
+              "all_seconds": {"with_cache": [round(s, 3) for s in seconds[True]],
+                              "without_cache": [round(s, 3) for s in seconds[False]]},
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                         f"{torch.get_num_threads()} torch threads",
+              "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
+    out = ROOT / "benchmarks" / "results" / "captioner_kv_cache.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    if not identical:
+        raise SystemExit("cached and uncached decoding gave different tokens")
+
+
+if __name__ == "__main__":
+    main()
