@@ -38,8 +38,8 @@ from mmgen_lightning.models.base import GenerativeModule
 from mmgen_lightning.models.layers.audio import LogMel
 from mmgen_lightning.models.layers.conditioning import (AudioEmbedder, FeatureEmbedder, LabelEmbedder,
                                                         PretrainedTextEncoder, TextEmbedder)
-from mmgen_lightning.models.layers.gan_blocks import (ImageGenerator, ProjectionDiscriminator, VideoGenerator,
-                                                      WarpVideoGenerator, image_trunk, video_trunk)
+from mmgen_lightning.models.layers.gan_blocks import (ClipAndFramesTrunk, ImageGenerator, ProjectionDiscriminator,
+                                                      VideoGenerator, WarpVideoGenerator, image_trunk, video_trunk)
 
 GAN_CONDITIONS = ("label", "text", "audio")
 GAN_OUTPUTS = ("image", "video")
@@ -57,6 +57,8 @@ class ConditionalGAN(GenerativeModule):
         latent_dim: size of the noise ``z ~ N(0, I)``.
         width: generator channels at full resolution (doubling per level down to 4x4, at most 8x).
         discriminator_width: discriminator channels at full resolution (default: ``width``).
+        discriminator_frames: videos only: frames per clip that a full-size image branch of the
+            discriminator also judges (content), beside the clip branch (motion); 0: clip branch only.
         condition_dim: size of each player's condition embedding.
         text_width: width of the trainable text encoders.
         text_layers: transformer layers of the trainable text encoders.
@@ -83,7 +85,7 @@ class ConditionalGAN(GenerativeModule):
 
     def __init__(self, data_spec: dict[str, Any] | None = None, condition: str | None = "label",
                  output: str = "image", video_generator: str = "warp", latent_dim: int = 128, width: int = 32, discriminator_width: int | None = None,
-                 condition_dim: int = 128, text_width: int = 64, text_layers: int = 1,
+                 discriminator_frames: int = 2, condition_dim: int = 128, text_width: int = 64, text_layers: int = 1,
                  text_encoder_path: str | None = None, n_mels: int = 64, audio_width: int = 32, loss: str = "hinge",
                  r1_gamma: float = 0.0,
                  r1_every: int = 1, gp_weight: float | None = None, spectral_norm: bool = True,
@@ -162,6 +164,10 @@ class ConditionalGAN(GenerativeModule):
         width = hp.discriminator_width or hp.width
         if self.output == "image":
             trunk, features = image_trunk(self.spec("image_channels"), self.spec("image_size"), width, hp.spectral_norm)
+        elif hp.discriminator_frames:
+            trunk = ClipAndFramesTrunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(), width,
+                                       hp.discriminator_frames, hp.spectral_norm)
+            features = trunk.num_features
         else:
             trunk, features = video_trunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(),
                                           width, hp.spectral_norm)

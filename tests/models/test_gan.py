@@ -274,12 +274,13 @@ class TinyVideos(Dataset):
         return {"video": video, "text": self.captions["text"][kind], "text_mask": self.captions["text_mask"][kind]}
 
 
-@pytest.mark.parametrize("video_generator", ["warp", "conv"])
-def test_text_to_video_trains_and_samples_clips(video_generator):
+@pytest.mark.parametrize("video_generator, discriminator_frames", [("warp", 2), ("conv", 0)])
+def test_text_to_video_trains_and_samples_clips(video_generator, discriminator_frames):
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"])
     spec = {**datamodule.data_spec, "modalities": ["video", "text"], "num_frames": 4, "video_size": 16}
-    model = ConditionalGAN(spec, condition="text", output="video", video_generator=video_generator, **TINY)
+    model = ConditionalGAN(spec, condition="text", output="video", video_generator=video_generator,
+                           discriminator_frames=discriminator_frames, **TINY)
     model.tokenizer = datamodule.tokenizer
     trainer = fit(model, loader=DataLoader(TinyVideos(datamodule.tokenizer), batch_size=8), max_steps=4,
                   log_every_n_steps=1)

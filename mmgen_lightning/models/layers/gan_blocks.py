@@ -294,6 +294,35 @@ def video_trunk(channels: int, num_frames: int, size: int, width: int = 16,
     return nn.Sequential(_FramesToChannelsFirst(), *layers), in_channels
 
 
+class ClipAndFramesTrunk(nn.Module):
+    """``B,F,C,H,W -> B,clip_features + frame_features,1``: the video trunk on the whole clip (motion,
+    from half size) beside an image trunk on ``frames`` frames drawn at random each call (content, at
+    full size), its features averaged over them: MoCoGAN's video and image discriminators (Tulyakov
+    et al. 2018) as two branches of one discriminator, so one projection head scores both. Looking
+    at a few frames at full size costs less than a full-size clip trunk and sees strokes it would blur.
+
+    Args:
+        channels, num_frames, size, width, spectral_norm: as :func:`video_trunk` (the image branch
+            uses ``2 * width``).
+        frames: frames per clip the image branch looks at.
+    """
+
+    def __init__(self, channels: int, num_frames: int, size: int, width: int = 16, frames: int = 2,
+                 spectral_norm: bool = True) -> None:
+        super().__init__()
+        if not 1 <= frames <= num_frames:
+            raise ValueError(f"discriminator_frames must be in [0, {num_frames}] (0: no frame branch), got {frames}")
+        self.clip, clip_features = video_trunk(channels, num_frames, size, width, spectral_norm)
+        self.image, image_features = image_trunk(channels, size, 2 * width, spectral_norm)
+        self.frames, self.num_features = frames, clip_features + image_features
+
+    def forward(self, video: Tensor) -> Tensor:
+        clip = F.relu(self.clip(video)).flatten(2).sum(2)
+        chosen = torch.randperm(video.shape[1], device=video.device)[: self.frames]
+        frames = F.relu(self.image(video[:, chosen].flatten(0, 1))).flatten(2).sum(2)
+        return torch.cat([clip, frames.unflatten(0, (video.shape[0], -1)).mean(1)], dim=1).unsqueeze(-1)
+
+
 class _FramesToChannelsFirst(nn.Module):
     def forward(self, video: Tensor) -> Tensor:
         return video.transpose(1, 2)  # B,F,C,H,W -> B,C,F,H,W for Conv3d
