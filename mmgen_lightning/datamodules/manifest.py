@@ -1,0 +1,462 @@
+"""Manifest: a user's own files, listed one sample per row in a JSONL or CSV manifest.
+
+A row gives any of
+
+* ``image``: a picture file (anything PIL opens: PNG, JPEG, ...), resized on its shorter side and
+  centre-cropped to ``image_size``, scaled to [-1, 1];
+* ``audio``: a WAV/FLAC/OGG file (read with ``soundfile``; ``torchaudio.load`` would need FFmpeg),
+  mixed to mono, resampled with ``torchaudio.functional.resample`` and cut or zero-padded to
+  ``audio_seconds``;
+* ``video``: an animated GIF/WebP (read with PIL) or a folder of frame images (sorted by name),
+  ``num_frames`` frames taken evenly over the clip. MP4 and other containers need a video decoder
+  (PyAV/FFmpeg), which this toolkit does not ship: convert them to GIF or a frame folder;
+* ``text`` or ``caption``: the caption; ``label``: a class index >= 0; ``split``: train/val/test.
+
+File paths are relative to the manifest's folder (absolute paths are kept). Without a ``split``
+column, rows are cut into train/val/test by a permutation seeded with ``seed``.
+
+Bad data never becomes a tensor. A row whose file is missing, empty, undecodable, whose audio holds
+NaN/Inf or has the wrong sample rate (with ``resample: false``), whose caption is empty or whose
+columns are unknown raises :class:`DataError` naming the manifest line and the file
+(``on_error: raise``, the default), or is dropped (``on_error: skip``): cheap checks drop rows when
+the manifest is read, decoding failures drop the sample from its batch; both are counted in
+:attr:`ManifestDataModule.skip_report`, logged, and summarised at the end of every epoch by
+:class:`~mmgen_lightning.callbacks.faults.DataErrorReport`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional as AF
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageSequence
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+
+from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
+from mmgen_lightning.datamodules.tokenizer import KINDS, CaptionTokenizer
+
+log = logging.getLogger(__name__)
+
+FILE_COLUMNS = ("image", "audio", "video")
+COLUMNS = FILE_COLUMNS + ("text", "caption", "label", "split")
+ON_ERROR = ("raise", "skip")
+#: containers PIL cannot decode; named in the error so the user knows to convert them
+NEEDS_VIDEO_DECODER = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+#: batch key that carries the indices of samples dropped from a batch, popped before the model sees it
+SKIPPED_KEY = "_skipped"
+
+
+class DataError(ValueError):
+    """A manifest row that cannot become a sample: says which line, which file and why."""
+
+    def __init__(self, manifest: str | Path, line: int, reason: str, file: str | Path | None = None) -> None:
+        where = f"{manifest} line {line}" + (f" ({file})" if file else "")
+        super().__init__(f"{where}: {reason}")
+        self.line, self.file, self.reason = line, str(file) if file else None, reason
+
+
+# --- readers: one file -> one batch-contract tensor, or a ValueError saying why ---------------------
+def read_image(path: Path, image_size: int, channels: int) -> Tensor:
+    """``C,S,S`` in [-1, 1]: shorter side resized to ``S`` (antialiased), centre-cropped."""
+    try:
+        with Image.open(path) as image:
+            pixels = TF.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+    except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on broken files
+        raise ValueError(f"cannot decode the image ({error})") from error
+    return _to_unit_range(TF.center_crop(TF.resize(pixels, image_size, antialias=True), image_size))
+
+
+def read_audio(path: Path, sample_rate: int, length: int, resample: bool = True) -> Tensor:
+    """``T`` in [-1, 1]: mono mix, resampled to ``sample_rate`` (or refused when ``resample`` is
+    off and the rates differ), cut or zero-padded to ``length`` samples."""
+    try:
+        waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise ValueError(f"cannot decode the audio ({error})") from error
+    if waveform.shape[0] == 0:
+        raise ValueError("the audio has no samples")
+    if not np.isfinite(waveform).all():
+        raise ValueError("the audio holds NaN or Inf samples")
+    if file_rate != sample_rate and not resample:
+        raise ValueError(f"sample rate is {file_rate} Hz, expected {sample_rate} Hz (resample is off)")
+    audio = torch.from_numpy(waveform.mean(axis=1))
+    if file_rate != sample_rate:
+        audio = AF.resample(audio, file_rate, sample_rate)
+    audio = audio[:length]
+    # float WAVs may peak above full scale; the batch contract is [-1, 1]
+    return torch.nn.functional.pad(audio, (0, length - audio.shape[0])).clamp(-1.0, 1.0)
+
+
+def read_video(path: Path, image_size: int, channels: int, num_frames: int) -> Tensor:
+    """``F,C,S,S`` in [-1, 1] from an animated image or a folder of frames; ``num_frames`` frames
+    spread evenly over the clip (repeated when the clip is shorter)."""
+    if path.suffix.lower() in NEEDS_VIDEO_DECODER:
+        raise ValueError(f"{path.suffix} needs a video decoder (PyAV/FFmpeg), which is not installed; "
+                         "convert the clip to an animated GIF or a folder of frame images")
+    mode = "L" if channels == 1 else "RGB"
+    if path.is_dir():
+        names = sorted(p for p in path.iterdir() if p.is_file())
+        if not names:
+            raise ValueError("the frame folder is empty")
+        picks = np.linspace(0, len(names) - 1, num_frames).round().astype(int)
+        return torch.stack([read_image(names[i], image_size, channels) for i in picks])
+    try:
+        with Image.open(path) as clip:
+            frames = [TF.pil_to_tensor(frame.convert(mode)) for frame in ImageSequence.Iterator(clip)]
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(f"cannot decode the video ({error})") from error
+    picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
+    clip = torch.stack([frames[i] for i in picks])
+    return _to_unit_range(TF.center_crop(TF.resize(clip, image_size, antialias=True), image_size))
+
+
+def _to_unit_range(pixels: Tensor) -> Tensor:
+    return pixels.float() / 127.5 - 1.0
+
+
+def read_manifest(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` pairs of a ``.jsonl`` or ``.csv`` manifest (CSV line 1 is the header);
+    a line that is not a JSON object raises, naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    rows = []
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                rows.append((line, {k: v for k, v in row.items() if v not in ("", None)}))
+        return rows
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        raise ValueError(f"manifest {path}: unknown format {path.suffix!r}; allowed: .jsonl, .csv")
+    with open(path, encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {line}: not valid JSON ({error})") from error
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {line}: a row must be a JSON object, got {type(row).__name__}")
+            rows.append((line, row))
+    return rows
+
+
+class ManifestDataset(Dataset):
+    """The rows of one split, decoded on access into batch-contract items.
+
+    With ``skip`` a row whose file fails to decode gives ``{SKIPPED_KEY: index}`` instead of an item;
+    :func:`collate_dropping_skipped` takes it out of the batch and passes the index on.
+    """
+
+    def __init__(self, datamodule: "ManifestDataModule", rows: list[dict[str, Any]]) -> None:
+        self.datamodule, self.rows = datamodule, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def decode(self, index: int) -> dict[str, Tensor]:
+        """The item of row ``index``; raises :class:`DataError` naming its line and file."""
+        dm, row = self.datamodule, self.rows[index]
+        item: dict[str, Tensor] = {}
+        for name in dm.modalities:
+            if name not in FILE_COLUMNS:
+                continue
+            path = row[name]
+            try:
+                if name == "image":
+                    item["image"] = read_image(path, dm.image_size, dm.image_channels)
+                elif name == "audio":
+                    item["audio"] = read_audio(path, dm.sample_rate, dm.audio_length, dm.resample)
+                else:
+                    item["video"] = read_video(path, dm.video_size, dm.image_channels, dm.num_frames)
+            except (ValueError, OSError) as error:
+                raise DataError(dm.manifest, row["line"], str(error), path) from error
+        if "text" in dm.modalities:
+            encoded = dm.tokenizer.encode(row["text"])
+            item["text"], item["text_mask"] = encoded["text"][0], encoded["text_mask"][0]
+        if "label" in dm.modalities:
+            item["label"] = torch.tensor(row["label"], dtype=torch.long)
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        try:
+            return self.decode(index)
+        except DataError as error:
+            if self.datamodule.on_error == "raise":
+                raise
+            log.warning("skipping %s", error)
+            return {SKIPPED_KEY: torch.tensor(index)}
+
+
+def collate_dropping_skipped(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """``default_collate`` of the good items, plus ``SKIPPED_KEY``: ``long K`` indices of the dropped ones."""
+    good = [item for item in items if SKIPPED_KEY not in item]
+    skipped = [int(item[SKIPPED_KEY]) for item in items if SKIPPED_KEY in item]
+    if not good:
+        raise ValueError(f"every sample of a batch failed to decode (split indices {skipped}); "
+                         "see the warnings above: most of the data is bad")
+    batch = default_collate(good)
+    batch[SKIPPED_KEY] = torch.tensor(skipped, dtype=torch.long)
+    return batch
+
+
+class ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` (order a pure function of ``seed`` and the epoch) that can start an
+    epoch ``skip`` samples in, so a run resumed mid-epoch continues where it stopped."""
+
+    skip: int = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ResumableSampler` that follows Lightning's ``state_dict`` protocol.
+
+    It counts a batch as taken once the consumer asks for the next one. Lightning's training loop
+    prefetches exactly one batch, so when a checkpoint is written after batch ``n`` the count is ``n``:
+    the resumed epoch starts at batch ``n + 1`` without decoding the ``n`` before it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError("ResumableDataLoader needs a ResumableSampler")
+        self._taken = 0
+        self._resume_at = 0
+
+    def __iter__(self):
+        self._taken, self._resume_at = self._resume_at, 0
+        self.sampler.skip = self._taken * self.batch_size
+        for batch in super().__iter__():
+            yield batch
+            self._taken += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self._taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # a checkpoint from the end of an epoch resumes at the start of the next one
+        self._resume_at = state["batches"] if state["batches"] < len(self) else 0
+
+
+class ManifestDataModule(MultimodalDataModule):
+    """A user's image/audio/video files and captions, listed in a JSONL or CSV manifest.
+
+    Args:
+        manifest: path of the ``.jsonl`` or ``.csv`` manifest; file paths in it are relative to its folder.
+        modalities: which of ``image``, ``text``, ``audio``, ``video``, ``label`` each batch carries;
+            by default every one the manifest's first row gives (``caption`` counts as ``text``).
+        image_size: side of images and video frames after resize and centre crop, in pixels.
+        image_channels: 1 (grey) or 3 (RGB).
+        video_size: side of video frames; by default ``image_size``.
+        num_frames: frames per video, taken evenly over each clip.
+        sample_rate: audio samples per second after resampling.
+        audio_seconds: audio clip length; longer clips are cut, shorter ones zero-padded.
+        resample: resample audio at another rate; when off such a file is an error (wrong sample rate).
+        num_classes: number of classes; by default the largest ``label`` + 1.
+        split_fractions: train, val and test shares of the rows when the manifest has no ``split`` column.
+        on_error: ``raise`` stops at the first bad row with its line and file; ``skip`` drops it,
+            counts it and reports it.
+        ignore_columns: extra columns to accept and ignore (ids, notes); any other unknown column is an error.
+        tokenizer_kind: ``word`` (closed vocabularies) or ``bpe`` (open captions) when the tokenizer is
+            trained on the train split's captions.
+        vocab_size: largest vocabulary of a ``bpe`` tokenizer.
+        batch_size: samples per batch and per process.
+        num_workers: ``DataLoader`` worker processes (decoding happens in them).
+        seed: seeds the row split and the shuffling.
+        max_text_length: padded caption length, ``[BOS]`` and ``[EOS]`` included.
+        tokenizer_path: a local ``tokenizer.json`` to use instead of training one on the captions.
+    """
+
+    available_modalities = ("image", "text", "audio", "video", "label")
+    name = "manifest"
+
+    def __init__(self, manifest: str, modalities: list[str] | None = None, image_size: int = 32,
+                 image_channels: int = 3, video_size: int | None = None, num_frames: int = 8,
+                 sample_rate: int = 16000, audio_seconds: float = 1.0, resample: bool = True,
+                 num_classes: int | None = None, split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                 on_error: str = "raise", ignore_columns: list[str] | None = None, tokenizer_kind: str = "word",
+                 vocab_size: int = 4000, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 max_text_length: int = 24, tokenizer_path: str | None = None) -> None:
+        self.manifest = Path(manifest)
+        raw_rows = read_manifest(self.manifest)
+        if not raw_rows:
+            raise ValueError(f"manifest {self.manifest} has no rows")
+        if modalities is None:
+            first = raw_rows[0][1]
+            modalities = [m for m in self.available_modalities
+                          if m in first or (m == "text" and "caption" in first)]
+        super().__init__(modalities, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                         max_text_length=max_text_length, tokenizer_path=tokenizer_path)
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error: unknown {on_error!r}; allowed: {', '.join(ON_ERROR)}")
+        if image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 or 3, got {image_channels}")
+        if tokenizer_kind not in KINDS:
+            raise ValueError(f"tokenizer_kind: unknown {tokenizer_kind!r}; allowed: {', '.join(KINDS)}")
+        fractions = tuple(split_fractions)
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(f"split_fractions: give 3 shares >= 0 (train, val, test) summing to 1, got {split_fractions}")
+        for name, value in (("image_size", image_size), ("num_frames", num_frames), ("sample_rate", sample_rate)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not audio_seconds > 0:
+            raise ValueError(f"audio_seconds must be > 0, got {audio_seconds}")
+        self.image_size, self.image_channels = image_size, image_channels
+        self.video_size, self.num_frames = video_size or image_size, num_frames
+        self.sample_rate, self.audio_length = sample_rate, max(1, round(sample_rate * audio_seconds))
+        self.resample, self.on_error = resample, on_error
+        self.split_fractions, self.tokenizer_kind, self.vocab_size = fractions, tokenizer_kind, vocab_size
+        self.allowed_columns = COLUMNS + tuple(ignore_columns or ())
+        #: per split: manifest lines dropped when read, and dataset indices dropped from batches since the last report
+        self.skip_report: dict[str, dict[str, list]] = {s: {"read": [], "decode": []} for s in SPLITS}
+        self.rows = self._split_rows(raw_rows)
+        if not self.rows["train"]:
+            raise ValueError(f"manifest {self.manifest}: no usable row is left for the train split")
+        labels = [row["label"] for rows in self.rows.values() for row in rows if "label" in row]
+        self.num_classes = num_classes or (max(labels) + 1 if labels else 0)
+        if "label" in self.modalities and labels and max(labels) >= self.num_classes:
+            raise ValueError(f"num_classes is {self.num_classes} but the manifest has label {max(labels)}")
+
+    # --- reading the manifest -----------------------------------------------------------------
+    def check_row(self, line: int, raw: dict[str, Any]) -> dict[str, Any]:
+        """A row with resolved paths, its caption and label; :class:`DataError` for what can be
+        seen without decoding (unknown column, missing field, empty caption, missing or empty file)."""
+        unknown = [key for key in raw if key not in self.allowed_columns]
+        if unknown:
+            raise DataError(self.manifest, line, f"unknown column {unknown[0]!r}; allowed: "
+                            f"{', '.join(self.allowed_columns)} (add others to ignore_columns)")
+        if "text" in raw and "caption" in raw:
+            raise DataError(self.manifest, line, "give 'text' or 'caption', not both")
+        row: dict[str, Any] = {"line": line, "split": raw.get("split")}
+        for name in self.modalities:
+            key = "caption" if name == "text" and "caption" in raw else name
+            if key not in raw:
+                raise DataError(self.manifest, line, f"no {name!r} column, but modalities include {name!r}")
+            value = raw[key]
+            if name in FILE_COLUMNS:
+                path = Path(str(value))
+                path = path if path.is_absolute() else self.manifest.parent / path
+                if not path.exists():
+                    raise DataError(self.manifest, line, f"{name} file not found", path)
+                if path.is_file() and path.stat().st_size == 0:
+                    raise DataError(self.manifest, line, f"{name} file is empty (0 bytes)", path)
+                row[name] = path
+            elif name == "text":
+                if not isinstance(value, str) or not value.strip():
+                    raise DataError(self.manifest, line, f"the caption is empty: {value!r}")
+                row["text"] = value
+            elif name == "label":
+                try:
+                    label = int(value)
+                except (TypeError, ValueError):
+                    label = -1
+                if label < 0 or str(label) != str(value).strip():
+                    raise DataError(self.manifest, line, f"label must be an integer >= 0, got {value!r}")
+                row["label"] = label
+        if row["split"] is not None and row["split"] not in SPLITS:
+            raise DataError(self.manifest, line, f"split: unknown {row['split']!r}; allowed: {', '.join(SPLITS)}")
+        return row
+
+    def _split_rows(self, raw_rows: list[tuple[int, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        """Check every row, then assign it to a split: by its ``split`` column when the manifest has
+        one, else by a seeded permutation of all rows (bad ones included, so a good row's split never
+        depends on which others are bad)."""
+        by_column = any("split" in raw for _, raw in raw_rows)
+        order = np.random.default_rng(self.seed).permutation(len(raw_rows))
+        cuts = np.rint(np.cumsum(self.split_fractions) * len(raw_rows)).astype(int)
+        position = np.empty(len(raw_rows), dtype=int)
+        position[order] = np.arange(len(raw_rows))
+        rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        for index, (line, raw) in enumerate(raw_rows):
+            split = SPLITS[int(np.searchsorted(cuts[:2], position[index], side="right"))]
+            try:
+                row = self.check_row(line, raw)
+                if by_column and row["split"] is None:
+                    raise DataError(self.manifest, line, "no 'split' value, but other rows have one")
+            except DataError as error:
+                if self.on_error == "raise":
+                    raise
+                log.warning("skipping %s", error)
+                self.skip_report[raw.get("split") if raw.get("split") in SPLITS else split]["read"].append(str(error))
+                continue
+            rows[row["split"] if by_column else split].append(row)
+        return rows
+
+    # --- the source ---------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> CaptionTokenizer:
+        if self._tokenizer is None and not self.tokenizer_path:
+            self._tokenizer = CaptionTokenizer.train(self.caption_corpus(), self.max_text_length,
+                                                     kind=self.tokenizer_kind, vocab_size=self.vocab_size)
+        return super().tokenizer
+
+    def caption_corpus(self) -> list[str]:
+        """The train split's captions (val/test captions stay unseen, as they would in use)."""
+        return [row["text"] for row in self.rows["train"] if "text" in row] or ["(no captions)"]
+
+    def build_split(self, split: str) -> Dataset:
+        return ManifestDataset(self, self.rows[split])
+
+    def source_spec(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "image_channels": self.image_channels, "video_size": self.video_size,
+                "sample_rate": self.sample_rate, "audio_length": self.audio_length, "num_frames": self.num_frames,
+                "num_classes": self.num_classes}
+
+    # --- loading ------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        options = {"batch_size": self.batch_size, "num_workers": self.num_workers,
+                   "persistent_workers": self.num_workers > 0, "collate_fn": collate_dropping_skipped}
+        if not shuffle:  # Lightning adds a DistributedSampler under DDP
+            return DataLoader(dataset, shuffle=False, **options)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed,
+                                   drop_last=True)
+        return ResumableDataLoader(dataset, sampler=sampler, drop_last=True, **options)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Take the dropped samples' indices out of the batch and count them for the epoch report."""
+        if isinstance(batch, dict) and SKIPPED_KEY in batch:
+            skipped = batch.pop(SKIPPED_KEY).tolist()
+            trainer = self.trainer
+            if trainer is not None and trainer.sanity_checking:  # a partial pass, not counted
+                return batch
+            split = "train" if trainer is None or trainer.training else "test" if trainer.testing else "val"
+            self.skip_report[split]["decode"].extend(skipped)
+        return batch
+
+    def take_skip_report(self, split: str) -> tuple[int, list[str]]:
+        """``(count, messages)`` of the samples of ``split`` dropped since the last call (rows dropped
+        when the manifest was read are reported once, with the first epoch)."""
+        report = self.skip_report[split]
+        dataset = self._splits.get(split)
+        messages = list(report["read"])
+        for index, times in sorted(Counter(report["decode"]).items()):
+            try:
+                dataset.decode(index)
+                reason = "decoded fine when re-checked"
+            except DataError as error:
+                reason = str(error)
+            messages.append(reason + (f" ({times} times)" if times > 1 else ""))
+        count = len(report["read"]) + len(report["decode"])
+        self.skip_report[split] = {"read": [], "decode": []}
+        return count, messages
+
+
+__all__ = ["DataError", "ManifestDataModule", "ManifestDataset", "ResumableDataLoader", "ResumableSampler",
+           "collate_dropping_skipped", "read_audio", "read_image", "read_manifest", "read_video"]
