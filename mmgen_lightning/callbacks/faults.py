@@ -18,7 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _checkpoint_folder(trainer: L.Trainer) -> str:
-    """Where the trainer's ``ModelCheckpoint`` writes, else ``default_root_dir/checkpoints``."""
-    callback = trainer.checkpoint_callback
-    folder = getattr(callback, "dirpath", None)
-    return str(folder) if folder else os.path.join(trainer.default_root_dir, "checkpoints")
+    """Where the trainer's first ``ModelCheckpoint`` writes, else ``default_root_dir/checkpoints``."""
+    folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    return str(folders[0]) if folders else os.path.join(trainer.default_root_dir, "checkpoints")
 
 
 class StopOnNonFiniteLoss(Callback):
@@ -86,15 +85,21 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
         super().__init__(dirpath or ".", filename)
         self._folder_given = dirpath is not None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def _resolve(self, trainer: L.Trainer) -> None:
+        # ModelCheckpoint settles its folder in its own setup, so this is asked as late as possible
         if not self._folder_given:
             self.dirpath = _checkpoint_folder(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.world_size > 1 or isinstance(exception, NonFiniteLossError):
             return
+        self._resolve(trainer)
         super().on_exception(trainer, pl_module, exception)
         log.warning("training failed (%s); its state is saved in %s", type(exception).__name__, self.ckpt_path)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._resolve(trainer)  # a run that ends well removes the checkpoint of an earlier failure
+        super().teardown(trainer, pl_module, stage)
 
 
 class RandomStateCheckpoint(Callback):

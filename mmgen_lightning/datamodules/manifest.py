@@ -225,9 +225,9 @@ class ResumableSampler(DistributedSampler):
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` over a :class:`ResumableSampler` that follows Lightning's ``state_dict`` protocol.
 
-    It counts a batch as taken once the consumer asks for the next one. Lightning's training loop
-    prefetches exactly one batch, so when a checkpoint is written after batch ``n`` the count is ``n``:
-    the resumed epoch starts at batch ``n + 1`` without decoding the ``n`` before it.
+    It counts a batch as taken when it hands it out. Lightning's training loop fetches from a sized
+    loader only when it needs the next batch (no prefetching), so a checkpoint written after batch
+    ``n`` records ``n``: the resumed epoch starts at batch ``n + 1`` without decoding the ``n`` before it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -240,9 +240,13 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self):
         self._taken, self._resume_at = self._resume_at, 0
         self.sampler.skip = self._taken * self.batch_size
-        for batch in super().__iter__():
-            yield batch
+        # the base iterator is made now, not at the first batch, so it is set up when Lightning asks for it
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches):
+        for batch in batches:
             self._taken += 1
+            yield batch
 
     def state_dict(self) -> dict[str, int]:
         return {"batches": self._taken}
@@ -427,7 +431,9 @@ class ManifestDataModule(MultimodalDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = ResumableSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed,
                                    drop_last=True)
-        return ResumableDataLoader(dataset, sampler=sampler, drop_last=True, **options)
+        # its own generator (worker seeds) keeps loading off the global RNG that models draw noise from
+        return ResumableDataLoader(dataset, sampler=sampler, drop_last=True,
+                                   generator=torch.Generator().manual_seed(self.seed), **options)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Take the dropped samples' indices out of the batch and count them for the epoch report."""
