@@ -77,9 +77,44 @@ def test_bf16_mixed_precision_trains():
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text", "audio"], size=32)
     model = MultimodalVAE(datamodule.data_spec, latent_dim=4, width=8, text_width=16, n_mels=16)
-    trainer = fit(model, datamodule, max_steps=3, precision="bf16-mixed", limit_val_batches=1)
+    trainer = fit(model, datamodule, max_steps=3, precision="bf16-mixed", limit_val_batches=1, log_every_n_steps=1)
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
     assert math.isfinite(trainer.callback_metrics["val/elbo"].item())
+
+
+def test_log_mel_is_computed_once_per_step():
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "audio"], size=16)
+    model = MultimodalVAE(datamodule.data_spec, fusion="poe", latent_dim=4, width=8, n_mels=16)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    calls = []
+    model.log_mel.register_forward_hook(lambda module, inputs, output: calls.append(output))
+    torch.manual_seed(1)
+    loss = model.elbo_terms(batch, 1.0)["loss"]
+    assert len(calls) == 1
+    # the same objective as feeding the encoder and the likelihood their own log-mel
+    torch.manual_seed(1)
+    experts = model.encode(batch, model.modalities)
+    assert len(calls) == 2
+    torch.manual_seed(1)
+    assert torch.allclose(model.elbo_terms({**batch, "log_mel": calls[0]}, 1.0)["loss"], loss)
+    assert len(calls) == 2
+    assert torch.equal(experts["audio"][0], model.encode({**batch, "log_mel": calls[0]}, ["audio"])["audio"][0])
+
+
+def test_training_metrics_are_made_only_on_logging_steps(tmp_path):
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=32, batch_size=4)
+    model = MultimodalVAE(datamodule.data_spec, latent_dim=4, width=8, text_width=16)
+    logged_at = []
+    log = model.log
+    model.log = lambda name, *args, **kwargs: (logged_at.append((name, model.trainer.global_step)),
+                                               log(name, *args, **kwargs))[1]
+    trainer = fit(model, datamodule, max_steps=6, log_every_n_steps=3, limit_val_batches=0)
+    assert sorted({step for name, step in logged_at if name == "train/loss"}) == [2, 5]
+    assert {"train/kl", "train/nll_image", "train/nll_text"} <= {name for name, _ in logged_at}
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
 
 
 def test_ddp_two_cpu_processes(tmp_path):
