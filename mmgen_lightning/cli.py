@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from mmgen_lightning.batch import MODALITIES
+from mmgen_lightning.callbacks.faults import DataErrorReport, RandomStateCheckpoint, StopOnNonFiniteLoss
+from mmgen_lightning.checkpoint_io import AtomicCheckpointIO
 from mmgen_lightning.datamodules.base import MultimodalDataModule
 from mmgen_lightning.models.base import GenerativeModule, load_generator
 
@@ -41,9 +43,15 @@ def lightning_main(args: Sequence[str]) -> None:
     import mmgen_lightning.datamodules  # noqa: F401 - registers the built-in sources for class_path
     import mmgen_lightning.models  # noqa: F401 - registers the families for class_path
 
+    # Fault tolerance by default: a NaN/Inf loss stops with the last finite state saved, checkpoints carry
+    # the random state (exact resumption) and are written atomically, skipped samples are reported.
+    # OnExceptionCheckpoint is not a default: as a Checkpoint callback it would replace Lightning's default
+    # ModelCheckpoint and clash with `enable_checkpointing: false`; recipes add ExceptionCheckpoint.
+    callbacks = [RichProgressBar(), LearningRateMonitor(), StopOnNonFiniteLoss(), RandomStateCheckpoint(),
+                 DataErrorReport()]
     MMGenCLI(GenerativeModule, MultimodalDataModule, subclass_mode_model=True, subclass_mode_data=True,
              args=list(args), save_config_kwargs={"overwrite": True},
-             trainer_defaults={"callbacks": [RichProgressBar(), LearningRateMonitor()]})
+             trainer_defaults={"callbacks": callbacks, "plugins": [AtomicCheckpointIO()]})
 
 
 # --- generate --------------------------------------------------------------------------------
@@ -122,6 +130,42 @@ def generate_main(argv: Sequence[str]) -> None:
     print(f"wrote {written} {args.to} samples and manifest.jsonl to {args.out}")
 
 
+# --- shard -----------------------------------------------------------------------------------
+def shard_parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from mmgen_lightning.datamodules.manifest import ManifestDataModule
+
+    parser = ArgumentParser(prog="mmgen shard", description=(
+        "Decode a manifest once into litdata shards for StreamingDataModule: writes OUT/<split>/ chunks, "
+        "OUT/mmgen.json (sizes, row counts, skipped rows) and OUT/tokenizer.json. The --data.* options are "
+        "ManifestDataModule's; --config takes a YAML file with a `data:` section of them."))
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with data: {manifest: ..., ...}")
+    parser.add_class_arguments(ManifestDataModule, "data", skip={"batch_size", "num_workers"})
+    parser.add_argument("--out", required=True, help="output folder (local; upload it to object storage after)")
+    parser.add_argument("--chunk_bytes", default="64MB", help="target size of one chunk file")
+    parser.add_argument("--workers", type=int, default=1, help="decoding processes")
+    return parser
+
+
+def shard_main(argv: Sequence[str]) -> None:
+    from mmgen_lightning.datamodules.manifest import DataError, ManifestDataModule
+    from mmgen_lightning.datamodules.streaming import shard_manifest
+
+    parser = shard_parser()
+    args = parser.parse_args(list(argv))
+    if args.workers < 1:
+        raise SystemExit("mmgen shard: --workers must be >= 1")
+    try:
+        datamodule = ManifestDataModule(**args.data.as_dict())
+        meta = shard_manifest(datamodule, args.out, chunk_bytes=args.chunk_bytes, num_workers=args.workers)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"mmgen shard: {error}") from error
+    for split, counts in meta["splits"].items():
+        print(f"{split:5s}  rows {counts['rows']:8d}  written {counts['written']:8d}  skipped {counts['skipped']:6d}")
+    print(f"wrote shards, {args.out}/mmgen.json and {args.out}/tokenizer.json")
+
+
 # --- evaluate --------------------------------------------------------------------------------
 def evaluate_main(argv: Sequence[str]) -> None:
     from mmgen_lightning.metrics.report import evaluate_cli
@@ -129,7 +173,7 @@ def evaluate_main(argv: Sequence[str]) -> None:
     evaluate_cli(argv)
 
 
-HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate} ...
+HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate,shard} ...
 
   fit        train a model:            mmgen fit --config configs/quickstart.yaml
   validate   run the validation loop:  mmgen validate --config CFG --ckpt_path CKPT
@@ -137,6 +181,7 @@ HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate} ...
   predict    run the predict loop:     mmgen predict --config CFG --ckpt_path CKPT
   generate   sample to files:          mmgen generate --ckpt CKPT --to image --text "a red circle" --num 8 --out DIR
   evaluate   metrics report:           mmgen evaluate --ckpt CKPT --out report.json
+  shard      manifest -> shards:       mmgen shard --data.manifest data.jsonl --out shards/
 
 `mmgen SUBCOMMAND --help` explains each one.
 """
@@ -150,11 +195,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         generate_main(argv[1:])
     elif argv[0] == "evaluate":
         evaluate_main(argv[1:])
+    elif argv[0] == "shard":
+        shard_main(argv[1:])
     elif argv[0] in TRAINER_SUBCOMMANDS:
         lightning_main(argv)
     else:
         raise SystemExit(f"mmgen: unknown subcommand {argv[0]!r}; allowed: "
-                         f"{', '.join(TRAINER_SUBCOMMANDS + ('generate', 'evaluate'))}")
+                         f"{', '.join(TRAINER_SUBCOMMANDS + ('generate', 'evaluate', 'shard'))}")
 
 
 if __name__ == "__main__":
