@@ -151,3 +151,17 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     mix = torch.rand(real.shape[0], *([1] * (real.ndim - 1)), device=real.device, dtype=real.dtype)
     interpolates = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
     return (input_gradient_norms(critic(interpolates), interpolates) - 1.0).pow(2).mean()
+
+
+# --- vector quantisation (VQVAE) --------------------------------------------------------------
+def commitment_loss(inputs: Tensor, quantized: Tensor) -> Tensor:
+    """VQ-VAE commitment term (van den Oord et al. 2017, eq. 3): ``mean((z_e - sg(e))^2)``; pulls the
+    encoder outputs ``z_e`` towards their (fixed) codes ``e``. Shapes of the two must match."""
+    return F.mse_loss(inputs.float(), quantized.detach().float())
+
+
+def codebook_perplexity(counts: Tensor) -> Tensor:
+    """``exp(H(p))`` of the code histogram ``counts: K`` with ``p = counts / sum(counts)``: the effective
+    number of codes in use (1 when one code takes everything, ``K`` when all are used equally)."""
+    p = counts.double() / counts.sum().clamp_min(1)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()).float()

@@ -1,0 +1,204 @@
+"""TokenTransformer: the stream layout round trip, causality, condition dropout, classifier-free guidance
+at scale 1 against plain sampling, cached against uncached decoding, the frozen stage 1 saved with
+stage 2, errors, and a tiny learning test in both directions."""
+
+import shutil
+
+import lightning as L
+import pytest
+import torch
+
+from mmgen_lightning.models.base import load_generator
+from mmgen_lightning.models.layers.token_stream import CODE, SPECIAL, TEXT, TokenLayout
+from mmgen_lightning.models.token_transformer import TokenTransformer, classifier_free_guidance, random_shift
+from mmgen_lightning.models.vqvae import VQVAE
+from tests.conftest import WORDS, ToyDataModule
+
+
+def fit(model, datamodule, **trainer_kwargs) -> L.Trainer:
+    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+               "enable_model_summary": False, "accelerator": "cpu", **trainer_kwargs}
+    trainer = L.Trainer(**options)
+    trainer.fit(model, datamodule=datamodule)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def datamodule() -> ToyDataModule:
+    return ToyDataModule(modalities=["image", "text"], size=128)
+
+
+@pytest.fixture(scope="module")
+def vqvae_path(tmp_path_factory, datamodule) -> str:
+    """A stage-1 checkpoint of a tiny VQVAE that learned the toy images (4x4 codes of 16)."""
+    torch.manual_seed(0)
+    vqvae = VQVAE(datamodule.data_spec, num_codes=16, code_dim=8, width=16, lr=3e-3)
+    trainer = fit(vqvae, datamodule, max_epochs=4, limit_val_batches=0)
+    path = tmp_path_factory.mktemp("stage1") / "vqvae.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def tiny(datamodule, vqvae_path, **kwargs) -> TokenTransformer:
+    options = {"width": 32, "num_layers": 2, "num_heads": 2, "dropout": 0.0, "warmup_steps": 10}
+    model = TokenTransformer(datamodule.data_spec, vqvae_checkpoint=vqvae_path, **{**options, **kwargs})
+    model.tokenizer = datamodule.tokenizer
+    return model
+
+
+def conditions(datamodule, count=4):
+    val = datamodule.dataset("val")
+    items = [val[i] for i in range(count)]
+    return {key: torch.stack([item[key] for item in items]) for key in ("image", "text", "text_mask", "attributes")}
+
+
+# --- layout -----------------------------------------------------------------------------------------
+def test_stream_layout_round_trips_in_both_orders():
+    layout = TokenLayout(text_vocab_size=10, num_codes=7, text_length=5, grid=(2, 3))
+    text = torch.tensor([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0], [1, 7, 8, 9, 2]])
+    codes = torch.randint(0, 7, (3, 6))
+    codes_first = torch.tensor([False, True, True])
+    ids = layout.build(text, codes, codes_first)
+    assert ids.shape == (3, layout.length) == (3, 5 + 6 + 2)
+    back_text, back_codes = layout.split(ids, codes_first)
+    assert torch.equal(back_text, text) and torch.equal(back_codes, codes)
+    assert ids[0].tolist() == [1, 4, 5, 2, 0, layout.sep_image_id, *(codes[0] + 10).tolist(), 2]
+    assert ids[1].tolist() == [1, *(codes[1] + 10).tolist(), layout.sep_text_id, 6, 2, 0, 0, 2]
+    role, index = layout.roles(codes_first)
+    assert ((ids >= 10) & (ids < 17)).eq(role == CODE).all()  # codes sit exactly in the code slots
+    assert (role[1] == TEXT).sum() == 4 and (role == SPECIAL).sum(1).tolist() == [3, 3, 3]
+    assert index[0][role[0] == CODE].tolist() == list(range(6)) and index[1][role[1] == TEXT].tolist() == [1, 2, 3, 4]
+    for row, first in enumerate(codes_first.tolist()):  # the sampling prefix is the stream up to the separator
+        prefix = layout.prefix(codes[row:row + 1] if first else text[row:row + 1], first)
+        assert torch.equal(prefix[0], ids[row, : prefix.shape[1]])
+
+
+def test_condition_dropout_nulls_whole_conditions_and_is_not_scored(datamodule, vqvae_path):
+    model = tiny(datamodule, vqvae_path, condition_dropout=0.5)
+    batch = conditions(datamodule, 8)
+    codes_first = torch.tensor([False, True] * 4)
+    ids = model.stream(batch, codes_first)
+    dropped_ids, dropped = model.embedding.drop_condition(ids, codes_first, torch.tensor([True, True] + [False] * 6))
+    layout = model.layout
+    assert (dropped_ids[0, layout.text_slots(False)] == layout.null_id).all()
+    assert (dropped_ids[1, layout.code_slots(True)] == layout.null_id).all()
+    assert torch.equal(dropped_ids[2:], ids[2:]) and torch.equal(dropped_ids[:2, -1], ids[:2, -1])
+    targets = model.targets(ids, codes_first, dropped)
+    assert (targets["text"][0] == -100).all()  # row 0 lost its caption: its caption is not a target
+    assert (targets["image"][0] != -100).sum() == layout.num_codes_per_sample
+    assert (targets["image"][1] == -100).all() and (targets["text"][1] != -100).any()
+    model.train()
+    _, drawn = model.embedding.drop_condition(ids.repeat(50, 1), codes_first.repeat(50))
+    assert 0.35 < drawn.float().mean() < 0.65
+    model.eval()
+    assert not model.embedding.drop_condition(ids, codes_first)[1].any()
+
+
+def test_changing_a_later_slot_leaves_earlier_logits_alone(datamodule, vqvae_path):
+    model = tiny(datamodule, vqvae_path).eval()
+    codes_first = torch.tensor([False, True, False])
+    ids = model.stream(conditions(datamodule, 3), codes_first)
+    with torch.no_grad():
+        before, _ = model(ids, codes_first)
+        changed = ids.clone()
+        changed[:, 9] = model.layout.text_vocab_size + 3
+        after, _ = model(changed, codes_first)
+    assert torch.allclose(before[:, :9], after[:, :9], atol=1e-6)
+    assert not torch.allclose(before[:, 9:], after[:, 9:])
+
+
+def test_shift_augment_moves_each_image_by_its_own_offset_within_bounds():
+    torch.manual_seed(0)
+    images = torch.full((64, 1, 8, 8), -1.0)
+    images[:, :, 3, 4] = 1.0  # one bright pixel per image
+    shifted = random_shift(images, 2)
+    positions = (shifted[:, 0] == 1.0).flatten(1).float().argmax(1)
+    rows, cols = positions // 8, positions % 8
+    assert ((shifted == 1.0).flatten(1).sum(1) == 1).all() and (shifted[shifted != 1.0] == -1.0).all()
+    assert ((rows - 3).abs() <= 2).all() and ((cols - 4).abs() <= 2).all()
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # offsets differ between images
+    assert torch.equal(random_shift(images, 0), images)
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+def test_guidance_formula():
+    cond, uncond = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 1.0])
+    assert torch.equal(classifier_free_guidance(cond, uncond, 1.0), cond)
+    assert torch.equal(classifier_free_guidance(cond, uncond, 0.0), uncond)
+    assert torch.equal(classifier_free_guidance(cond, uncond, 3.0), torch.tensor([4.0, -5.0]))
+
+
+@pytest.mark.parametrize("to", ["image", "text"])
+def test_guidance_scale_one_equals_plain_sampling(datamodule, vqvae_path, to):
+    torch.manual_seed(1)
+    model = tiny(datamodule, vqvae_path, condition_dropout=0.2)
+    batch = conditions(datamodule, 6)
+    given = {"text": batch["text"], "text_mask": batch["text_mask"]} if to == "image" else {"image": batch["image"]}
+    plain = model.generate(given, 6, to=to, temperature=1.0, seed=3)
+    guided = model.generate(given, 6, to=to, temperature=1.0, seed=3, guidance_scale=1.0)
+    strong = model.generate(given, 6, to=to, temperature=1.0, seed=3, guidance_scale=4.0)
+    assert torch.equal(plain[to], guided[to])
+    assert not torch.equal(plain[to], strong[to])  # the unconditional pass does change the samples
+
+
+@pytest.mark.parametrize("to", ["image", "text"])
+def test_cached_decoding_equals_uncached(datamodule, vqvae_path, to):
+    torch.manual_seed(2)
+    model = tiny(datamodule, vqvae_path)
+    batch = conditions(datamodule, 5)
+    given = {"text": batch["text"], "text_mask": batch["text_mask"]} if to == "image" else {"image": batch["image"]}
+    for knobs in ({"temperature": 0.0}, {"temperature": 1.0, "top_k": 5, "top_p": 0.9, "guidance_scale": 2.0}):
+        cached = model.generate(given, 5, to=to, seed=0, use_cache=True, **knobs)
+        uncached = model.generate(given, 5, to=to, seed=0, use_cache=False, **knobs)
+        assert torch.equal(cached[to], uncached[to])
+
+
+def test_samples_follow_the_batch_contract(datamodule, vqvae_path):
+    model = tiny(datamodule, vqvae_path)
+    batch = conditions(datamodule, 3)
+    images = model.generate({"text": batch["text"], "text_mask": batch["text_mask"]}, 3, to="image", top_k=3)["image"]
+    assert images.shape == (3, 1, 16, 16) and images.min() >= -1 and images.max() <= 1
+    text = model.generate({"image": batch["image"]}, 3, to="text")
+    assert text["text"].shape == (3, datamodule.max_text_length) and (text["text"][:, 0] == 1).all()
+    assert torch.equal(text["text_mask"], text["text"] != 0)
+    after_eos = torch.cumsum(text["text"] == 2, 1) - (text["text"] == 2).long()
+    assert (text["text"][after_eos > 0] == 0).all()  # only [PAD] after [EOS]
+    assert model.generate({}, 2, to="image")["image"].shape == (2, 1, 16, 16)  # unconditional
+
+
+# --- errors and checkpoints -------------------------------------------------------------------------
+def test_bad_arguments_are_named(datamodule, vqvae_path, tmp_path):
+    with pytest.raises(ValueError, match="vqvae_checkpoint"):
+        TokenTransformer(datamodule.data_spec)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        TokenTransformer(datamodule.data_spec, vqvae_checkpoint=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(ValueError, match="image_size"):
+        TokenTransformer({**datamodule.data_spec, "image_size": 32}, vqvae_checkpoint=vqvae_path)
+    with pytest.raises(ValueError, match="loss_weights"):
+        tiny(datamodule, vqvae_path, loss_weights={"audio": 1.0})
+    model = tiny(datamodule, vqvae_path, condition_dropout=0.0)
+    with pytest.raises(ValueError, match="text->image"):
+        model.generate({}, 1, to="image")  # no [NULL] training, no unconditional direction
+    with pytest.raises(ValueError, match="guidance_scale"):
+        model.generate({"image": torch.zeros(1, 1, 16, 16)}, 1, to="text", guidance_scale=-1.0)
+
+
+def test_learns_both_directions_and_reloads_without_the_stage1_file(datamodule, vqvae_path, tmp_path):
+    torch.manual_seed(0)
+    stage1 = tmp_path / "stage1.ckpt"
+    shutil.copy(vqvae_path, stage1)
+    model = tiny(datamodule, str(stage1), lr=5e-3, condition_dropout=0.1)
+    frozen = {k: v.clone() for k, v in model.vqvae.state_dict().items()}
+    trainer = fit(model, datamodule, max_epochs=16, limit_val_batches=0)
+    assert all(torch.equal(v, model.vqvae.state_dict()[k]) for k, v in frozen.items())  # stage 1 stayed frozen
+    path = tmp_path / "stage2.ckpt"
+    trainer.save_checkpoint(path)
+    stage1.unlink()  # the stage-2 checkpoint carries the VQVAE's hyper-parameters and weights
+    loaded = load_generator(path)
+    batch = conditions(datamodule, 16)
+    label = batch["attributes"][:, 0]
+    captions = loaded.tokenizer.decode(loaded.generate({"image": batch["image"]}, 16, to="text")["text"])
+    assert sum(c == f"class {WORDS[k]}" for c, k in zip(captions, label.tolist())) >= 14
+    images = loaded.generate({"text": batch["text"], "text_mask": batch["text_mask"]}, 16, to="image", seed=0)["image"]
+    quadrants = images[:, 0].unfold(1, 8, 8).unfold(2, 8, 8).mean((-1, -2)).flatten(1)  # B,4 (row-major)
+    assert (quadrants.argmax(1) == label).float().mean() >= 0.6  # the brightest quadrant is the asked one (chance: 0.25)
