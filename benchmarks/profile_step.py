@@ -5,7 +5,7 @@ loop of benchmarks/overhead.py (the same objective as its ``training_step``), pl
         [--tag before|after]
 
 Prints the ops with the most self CPU time and the share of the step each takes; writes
-benchmarks/results/profile_<family>[_<tag>].json (ms per step, top ops, and the share spent in
+benchmarks/results/profile_step_<family>[_<tag>].json (ms per step, top ops, and the share spent in
 autograd's backward ops vs the forward).
 """
 
@@ -82,7 +82,7 @@ def main() -> None:
                          + (f" --set {' '.join(args.set)}" if args.set else ""),
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (shared)",
               "torch": torch.__version__}
-    name = f"profile_{args.family}" + (f"_{args.tag}" if args.tag else "")
+    name = f"profile_step_{args.family}" + (f"_{args.tag}" if args.tag else "")
     out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['family']} ({config_path}): {result['ms_per_step_median']:.1f} ms/step median; "

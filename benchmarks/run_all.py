@@ -1,32 +1,42 @@
-"""`make bench`: run every benchmark in this folder once and gather the results in RESULTS.md.
+"""`make bench`: run the short benchmarks, then write benchmarks/RESULTS.md from every results JSON.
 
-Each benchmark is its own script (runnable alone, printing its table and writing
-benchmarks/results/<name>.json); this runner executes them in order, then writes
-benchmarks/RESULTS.md with the machine, library versions, the exact commands and every table.
-Quality benchmarks train within their configs' wall-clock budgets, so the whole run takes about
-half an hour on 2 CPU cores.
+    python benchmarks/run_all.py               # run them (about 20 minutes on 2 CPU cores), then report
+    python benchmarks/run_all.py --report-only # rewrite RESULTS.md from benchmarks/results/*.json
+
+Each benchmark is its own script, runnable alone, printing its table and writing
+benchmarks/results/<name>.json. RESULTS.md is generated only from those JSONs (plus this run's exit
+codes and durations, kept in results/run_all.json), so it stays true as other benchmarks land: the
+long 5-minute recipe measurements (vae_quality.py, gan_quality.py, captioner_quality.py, ...) are
+not rerun here, but every JSON they left is summarised with the command that made it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+#: what `make bench` runs, in order, with budgets that keep the whole run near 20 minutes on 2 cores
 BENCHMARKS = [
-    ["benchmarks/data_throughput.py"],
-    ["benchmarks/vae_quality.py", "--config", "configs/vae/digits.yaml"],
-    ["benchmarks/gan_quality.py"],
-    ["benchmarks/gan_overhead.py"],
-    ["benchmarks/captioner_quality.py"],
-    ["benchmarks/captioner_kv_cache.py"],
+    ["benchmarks/overhead.py", "--rounds", "3", "--steps", "25"],
+    ["benchmarks/profile_step.py", "--family", "vae", "--steps", "10", "--timed-steps", "20", "--tag", "after"],
+    ["benchmarks/profile_vae.py", "--rounds", "2", "--steps", "25"],
+    ["benchmarks/peers/multivae_compare.py", "--steps", "400"],
+    ["benchmarks/budget_quality.py", "--budget", "60"],
+    ["benchmarks/gpu_throughput.py", "--cpu"],
 ]
+#: JSONs written by the runs above, reported in their own sections below
+OWN = {"run_all", "overhead", "peer_multivae", "budget_quality", "profile_vae", "gpu", "gpu_cpu_smoke"}
 
 
 def versions() -> str:
@@ -40,23 +50,185 @@ def versions() -> str:
             f"transformers {transformers.__version__}")
 
 
-def main() -> None:
-    lines = ["# Benchmark results", "", f"- machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, "
-             f"{platform.platform()}", f"- libraries: {versions()}", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+def run_benchmarks() -> None:
+    runs = []
     for command in BENCHMARKS:
-        script = ROOT / command[0]
-        if not script.is_file():
-            continue
         started = time.time()
         result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
-        seconds = time.time() - started
-        lines += [f"## `python {' '.join(command)}`", "", f"exit {result.returncode}, {seconds:.0f} s", ""]
-        table = [line for line in result.stdout.splitlines() if line.startswith("|") or line.startswith("#")]
-        lines += table or ["```", result.stdout[-2000:], result.stderr[-2000:], "```"]
+        seconds = round(time.time() - started)
+        runs.append({"command": "python " + " ".join(command), "exit": result.returncode, "seconds": seconds,
+                     "stderr_tail": result.stderr[-1500:] if result.returncode else ""})
+        print(f"{command[0]}: exit {result.returncode} in {seconds} s", flush=True)
+        if result.returncode:
+            print(result.stderr[-1500:], flush=True)
+    (RESULTS / "run_all.json").write_text(json.dumps({
+        "runs": runs, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS="
+                   f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, {platform.platform()}",
+        "libraries": versions()}, indent=2) + "\n")
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def number(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def overhead_section(report: dict) -> list[str]:
+    lines = ["## Lightning vs a plain PyTorch loop", "", f"`{report['command']}` ({report['machine']})", "",
+             "| family | batch | plain steps/s | Lightning steps/s | Lightning samples/s | overhead (mean) | "
+             "overhead (median step) | peak memory / step | plain loop |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {r['family']} | {r['batch_size']} | {r['plain']['steps_per_second']:.2f} | "
+                     f"{r['lightning']['steps_per_second']:.2f} | {r['lightning']['samples_per_second']:.0f} | "
+                     f"{r['overhead_percent_mean']:+.1f}% | {r['overhead_percent_median']:+.1f}% | "
+                     f"{r['peak_step_memory_mib']:.1f} MiB | {r['plain_loop']} |")
+    lines += [f"- not measured: {s}" for s in report.get("skipped", [])]
+    lines += ["", "Overhead = how much slower a Lightning step is than the hand-written loop's, both timed data "
+              "loading included, in alternating rounds. Goal: <= 5%. Peak memory per step: the largest rise of "
+              "allocated memory during one Lightning step (torch.profiler memory events on the CPU).", ""]
+    return lines
+
+
+def peer_section(report: dict) -> list[str]:
+    lines = ["## MultimodalVAE vs MultiVae", "", f"`{report['command']}` ({report['machine']})", ""]
+    if "error" in report:
+        return lines + [f"MultiVae could not be installed or run here: {report['error']}", ""]
+    lines += [f"MultiVae {report['multivae']} in its own virtualenv `{report['peer_venv']}`; judge "
+              f"`{report['judge']}`; same networks, data, steps and batch for both (see the script's docstring).", "",
+              "| fusion | library | params | steps | steps/s | ours / MultiVae | test ELBO | text->image | image->text |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for fusion, row in report["fusions"].items():
+        for side in ("ours", "multivae"):
+            r = row[side]
+            ratio = f"{row['speed_ratio']:.2f}x" if side == "ours" else ""
+            lines.append(f"| {fusion} | {r['library']} | {r['parameters']:,} | {r['steps']} | "
+                         f"{r['steps_per_second']:.2f} | {ratio} | {r['test_elbo']:.1f} | "
+                         f"{r['coherence']['text->image']:.3f} | {r['coherence']['image->text']:.3f} |")
+    lines.append("")
+    for fusion, row in report["fusions"].items():
+        speed = "meets" if row["meets_speed_target_1_5x"] else "does NOT meet"
+        coherence = "meets" if row["meets_coherence_target"] else "does NOT meet"
+        lines.append(f"- {fusion}: {speed} the >= 1.5x speed target ({row['speed_ratio']:.2f}x); {coherence} the "
+                     f">= equal coherence target.")
+    lines += ["", "Why the speed ratio is what it is: at equal networks both libraries spend the step in the same "
+              "convolutions, transformer and GRU matmuls. MultiVae's MoPoE already decodes each modality once per "
+              "step (one mixture component per row), as ours does, so only framework overhead differs; its MVAE "
+              "encodes every modality again for each subset ELBO (4 encoder passes for image+text) where ours "
+              "encodes once and batches the subsets' decoder passes. Ours also cuts each batch's text to its "
+              "longest caption; the peer's data is exported already cut to the longest caption of the dataset, "
+              "so that gain is not counted here.", ""]
+    return lines
+
+
+def budget_section(report: dict) -> list[str]:
+    lines = ["## Quality within a fixed budget (digits)", "", f"`{report['command']}` ({report['machine']})", "",
+             "| family | budget | steps | direction | accuracy (real data) | judge-FID |", "|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        if "coherence" not in row:
+            text = (row.get("error") or row.get("note") or "").replace("|", "/").replace("\n", " ")[:300]
+            lines.append(f"| {row['family']} | {row['budget_s']} s | {row.get('steps', '-')} | - | {text} | - |")
+            continue
+        for direction, accuracy in row["coherence"].items():
+            fid = row["fid_judge"].get(direction)
+            lines.append(f"| {row['family']} | {row['budget_s']} s | {row['steps']} | {direction} | {accuracy:.3f} "
+                         f"({row['real_data'][direction]:.3f}) | {'-' if fid is None else f'{fid:.1f}'} |")
+    return lines + ["", "Accuracy: the judge (or the caption parser) reads the conditioning attribute from the "
+                    "generated sample; in brackets the same reading of real test data, the ceiling.", ""]
+
+
+def profile_section(report: dict, steps: list[dict]) -> list[str]:
+    lines = ["## Profiling the MultimodalVAE step, before/after", "", f"`{report['command']}` ({report['machine']})", ""]
+    for step in steps:
+        lines += [f"Profile `{step['command']}`: {step['ms_per_step_median']:.1f} ms/step (plain loop); top ops by "
+                  "self CPU time:", "", "| op | calls/step | self ms/step | share |", "|---|---|---|---|"]
+        lines += [f"| {r['op']} | {r['calls_per_step']:.0f} | {r['self_ms_per_step']:.2f} | {100 * r['share']:.1f}% |"
+                  for r in step["top_ops"][:8]]
         lines.append("")
-        print(f"{command[0]}: exit {result.returncode} in {seconds:.0f} s", flush=True)
+    lines += ["| setting | before ms/step | after ms/step | speed-up |", "|---|---|---|---|"]
+    lines += [f"| {name} | {row['before']['ms_per_step_median']:.1f} | {row['after']['ms_per_step_median']:.1f} | "
+              f"{row['speedup_mean']:.2f}x |" for name, row in report["settings"].items()]
+    return lines + ["", "Fixes (mmgen_lightning/models/vae.py): the log-mel spectrogram is computed once per step "
+                    "instead of twice; each batch's text is cut to its longest caption (the GRU decoder ran 23 "
+                    "steps for 8-token captions); the six training metrics are made only on logging steps.", ""]
+
+
+def gpu_section(report: dict, name: str) -> list[str]:
+    lines = [f"## GPU throughput ({'CPU smoke run' if name == 'gpu_cpu_smoke' else report['device']})", "",
+             f"`bash benchmarks/gpu.sh{' --cpu' if name == 'gpu_cpu_smoke' else ''}` ({report['device']}, "
+             f"{report['precision']}, compile {report['compile']}, channels_last {report['channels_last']})", "",
+             "| family | batch | rate |", "|---|---|---|"]
+    for row in report["results"]:
+        rate = (f"{row['images_per_second']:.0f} images/s (training)" if "images_per_second" in row
+                else f"{row['tokens_per_second']:.0f} tokens/s (sampling)")
+        lines.append(f"| {row['family']} | {row['batch']} | {rate} |")
+    if name == "gpu_cpu_smoke":
+        lines.append("\nThe smoke run only checks that the GPU script runs; its rates are not GPU numbers.")
+    return lines + [""]
+
+
+def recipe_rows(name: str, report: dict) -> list[str]:
+    """One line per direction of a recipe report (the `mmgen evaluate` format), else its top-level numbers."""
+    command = report.get("command") or (f"python benchmarks/{name.split('_')[0]}_quality.py --config {report['config']}"
+                                        if "config" in report and "coherence" in report else "")
+    head = f"| `{name}.json` | {report.get('family', '')} | {report.get('steps', '')} | "
+    if isinstance(report.get("coherence"), list):
+        fids = {d: q.get("judge", {}).get("fid") for d, q in (report.get("quality") or {}).items()}
+        cells = [f"{r['direction']} {r['accuracy']:.3f}" + (f" (FID {fids[r['direction']]:.0f})"
+                                                              if fids.get(r["direction"]) is not None else "")
+                 for r in report["coherence"]]
+        return [head + "; ".join(cells) + f" | `{command}` |"]
+    scalars = [f"{k} {number(v)}" for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [head + "; ".join(scalars[:8]) + f" | `{command}` |"]
+
+
+def write_report() -> None:
+    run = load("run_all") or {}
+    lines = ["# Benchmark results", "", "Generated by `python benchmarks/run_all.py` (`make bench`) from "
+             "benchmarks/results/*.json; rerun it to refresh.", "",
+             f"- machine: {run.get('machine', platform.machine())}; a shared machine: other jobs ran at the same "
+             "time, so rates are conservative and vary between runs",
+             f"- libraries: {run.get('libraries', versions())}",
+             f"- last `make bench`: {run.get('date', 'not run yet')}", ""]
+    if run.get("runs"):
+        lines += ["| command | exit | seconds |", "|---|---|---|"]
+        lines += [f"| `{r['command']}` | {r['exit']} | {r['seconds']} |" for r in run["runs"]]
+        lines.append("")
+    sections = [("overhead", overhead_section), ("peer_multivae", peer_section), ("budget_quality", budget_section)]
+    for name, section in sections:
+        report = load(name)
+        if report:
+            lines += section(report)
+    if load("profile_vae"):
+        steps = [load(f"profile_step_vae_{tag}") for tag in ("before", "after")]
+        lines += profile_section(load("profile_vae"), [step for step in steps if step])
+    for name in ("gpu", "gpu_cpu_smoke"):
+        if load(name):
+            lines += gpu_section(load(name), name)
+    others = sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in OWN and not p.stem.startswith("profile_"))
+    if others:
+        lines += ["## Recipe measurements (long runs, not repeated by `make bench`)", "",
+                  "| results | family | steps | numbers | command |", "|---|---|---|---|---|"]
+        for name in others:
+            try:
+                lines += recipe_rows(name, json.loads((RESULTS / f"{name}.json").read_text()))
+            except (ValueError, KeyError, TypeError) as error:
+                lines.append(f"| `{name}.json` | | | unreadable here: {type(error).__name__} | |")
+        lines.append("")
     (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("wrote benchmarks/RESULTS.md")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md from the JSONs")
+    args = parser.parse_args()
+    if not args.report_only:
+        run_benchmarks()
+    write_report()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ logger, no checkpointing; the module's own per-step ``self.log`` calls still run
 ``MoPoE``/``MVAE`` train with a plain loop in their own virtualenv, ``benchmarks/.peer-venv``
 (``benchmarks/peers/multivae_run.py``), both on 1 thread under the same CPU slot. Both get
 DigitsDataModule's image + caption tensors (16 px, batch 64, shuffled, last batch dropped), the
+captions padded to the longest caption of the data (so padding costs neither side), the
 same encoder/decoder classes (mmgen_lightning/models/layers), latent size, Laplace(0.1) pixel
 likelihood, GRU caption likelihood, AdamW(1e-3) and seed. Reported per fusion:
 
@@ -178,7 +179,12 @@ def main() -> None:
                               "print(m.version('multivae'))"], capture_output=True, text=True).stdout.strip()
     report["multivae"] = version
     datamodule = DigitsDataModule(modalities=["image", "text"], image_size=16, batch_size=64)
+    # pad captions only to the longest one in the data, for both: the peer's decoders cannot skip padding
+    longest = max(int(datamodule.dataset(split).tensors["text_mask"].sum(1).max()) for split in ("train", "test"))
+    datamodule = DigitsDataModule(modalities=["image", "text"], image_size=16, batch_size=64,
+                                  max_text_length=longest)
     datamodule.setup("fit")
+    report["max_text_length"] = longest
     judge = get_judge(datamodule, "image")
     report["judge"] = judge_path(datamodule, "image").name
     test = datamodule.dataset("test").tensors

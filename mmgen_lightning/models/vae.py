@@ -122,6 +122,21 @@ class MultimodalVAE(GenerativeModule):
             return batch
         return {**batch, "log_mel": self.log_mel(batch["audio"])}
 
+    def prepare(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What every step computes once: the log-mel, and the text cut to the batch's longest caption.
+
+        The text encoder masks padding and the caption likelihood skips it, so the padding columns no
+        caption of the batch reaches change nothing but the cost: digits captions fill 8 of the 24
+        positions, and the GRU decoder was most of an image + text step.
+        """
+        batch = self.with_log_mel(batch)
+        if "text" in self.modalities and "text_mask" in batch:
+            used = batch["text_mask"].any(0).nonzero()
+            length = max(2, int(used[-1]) + 1) if len(used) else 2  # BOS and EOS at least
+            if length < batch["text"].shape[1]:
+                batch = {**batch, "text": batch["text"][:, :length], "text_mask": batch["text_mask"][:, :length]}
+        return batch
+
     def encode(self, batch: dict[str, Tensor], names: list[str]) -> dict[str, Gaussian]:
         """Unimodal Gaussian posteriors ``q(z|x_m)`` for every ``m`` in ``names``."""
         batch = self.with_log_mel(batch)
@@ -196,7 +211,7 @@ class MultimodalVAE(GenerativeModule):
 
     def elbo_terms(self, batch: dict[str, Tensor], kl_scale: float, weighted: bool = True) -> dict[str, Tensor]:
         """Per-term reconstruction and KL, batched: every term's ``z`` goes through each decoder once."""
-        batch = self.with_log_mel(batch)
+        batch = self.prepare(batch)
         terms = self.term_posteriors(self.encode(batch, self.modalities))
         zs = [reparameterize(mu, logvar) for (mu, logvar), _ in terms]
         batch_size = zs[0].shape[0]
@@ -244,7 +259,7 @@ class MultimodalVAE(GenerativeModule):
         ``mean_k`` of these is the ELBO of the joint posterior; ``logsumexp_k - log K`` is the
         IWAE bound (Burda et al. 2016), which never decreases with ``K``. Likelihoods are unweighted.
         """
-        batch = self.with_log_mel(batch)
+        batch = self.prepare(batch)
         experts = self.encode(batch, self.modalities)
         mus, logvars = self.joint_components(experts, self.modalities)  # S,B,D
         components, batch_size, _ = mus.shape

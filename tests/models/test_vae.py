@@ -103,6 +103,30 @@ def test_log_mel_is_computed_once_per_step():
     assert torch.equal(experts["audio"][0], model.encode({**batch, "log_mel": calls[0]}, ["audio"])["audio"][0])
 
 
+@pytest.mark.parametrize("fusion", ["poe", "mopoe"])
+def test_text_padding_beyond_the_longest_caption_changes_nothing_but_the_cost(fusion):
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16)
+    model = MultimodalVAE(datamodule.data_spec, fusion=fusion, latent_dim=4, width=8, text_width=16)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    longest = int(batch["text_mask"].sum(1).max())
+    assert longest < batch["text"].shape[1]  # the toy captions leave padding columns that no caption uses
+    padded, batch = batch, {**batch, "text": batch["text"][:, :longest], "text_mask": batch["text_mask"][:, :longest]}
+    decoded_lengths = []
+    model.decoders["text"].gru.register_forward_hook(
+        lambda module, inputs, output: decoded_lengths.append(inputs[0].shape[1]))  # teacher-forced: L - 1 steps
+    results = []
+    for inputs in (batch, padded):
+        torch.manual_seed(1)
+        results.append(model.elbo_terms(inputs, 1.0)["loss"])
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+    assert decoded_lengths == [longest - 1, longest - 1]
+    with torch.no_grad():
+        experts = [model.encode(inputs, ["text"])["text"][0] for inputs in (batch, padded)]
+    assert torch.allclose(*experts, atol=1e-5)
+
+
 def test_training_metrics_are_made_only_on_logging_steps(tmp_path):
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=32, batch_size=4)
