@@ -1,6 +1,7 @@
 """Real files on disk for manifest tests and benchmarks: PNG images, WAV tones, GIF clips and captions.
 
-Row ``i`` has label ``i % 4``: a square of colour ``COLORS[label]``, a tone of ``(label + 1) * 400`` Hz,
+Row ``i`` has label ``i % 4``: a square of colour ``COLORS[label]`` (its image has a grey corner of
+its own, so every row's image differs), a tone of ``(label + 1) * 400`` Hz,
 a GIF of the square moving right, and the caption "a <colour> square" (three tokens for every row,
 so every batch has the same number of caption tokens).
 """
@@ -21,9 +22,11 @@ DATA_OPTIONS = {"image_size": 16, "sample_rate": 8000, "audio_seconds": 0.25, "n
                 "max_text_length": 6}
 
 
-def square(label: int, offset: int = 0, size: int = 20) -> Image.Image:
+def square(label: int, offset: int = 0, size: int = 20, mark: int = 0) -> Image.Image:
+    """The square of ``label``, ``offset`` pixels right, with a grey corner of level ``mark`` (tells rows apart)."""
     pixels = np.zeros((size, size, 3), dtype=np.uint8)
     pixels[5:13, 2 + offset:10 + offset] = RGB[label]
+    pixels[16:, 16:] = mark
     return Image.fromarray(pixels)
 
 
@@ -34,7 +37,7 @@ def write_corpus(folder: Path, rows: int, audio_rates: tuple[int, ...] = (8000, 
     lines = []
     for index in range(rows):
         label = index % 4
-        square(label).save(files / f"{index}.png")
+        square(label, mark=(index * 7) % 256).save(files / f"{index}.png")
         frames = [square(label, offset) for offset in (0, 3, 6, 9)]
         frames[0].save(files / f"{index}.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
         rate = audio_rates[index % len(audio_rates)]
