@@ -108,23 +108,26 @@ def feature_spread(features: torch.Tensor, groups: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def score_text_to_image(model, batch, judge, scales: list[float | None], seed: int, batch_size: int = 256) -> list[dict]:
+def score_text_to_image(model, batch, judge, settings: list[dict | None], seed: int, batch_size: int = 256) -> list[dict]:
+    """One row per sampling setting (``None``: the model's ``sampling_defaults``, what ``mmgen generate``
+    and ``mmgen evaluate`` use)."""
     truth = judge.targets(batch["attributes"])  # B,K of the attributes the judge reads
     groups = torch.unique(truth, dim=0, return_inverse=True)[1]
     real_spread = feature_spread(judge.features(batch["image"]), groups)
     rows = []
-    for scale in scales:
+    for knobs in settings:
         started = time.time()
         images = []
         for start in range(0, len(truth), batch_size):
             part = slice(start, start + batch_size)
             conditions = {"text": batch["text"][part], "text_mask": batch["text_mask"][part]}
-            images.append(model.generate(conditions, num_samples=len(truth[part]), to="image", guidance_scale=scale,
-                                         seed=seed + start)["image"])
+            images.append(model.generate(conditions, num_samples=len(truth[part]), to="image", seed=seed + start,
+                                         **(knobs or {}))["image"])
         images = torch.cat(images)
         right = judge.predict(images) == truth
         codes = model.vqvae.encode_codes({"image": images})
-        rows.append({"guidance_scale": "none" if scale is None else scale,
+        rows.append({"sampling": "model defaults " + json.dumps(model.hparams.sampling_defaults or {}) if knobs is None
+                     else {k: ("none" if v is None else v) for k, v in knobs.items()},
                      "accuracy": round(right.all(1).float().mean().item(), 4),
                      **({f"accuracy_{name}": round(right[:, i].float().mean().item(), 4)
                          for i, name in enumerate(judge.attributes)} if len(judge.attributes) > 1 else {}),
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/tokens/digits.yaml")
     parser.add_argument("--skip-fit", action="store_true", help="score the existing last.ckpt files")
     parser.add_argument("--scales", default="none,1.5,3,5", help="guidance scales of the table ('none' = plain)")
+    parser.add_argument("--top-ks", default="none,16", help="top-k values of the table ('none' = all tokens)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help=(
         "torch (OpenMP) threads for training and scoring; 1 on a shared 2-core machine"))
@@ -179,6 +183,8 @@ def main() -> None:
     test = whole_split(datamodule, "test")
     torch.manual_seed(args.seed)
     scales = [None if s == "none" else float(s) for s in args.scales.split(",")]
+    top_ks = [None if k == "none" else int(k) for k in args.top_ks.split(",")]
+    settings = [{"temperature": 1.0, "top_k": k, "guidance_scale": s} for k in top_ks for s in scales] + [None]
     stage1 = torch.load(stage1_ckpt, map_location="cpu", weights_only=True)
     stage2 = torch.load(stage2_ckpt, map_location="cpu", weights_only=True)
     report = {
@@ -188,8 +194,8 @@ def main() -> None:
                      for c in (args.vqvae_config, args.config)],
         "steps": {"stage1": stage1["global_step"], "stage2": stage2["global_step"]},
         "stage1": score_stage1(model.vqvae, datamodule, judge),
-        "text_to_image": {"sampling": "temperature 1, no top-k/top-p, one sample per test caption",
-                          "by_guidance_scale": score_text_to_image(model, test, judge, scales, args.seed)},
+        "text_to_image": {"samples": "one per test caption",
+                          "by_sampling": score_text_to_image(model, test, judge, settings, args.seed)},
         "image_to_text": score_image_to_text(model, test, judge, module.parse_caption),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by several jobs; "
                    f"trained and scored with {args.threads} torch thread(s), which is conservative: a quiet "

@@ -41,6 +41,7 @@ from mmgen_lightning.models.layers.token_stream import CODE, TEXT, StreamEmbeddi
 from mmgen_lightning.models.vqvae import VQVAE
 
 IGNORE_INDEX = -100
+SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "guidance_scale", "use_cache")
 
 
 def random_shift(images: Tensor, max_shift: int) -> Tensor:
@@ -79,6 +80,9 @@ class TokenTransformer(GenerativeModule):
         shift_augment: training only, images only: shift each image by its own random offset of up to
             this many pixels in x and y (filled with the background, -1) before it is tokenized, so a
             small dataset gives many distinct code sequences; 0 turns it off.
+        sampling_defaults: sampling knobs ``generate`` uses when the caller gives none (``mmgen
+            generate``/``mmgen evaluate`` without flags), e.g. ``{guidance_scale: 3.0, top_k: 16}``; keys
+            are :meth:`sample`'s arguments, and an explicit argument (``guidance_scale=None`` too) wins.
         lr: peak AdamW learning rate.
         betas: AdamW's moment decay rates.
         weight_decay: AdamW weight decay on matrices (not on biases, norms or embeddings).
@@ -89,7 +93,7 @@ class TokenTransformer(GenerativeModule):
                  vqvae_config: dict[str, Any] | None = None, width: int = 128, num_layers: int = 4,
                  num_heads: int = 4, dropout: float = 0.1, loss_weights: dict[str, float] | None = None,
                  condition_dropout: float = 0.1, codes_first_fraction: float = 0.5, shift_augment: int = 0,
-                 lr: float = 1e-3,
+                 sampling_defaults: dict[str, Any] | None = None, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.01,
                  warmup_steps: int = 100) -> None:
         super().__init__(data_spec)
@@ -98,6 +102,9 @@ class TokenTransformer(GenerativeModule):
             raise ValueError(f"codes_first_fraction must be in [0, 1], got {codes_first_fraction}")
         self.vqvae = self._load_vqvae()
         self.modality = self.vqvae.modality
+        unknown = set(sampling_defaults or {}) - set(SAMPLING_KNOBS)
+        if unknown:
+            raise ValueError(f"sampling_defaults: unknown knob {sorted(unknown)[0]!r}; allowed: {', '.join(SAMPLING_KNOBS)}")
         if shift_augment < 0 or (shift_augment and self.modality != "image"):
             raise ValueError(f"shift_augment must be >= 0, and 0 for {self.modality!r}; got {shift_augment}")
         weights = dict(loss_weights or {})
@@ -243,6 +250,11 @@ class TokenTransformer(GenerativeModule):
     def directions(self) -> list[str]:
         both = [f"text->{self.modality}", f"{self.modality}->text"]
         return both + ([f"->{self.modality}", "->text"] if self.hparams.condition_dropout > 0 else [])
+
+    def generate(self, conditions: Mapping[str, Tensor] | None, num_samples: int, to: str | None = None,
+                 **sampling: Any) -> dict[str, Tensor]:
+        """:meth:`GenerativeModule.generate` with ``sampling_defaults`` filling in the knobs not given."""
+        return super().generate(conditions, num_samples, to, **{**(self.hparams.sampling_defaults or {}), **sampling})
 
     def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str],
                temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,

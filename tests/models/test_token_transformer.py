@@ -153,6 +153,19 @@ def test_cached_decoding_equals_uncached(datamodule, vqvae_path, to):
         assert torch.equal(cached[to], uncached[to])
 
 
+def test_sampling_defaults_fill_in_knobs_not_given(datamodule, vqvae_path):
+    torch.manual_seed(3)
+    batch = conditions(datamodule, 4)
+    given = {"text": batch["text"], "text_mask": batch["text_mask"]}
+    model = tiny(datamodule, vqvae_path, sampling_defaults={"guidance_scale": 3.0, "top_k": 2})
+    explicit = model.generate(given, 4, to="image", seed=0, guidance_scale=3.0, top_k=2)["image"]
+    assert torch.equal(model.generate(given, 4, to="image", seed=0)["image"], explicit)
+    plain = model.generate(given, 4, to="image", seed=0, guidance_scale=None, top_k=None)["image"]
+    assert not torch.equal(plain, explicit)
+    with pytest.raises(ValueError, match="sampling_defaults"):
+        tiny(datamodule, vqvae_path, sampling_defaults={"beams": 2})
+
+
 def test_samples_follow_the_batch_contract(datamodule, vqvae_path):
     model = tiny(datamodule, vqvae_path)
     batch = conditions(datamodule, 3)
