@@ -5,8 +5,9 @@
 Each family's digits recipe (``configs/<family>/digits.yaml``) trains as ``mmgen fit`` with
 ``trainer.max_time`` set to ``--budget`` seconds (its checkpoints and logs go to runs/budget/, so
 the recipes' own runs are left alone), then ``mmgen evaluate``'s scorer reads the test split:
-conditional accuracy (coherence) of every conditional direction into image or text, read by the
-judges trained on real training data, and judge-FID for image targets. The TokenTransformer's
+conditional accuracy (coherence) of every conditional direction into image or text (for the VQVAE,
+a tokenizer, its image->image reconstruction), read by the judges trained on real training data, and
+judge-FID for image targets. The TokenTransformer's
 stage 1 is the VQVAE trained just before it in this run, so its row's budget is the sum of both.
 A family whose recipe is missing or fails is listed with its error. Writes
 benchmarks/results/budget_quality.json.
@@ -55,8 +56,10 @@ def scored_directions(ckpt: Path) -> list[str]:
     """Conditional directions into image or text (unconditional and audio targets are left to the
     full reports, to keep the run short)."""
     model, datamodule = load_generator(ckpt), load_datamodule(ckpt)
-    return [d for d in default_directions(model, datamodule)
-            if not d.startswith("->") and d.split("->")[1] in ("image", "text")]
+    directions = [d for d in default_directions(model, datamodule)
+                  if not d.startswith("->") and d.split("->")[1] in ("image", "text")]
+    # a stage-1 tokenizer (VQVAE) serves only reconstruction: score that, through its codes
+    return directions or [f"{m}->{m}" for m in ("image", "text") if model.serves((m,), m)]
 
 
 def run_family(family: str, seconds: int, stage_one: Path | None, scratch: Path) -> dict:
@@ -69,7 +72,8 @@ def run_family(family: str, seconds: int, stage_one: Path | None, scratch: Path)
            "fit_seconds_including_startup": round(time.time() - started, 1)}
     ckpt = ROOT / "runs" / "budget" / family / "checkpoints" / "last.ckpt"
     if fit.returncode != 0 or not ckpt.is_file():
-        row["error"] = f"fit exit {fit.returncode}: {fit.stderr.strip()[-800:]}"
+        raised = [line for line in fit.stderr.splitlines() if "Error" in line or "error:" in line]
+        row["error"] = f"fit exit {fit.returncode}: " + (raised[-1][:400] if raised else fit.stderr.strip()[-400:])
         return row
     row["steps"] = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     directions = scored_directions(ckpt)

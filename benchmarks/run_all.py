@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 #: what `make bench` runs, in order, with budgets that keep the whole run near 20 minutes on 2 cores
 BENCHMARKS = [
+    ["benchmarks/budget_quality.py", "--budget", "60"],  # first: its VQVAE is stage 1 of overhead's TokenTransformer
     ["benchmarks/overhead.py", "--rounds", "3", "--steps", "25"],
     ["benchmarks/profile_step.py", "--family", "vae", "--steps", "10", "--timed-steps", "20", "--tag", "after"],
     ["benchmarks/profile_vae.py", "--rounds", "2", "--steps", "25"],
-    ["benchmarks/peers/multivae_compare.py", "--steps", "400"],
-    ["benchmarks/budget_quality.py", "--budget", "60"],
+    ["benchmarks/peers/multivae_compare.py", "--steps", "800"],
     ["benchmarks/gpu_throughput.py", "--cpu"],
 ]
 #: JSONs written by the runs above, reported in their own sections below
