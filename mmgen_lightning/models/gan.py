@@ -159,19 +159,21 @@ class ConditionalGAN(GenerativeModule):
                      self.build_embedder(), hp.condition_dim)
 
     def build_discriminator(self) -> nn.Module:
-        """A network with ``features(x)``, ``embed(conditions)`` and ``score(features, embedding) -> B`` logits."""
+        """A network with ``features(x)``, ``embed(conditions)`` and ``score(features, embedding)``: logits ``B``,
+        or ``B,2`` for a video discriminator with a frame branch (clip and frames scored apart)."""
         hp = self.hparams
-        width = hp.discriminator_width or hp.width
+        width, branches = hp.discriminator_width or hp.width, None
         if self.output == "image":
             trunk, features = image_trunk(self.spec("image_channels"), self.spec("image_size"), width, hp.spectral_norm)
         elif hp.discriminator_frames:
             trunk = ClipAndFramesTrunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(), width,
                                        hp.discriminator_frames, hp.spectral_norm)
-            features = trunk.num_features
+            features, branches = trunk.num_features, trunk.branch_features
         else:
             trunk, features = video_trunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(),
                                           width, hp.spectral_norm)
-        return ProjectionDiscriminator(trunk, features, self.build_embedder(), hp.condition_dim, hp.spectral_norm)
+        return ProjectionDiscriminator(trunk, features, self.build_embedder(), hp.condition_dim, hp.spectral_norm,
+                                       branches)
 
     def _video_size(self) -> int:
         return self.data_spec.get("video_size", self.spec("image_size"))

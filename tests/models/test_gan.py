@@ -292,6 +292,25 @@ def test_text_to_video_trains_and_samples_clips(video_generator, discriminator_f
         assert not torch.allclose(clips[:, 0], clips[:, -1]) and (ink > 0).all()
 
 
+def test_video_discriminator_scores_clip_and_frames_apart_and_each_branch_answers_for_its_own_input():
+    torch.manual_seed(0)
+    spec = {**SPEC, "modalities": ["video", "text"], "num_frames": 4, "video_size": 32}
+    model = ConditionalGAN(spec, condition="text", output="video", discriminator_frames=4, **TINY)
+    discriminator = model.discriminator.eval()
+    conditions = {"text": torch.randint(0, 12, (3, 6)), "text_mask": torch.ones(3, 6, dtype=torch.bool)}
+    video = torch.rand(3, 4, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        logits = discriminator(video, conditions)
+        features, embedding = discriminator.features(video), discriminator.embed(conditions)
+        summed = discriminator.linear(features).squeeze(1) + (features * embedding).sum(1)  # one joint score
+        reversed_in_time = discriminator(video.flip(1), conditions)
+    assert logits.shape == (3, 2)  # one column per branch: each gets its own hinge term
+    torch.testing.assert_close(logits.sum(1) - discriminator.linear.bias, summed)
+    # the frame branch sees every frame, in no order: playing the clip backwards changes only the clip branch
+    torch.testing.assert_close(reversed_in_time[:, 1], logits[:, 1])
+    assert not torch.allclose(reversed_in_time[:, 0], logits[:, 0])
+
+
 class SaveWeights(L.Callback):
     """Each DDP rank writes its players' weights, to check they stayed identical."""
 

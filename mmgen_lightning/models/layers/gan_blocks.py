@@ -295,11 +295,13 @@ def video_trunk(channels: int, num_frames: int, size: int, width: int = 16,
 
 
 class ClipAndFramesTrunk(nn.Module):
-    """``B,F,C,H,W -> B,clip_features + frame_features,1``: the video trunk on the whole clip (motion,
-    from half size) beside an image trunk on ``frames`` frames drawn at random each call (content, at
-    full size), its features averaged over them: MoCoGAN's video and image discriminators (Tulyakov
-    et al. 2018) as two branches of one discriminator, so one projection head scores both. Looking
-    at a few frames at full size costs less than a full-size clip trunk and sees strokes it would blur.
+    """``B,F,C,H,W -> B,clip_features + frame_features,1``: the video trunk on the whole clip (motion)
+    beside an image trunk on ``frames`` frames drawn at random each call (content, at full size), its
+    features averaged over them: MoCoGAN's video and image discriminators (Tulyakov et al. 2018) as
+    two branches of one discriminator; ``branch_features`` lets :class:`ProjectionDiscriminator` score
+    them apart, each with its own loss as in MoCoGAN. Frames larger than 16 px reach the clip branch
+    average-pooled to half size: where things go needs no strokes, and the clip branch's (2+1)-D
+    convolutions over every frame would otherwise cost the most; the strokes are the frame branch's job.
 
     Args:
         channels, num_frames, size, width, spectral_norm: as :func:`video_trunk` (the image branch
@@ -312,12 +314,15 @@ class ClipAndFramesTrunk(nn.Module):
         super().__init__()
         if not 1 <= frames <= num_frames:
             raise ValueError(f"discriminator_frames must be in [0, {num_frames}] (0: no frame branch), got {frames}")
-        self.clip, clip_features = video_trunk(channels, num_frames, size, width, spectral_norm)
+        self.clip_pool = 2 if size > SIZES[0] else 1
+        self.clip, clip_features = video_trunk(channels, num_frames, size // self.clip_pool, width, spectral_norm)
         self.image, image_features = image_trunk(channels, size, 2 * width, spectral_norm)
-        self.frames, self.num_features = frames, clip_features + image_features
+        self.frames, self.branch_features = frames, (clip_features, image_features)
+        self.num_features = clip_features + image_features
 
     def forward(self, video: Tensor) -> Tensor:
-        clip = F.relu(self.clip(video)).flatten(2).sum(2)
+        small = F.avg_pool3d(video, (1, self.clip_pool, self.clip_pool)) if self.clip_pool > 1 else video
+        clip = F.relu(self.clip(small)).flatten(2).sum(2)
         chosen = torch.randperm(video.shape[1], device=video.device)[: self.frames]
         frames = F.relu(self.image(video[:, chosen].flatten(0, 1))).flatten(2).sum(2)
         return torch.cat([clip, frames.unflatten(0, (video.shape[0], -1)).mean(1)], dim=1).unsqueeze(-1)
@@ -339,12 +344,19 @@ class ProjectionDiscriminator(nn.Module):
         embedder: conditions dict -> ``B,condition_dim`` (``None``: unconditional, no projection).
         condition_dim: output size of ``embedder``.
         spectral_norm: spectral normalisation on the head (the trunk has its own switch).
+        branches: sizes of consecutive feature groups scored apart (a trunk's branches): logits are then
+            ``B,K``, one column per group, and every loss is their mean, so each branch must tell real from
+            fake on its own. MoCoGAN's separate image and video discriminators: with one summed score the
+            clip branch rejects fakes and mismatched captions by their motion alone, and the frame branch,
+            which cannot see motion, is never made to learn what a caption says about the content.
     """
 
     def __init__(self, trunk: nn.Module, features: int, embedder: nn.Module | None = None, condition_dim: int = 0,
-                 spectral_norm: bool = True) -> None:
+                 spectral_norm: bool = True, branches: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        self.trunk, self.embedder = trunk, embedder
+        if branches is not None and sum(branches) != features:
+            raise ValueError(f"branches {branches} must add up to the trunk's {features} features")
+        self.trunk, self.embedder, self.branches = trunk, embedder, branches
         self.linear = _maybe_sn(nn.Linear(features, 1), spectral_norm)
         self.projection = (_maybe_sn(nn.Linear(condition_dim, features, bias=False), spectral_norm)
                            if embedder is not None else None)
@@ -360,11 +372,16 @@ class ProjectionDiscriminator(nn.Module):
         return self.projection(self.embedder(conditions))
 
     def score(self, features: Tensor, embedding: Tensor | None) -> Tensor:
-        """Logits ``B`` of features ``phi(x)`` under condition embeddings (rows paired)."""
-        logits = self.linear(features).squeeze(1)
+        """Logits ``B`` (``B,K`` with ``branches``) of features ``phi(x)`` under condition embeddings (rows paired)."""
+        if self.branches is None:
+            logits = self.linear(features).squeeze(1)
+            if embedding is not None:
+                logits = logits + (features * embedding.to(features.dtype)).sum(1)
+            return logits
+        terms = features * self.linear.weight[0].to(features.dtype)
         if embedding is not None:
-            logits = logits + (features * embedding.to(features.dtype)).sum(1)
-        return logits
+            terms = terms + features * embedding.to(features.dtype)
+        return torch.stack([part.sum(1) for part in terms.split(list(self.branches), dim=1)], dim=1) + self.linear.bias
 
     def forward(self, x: Tensor, conditions: dict[str, Tensor] | None = None) -> Tensor:
         return self.score(self.features(x), self.embed(conditions))
