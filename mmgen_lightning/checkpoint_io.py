@@ -41,7 +41,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_atomically(checkpoint, path)
         return None
 
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(self, path: str | Path, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
         if weights_only is False:
             raise ValueError(f"{path}: mmgen-lightning loads checkpoints with weights_only=True only")
         if not get_filesystem(path).exists(path):

@@ -313,7 +313,8 @@ class ManifestDataModule(MultimodalDataModule):
             raise ValueError(f"tokenizer_kind: unknown {tokenizer_kind!r}; allowed: {', '.join(KINDS)}")
         fractions = tuple(split_fractions)
         if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-            raise ValueError(f"split_fractions: give 3 shares >= 0 (train, val, test) summing to 1, got {split_fractions}")
+            raise ValueError(f"split_fractions: give 3 shares >= 0 (train, val, test) summing to 1, "
+                             f"got {split_fractions}")
         for name, value in (("image_size", image_size), ("num_frames", num_frames), ("sample_rate", sample_rate)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

@@ -147,7 +147,7 @@ class StreamingDataModule(MultimodalDataModule):
     name = "streaming"
 
     def __init__(self, input_dir: str, modalities: list[str] | None = None, batch_size: int = 64, num_workers: int = 0,
-                 seed: int = 0, cache_dir: str | None = None, max_cache_size: str = "10GB",
+                 seed: int = 0, cache_dir: str | None = None, max_cache_size: str = "25GB",
                  max_text_length: int | None = None, tokenizer_path: str | None = None) -> None:
         self.input_dir = input_dir.rstrip("/")
         self.meta = json.loads(_read_text(f"{self.input_dir}/{META_FILE}"))
@@ -175,14 +175,17 @@ class StreamingDataModule(MultimodalDataModule):
         return dict(self.meta["spec"])
 
     def build_split(self, split: str) -> Dataset:
-        if not self.meta["splits"][split]["written"]:
-            raise ValueError(f"{self.input_dir} has no {split} samples (the manifest's {split} split was empty)")
+        if not self.meta["splits"][split]["written"]:  # no chunks were written: the split is empty
+            return []
         transform = ShardItem(self.modalities, self.tokenizer if "text" in self.modalities else None)
         return StreamingDataset(f"{self.input_dir}/{split}", shuffle=split == "train", drop_last=split == "train",
                                 seed=self.seed, cache_dir=self.cache_dir, max_cache_size=self.max_cache_size,
                                 transform=transform)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        if not isinstance(dataset, StreamingDataset):
+            return DataLoader(dataset, batch_size=self.batch_size)
         # its own generator keeps loading off the global RNG that models draw noise from
-        return StreamingDataLoader(self.dataset(split), batch_size=self.batch_size, num_workers=self.num_workers,
+        return StreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                                    generator=torch.Generator().manual_seed(self.seed))

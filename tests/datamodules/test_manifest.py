@@ -115,7 +115,8 @@ def test_csv_manifest_bpe_tokenizer_and_tokenizer_from_file(corpus, tmp_path):
                                                     for r in rows))
     dm = datamodule(csv, tokenizer_kind="bpe", vocab_size=40, split_fractions=(1.0, 0.0, 0.0))
     assert dm.modalities == ["image", "text", "label"]
-    assert dm.tokenizer.decode(dm.dataset("train")[0]["text"][None]) == [rows[dm.rows["train"][0]["line"] - 2]["caption"]]
+    first = dm.rows["train"][0]["line"] - 2  # CSV line 2 is rows[0]
+    assert dm.tokenizer.decode(dm.dataset("train")[0]["text"][None]) == [rows[first]["caption"]]
     dm.tokenizer.save(tmp_path / "tokenizer.json")
     loaded = datamodule(csv, tokenizer_path=str(tmp_path / "tokenizer.json"))
     assert loaded.tokenizer.to_json() == dm.tokenizer.to_json()
