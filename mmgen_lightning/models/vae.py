@@ -249,7 +249,9 @@ class MultimodalVAE(GenerativeModule):
         """Whether this batch's metrics reach the logger. Lightning writes on-step metrics only every
         ``log_every_n_steps`` batches and drops the rest, and each ``self.log`` costs Python time
         (a few percent of a CPU step for these six), so they are made only then."""
-        trainer = self.trainer
+        trainer = self._trainer
+        if trainer is None:  # a step run by hand, outside fit: nothing would reach a logger
+            return False
         every = trainer.log_every_n_steps
         return bool(trainer.fast_dev_run) or (every > 0 and (trainer.fit_loop.total_batch_idx + 1) % every == 0)
 

@@ -141,6 +141,15 @@ def test_training_metrics_are_made_only_on_logging_steps(tmp_path):
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
 
 
+def test_training_step_runs_by_hand_outside_a_trainer():
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16)
+    model = MultimodalVAE(datamodule.data_spec, latent_dim=4, width=8, text_width=16)
+    datamodule.setup("fit")
+    loss = model.training_step(next(iter(datamodule.train_dataloader())), 0)
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+
+
 def test_ddp_two_cpu_processes(tmp_path):
     config = {
         "seed_everything": 0,
