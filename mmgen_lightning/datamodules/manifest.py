@@ -133,7 +133,9 @@ def read_manifest(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as handle:
             for line, row in enumerate(csv.DictReader(handle), start=2):
-                rows.append((line, {k: v for k, v in row.items() if v not in ("", None)}))
+                # an empty cell is a missing value, except a caption, which is then empty (an error)
+                rows.append((line, {k: v for k, v in row.items()
+                                    if v is not None and (v != "" or k in ("text", "caption"))}))
         return rows
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise ValueError(f"manifest {path}: unknown format {path.suffix!r}; allowed: .jsonl, .csv")

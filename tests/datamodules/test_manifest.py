@@ -120,6 +120,9 @@ def test_csv_manifest_bpe_tokenizer_and_tokenizer_from_file(corpus, tmp_path):
     dm.tokenizer.save(tmp_path / "tokenizer.json")
     loaded = datamodule(csv, tokenizer_path=str(tmp_path / "tokenizer.json"))
     assert loaded.tokenizer.to_json() == dm.tokenizer.to_json()
+    (tmp_path / "empty.csv").write_text(f"image,caption\n{corpus.parent / 'files' / '0.png'},\n")
+    with pytest.raises(DataError, match=r"empty.csv line 2: the caption is empty"):
+        datamodule(tmp_path / "empty.csv")
     (tmp_path / "bad.csv").write_text("image,caption,colour\nx.png,a cat,red\n")
     with pytest.raises(DataError, match=r"bad.csv line 2: unknown column 'colour'"):
         datamodule(tmp_path / "bad.csv")
