@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,8 @@ def scored_directions(ckpt: Path) -> list[str]:
 
 
 def run_family(family: str, seconds: int, stage_one: Path | None, scratch: Path) -> dict:
+    # a last.ckpt left by an earlier run would be kept (ModelCheckpoint writes last-v1.ckpt) and scored
+    shutil.rmtree(ROOT / "runs" / "budget" / family, ignore_errors=True)
     config_path = scratch / f"{family}.yaml"
     config_path.write_text(yaml.safe_dump(budget_config(family, seconds, stage_one)))
     started = time.time()
