@@ -2,7 +2,8 @@
 
 Every ``every_n_epochs`` epochs the model captions a few fixed validation inputs, and for every
 generated word its cross-attention (mean over heads, and over layers unless ``layer`` picks one)
-is drawn over the input: over the image, over each frame of a video, or along the time axis of an
+is drawn over the input: over the image, over each frame of a video (over the window of each frame
+the encoder sees, when it takes glimpses), or along the time axis of an
 audio clip's log-mel spectrogram (low frequencies at the bottom). TensorBoard gets one grid under
 ``attention/<modality>->text`` (a row per input: the input, then one tile per word; for video a
 row of frames, then a row per word) and the words of each row, in order, as text under the same tag.
@@ -119,7 +120,11 @@ class AttentionMapLogger(L.Callback):
             pictures = F.interpolate(spectrogram.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
             pictures = pictures.unsqueeze(1)
         else:
-            pictures = inputs.float() if modality == "video" else inputs.float().unsqueeze(1)  # B,frames,C,H,W
+            if modality == "video":  # the glimpses, when the encoder looks at windows of the frames
+                encoder = pl_module.encoder
+                pictures = encoder.windows(inputs.float())[0] if hasattr(encoder, "windows") else inputs.float()
+            else:
+                pictures = inputs.float().unsqueeze(1)  # B,frames,C,H,W
             pictures = F.interpolate(((pictures + 1) / 2).clamp(0, 1).flatten(0, 1), size=size, mode="nearest")
             pictures = pictures.unflatten(0, inputs.shape[:2] if modality == "video" else (len(inputs), 1))
         if pictures.shape[2] == 1:

@@ -52,6 +52,9 @@ class Captioner(GenerativeModule):
         patch_size: stride of the image/video conv stem: one token per ``p x p`` pixels.
         n_mels: mel bands of the audio frontend.
         audio_frames: about how many log-mel frames (audio tokens) a clip gives.
+        glimpse_size: video only: tokenise a ``glimpse_size`` window of each frame centred on its
+            centre of brightness, plus the window's track, instead of the whole frame (see
+            ``VideoTokenEncoder``); for clips of one object moving over a larger canvas.
         dropout: dropout of encoder and decoder.
         label_smoothing: label smoothing of the training cross-entropy (validation reports plain NLL).
         shift_augment: training only: shift each image (each video, all frames alike) by its own random
@@ -84,8 +87,8 @@ class Captioner(GenerativeModule):
 
     def __init__(self, data_spec: dict[str, Any] | None = None, modality: str | None = None, width: int = 64,
                  encoder_layers: int = 2, decoder_layers: int = 2, num_heads: int = 4, patch_size: int = 4,
-                 n_mels: int = 64, audio_frames: int = 32, dropout: float = 0.1, label_smoothing: float = 0.0,
-                 shift_augment: int = 0, lr: float = 1e-3,
+                 n_mels: int = 64, audio_frames: int = 32, glimpse_size: int | None = None, dropout: float = 0.1,
+                 label_smoothing: float = 0.0, shift_augment: int = 0, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.01, warmup_steps: int = 100,
                  max_positions: int | None = None, val_num_beams: int = 1, bleu_n_gram: int = 4,
                  scored_attributes: list[str] | None = None,
@@ -104,6 +107,8 @@ class Captioner(GenerativeModule):
             raise ValueError(f"shift_augment must be >= 0, and 0 for audio; got {shift_augment} for {self.modality!r}")
         if val_num_beams < 1:
             raise ValueError(f"val_num_beams must be >= 1, got {val_num_beams}")
+        if glimpse_size is not None and self.modality != "video":
+            raise ValueError(f"glimpse_size is only used with modality 'video', not {self.modality!r}")
         if (image_encoder_path or image_encoder_config) and self.modality != "image":
             raise ValueError(f"image_encoder_path is only used with modality 'image', not {self.modality!r}")
         self.condition_modalities, self.output_modalities = (self.modality,), ("text",)
@@ -137,7 +142,7 @@ class Captioner(GenerativeModule):
                                      frames=hp.audio_frames, **shared)
         size = self.data_spec.get("video_size", self.spec("image_size"))
         return VideoTokenEncoder(self.spec("image_channels"), self.spec("num_frames"), size, hp.width,
-                                 patch_size=hp.patch_size, **shared)
+                                 patch_size=hp.patch_size, glimpse_size=hp.glimpse_size, **shared)
 
     def _build_decoder(self) -> ConditionedGPT2:
         hp = self.hparams

@@ -44,6 +44,22 @@ def test_maps_and_words_reach_tensorboard(tmp_path, modality):
     assert 0.0 <= grid.min() and grid.max() <= 1.0
 
 
+def test_video_maps_are_drawn_over_the_glimpses_the_encoder_sees():
+    spec = {"dataset": "toy", "modalities": ["video", "text"], "image_size": 16, "video_size": 32, "image_channels": 1,
+            "num_frames": 3, "vocab_size": 12, "max_text_length": 6}
+    model = Captioner(spec, width=32, encoder_layers=1, decoder_layers=1, glimpse_size=16, patch_size=4).eval()
+    video = -torch.ones(2, 3, 1, 32, 32)
+    for frame in range(3):
+        video[:, frame, :, 2:6, 4 + 8 * frame:8 + 8 * frame] = 1.0  # a bar sliding right along the top
+    callback = AttentionMapLogger(max_words=2, tile_size=16)
+    pictures = callback.canvases(model, "video", video)
+    assert pictures.shape == (2, 3, 3, 16, 16)
+    assert torch.equal(pictures[:, 0], pictures[:, 2])  # each glimpse is centred on the bar
+    grid, words = callback.render(model, video)
+    rows = sum(1 + len(w) for w in words)
+    assert grid.shape == (3, 2 + rows * 18, 2 + 3 * 18) and 0.0 <= grid.min() and grid.max() <= 1.0
+
+
 def test_overlay_marks_the_most_attended_cell():
     canvas = torch.zeros(3, 8, 8)
     heat = torch.tensor([[0.1, 0.2], [0.3, 2.0]])  # bottom-right is attended most

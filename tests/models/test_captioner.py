@@ -200,6 +200,38 @@ def test_audio_and_video_encoders_give_tokens_and_maps():
     assert video_model.decoder.config._attn_implementation == "sdpa"  # restored after drawing the maps
 
 
+def moving_square(direction: str, frames: int = 4, size: int = 32) -> torch.Tensor:
+    """``F,1,size,size``: a bright 4x4 square on black sliding left to right or top to bottom."""
+    video = -torch.ones(frames, 1, size, size)
+    for frame in range(frames):
+        along, across = 4 + 2 * frame, 20
+        row, col = (along, across) if direction == "down" else (across, along)
+        video[frame, 0, row:row + 4, col:col + 4] = 1.0
+    return video
+
+
+def test_glimpses_follow_the_object_and_keep_its_track():
+    spec = {**VIDEO_SPEC, "video_size": 32}
+    model = tiny(spec, glimpse_size=8, patch_size=4)
+    videos = torch.stack([moving_square("right"), moving_square("down")])
+    windows, motion, centres = model.encoder.windows(videos)
+    assert windows.shape == motion.shape == (2, 4, 1, 8, 8)
+    # every glimpse holds the whole square at its centre, in every frame
+    assert torch.equal(windows, windows[:1, :1].expand_as(windows))
+    assert torch.equal(windows[0, 0, 0, 2:6, 2:6], torch.ones(4, 4)) and windows.sum() == -2 * 4 * (64 - 32)
+    # the track moves the way the square does; the derivative shows the square's leading edge
+    assert (centres[0, 1:, 1] > centres[0, :-1, 1]).all() and (centres[0, :, 0] == centres[0, 0, 0]).all()
+    assert (centres[1, 1:, 0] > centres[1, :-1, 0]).all()
+    assert motion[0, 1, 0, :, 6:].gt(0).any() and motion[0, 1, 0, :, :2].lt(0).any()
+    batch = {"video": videos, "text": random_batch(spec, batch_size=2)["text"]}
+    assert model.encode(batch).shape == (2, 4 * 2 * 2, 32) and model.encoder.grid == (4, 2, 2)
+    assert model.cross_attention_maps(batch, batch["text"]).shape == (2, 7, 16)
+    with pytest.raises(ValueError, match="glimpse_size is only used with modality 'video'"):
+        tiny(ToyDataModule().data_spec, glimpse_size=8)
+    with pytest.raises(ValueError, match="glimpse_size must be in \\[1, 32\\]"):
+        tiny(spec, glimpse_size=40)
+
+
 def test_frozen_pretrained_image_encoder_and_text_decoder_from_local_folders(tmp_path):
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
     spec = datamodule.data_spec
