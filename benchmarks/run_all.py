@@ -116,13 +116,17 @@ def peer_section(report: dict) -> list[str]:
         coherence = "meets" if row["meets_coherence_target"] else "does NOT meet"
         lines.append(f"- {fusion}: {speed} the >= 1.5x speed target ({row['speed_ratio']:.2f}x); {coherence} the "
                      f">= equal coherence target.")
-    lines += ["", "Why the speed ratio is what it is: at equal networks both libraries spend the step in the same "
-              "convolutions, transformer and GRU matmuls. MultiVae's MoPoE already decodes each modality once per "
-              "step (one mixture component per row), as ours does, so only framework overhead differs; its MVAE "
-              "encodes every modality again for each subset ELBO (4 encoder passes for image+text) where ours "
-              "encodes once and batches the subsets' decoder passes. Ours also cuts each batch's text to its "
-              "longest caption; the peer's data is exported already cut to the longest caption of the dataset, "
-              "so that gain is not counted here.", ""]
+    lines += ["", "Why the speed ratio is what it is: with equal networks both libraries spend a step in the same "
+              "convolutions, transformer and GRU matmuls, so a library can only save passes and Python. MultiVae's "
+              "MoPoE already does the minimum (each modality encoded once and decoded once per step, one mixture "
+              "component per row), as ours does: the two are at parity, ours paying Lightning's per-step cost (the "
+              "peer runs a bare loop; see the overhead table). Its MVAE encodes the modalities again for every "
+              "subset ELBO (4 encoder passes for image+text) and decodes each subset separately, where ours encodes "
+              "once and batches the subsets' decoder passes: about 1.3x. Ours also cuts each batch's text to its "
+              "longest caption (1.7-1.8x on image+text at the datamodule's default 24-token padding, see the "
+              "profiling section), but the peer gets data padded only to the longest caption of the data set, so "
+              "that gain is not counted here. Coherence: 180 test items, one seed (one item is 0.6 points); "
+              "MVAE's text->image stays at chance for both libraries at this length of training.", ""]
     return lines
 
 
