@@ -215,3 +215,22 @@ def test_learns_both_directions_and_reloads_without_the_stage1_file(datamodule, 
     images = loaded.generate({"text": batch["text"], "text_mask": batch["text_mask"]}, 16, to="image", seed=0)["image"]
     quadrants = images[:, 0].unfold(1, 8, 8).unfold(2, 8, 8).mean((-1, -2)).flatten(1)  # B,4 (row-major)
     assert (quadrants.argmax(1) == label).float().mean() >= 0.6  # the brightest quadrant is the asked one (chance: 0.25)
+
+
+def test_an_audio_vqvae_gives_text_to_audio_and_audio_to_text(tmp_path):
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["audio", "text"], size=16)
+    vqvae = VQVAE(datamodule.data_spec, modality="audio", quantizer="fsq", fsq_levels=[4, 4], width=16, n_mels=16,
+                  audio_frames=8)
+    trainer = fit(vqvae, datamodule, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.save_checkpoint(tmp_path / "audio_vq.ckpt")
+    model = tiny(datamodule, str(tmp_path / "audio_vq.ckpt"))
+    assert model.condition_modalities == ("text", "audio") and model.layout.grid[0] == 1
+    fit(model, datamodule, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    items = [datamodule.dataset("val")[i] for i in range(2)]
+    text = {"text": torch.stack([i["text"] for i in items]), "text_mask": torch.stack([i["text_mask"] for i in items])}
+    assert model.generate(text, 2, to="audio", guidance_scale=2.0)["audio"].shape == (2, 2000)
+    audio = torch.stack([i["audio"] for i in items])
+    assert model.generate({"audio": audio}, 2, to="text")["text"].shape == (2, datamodule.max_text_length)
+    with pytest.raises(ValueError, match="shift_augment"):
+        tiny(datamodule, str(tmp_path / "audio_vq.ckpt"), shift_augment=1)
