@@ -1,6 +1,9 @@
 from mmgen_lightning.models.base import GenerativeModule, load_generator
 from mmgen_lightning.models.captioner import Captioner
 from mmgen_lightning.models.gan import ConditionalGAN
+from mmgen_lightning.models.token_transformer import TokenTransformer
 from mmgen_lightning.models.vae import MultimodalVAE
+from mmgen_lightning.models.vqvae import VQVAE
 
-__all__ = ["Captioner", "ConditionalGAN", "GenerativeModule", "MultimodalVAE", "load_generator"]
+__all__ = ["Captioner", "ConditionalGAN", "GenerativeModule", "MultimodalVAE", "TokenTransformer", "VQVAE",
+           "load_generator"]
