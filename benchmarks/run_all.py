@@ -209,7 +209,8 @@ def write_report() -> None:
              f"- machine: {run.get('machine', platform.machine())}; a shared machine: other jobs ran at the same "
              "time, so rates are conservative and vary between runs",
              f"- libraries: {run.get('libraries', versions())}",
-             f"- last `make bench`: {run.get('date', 'not run yet')}", ""]
+             f"- last `make bench`: {run.get('date', 'not run yet')}; each section below shows the JSON its "
+             "benchmark wrote last, which is newer when that benchmark was rerun alone with the command shown", ""]
     if run.get("runs"):
         lines += ["| command | exit | seconds |", "|---|---|---|"]
         lines += [f"| `{r['command']}` | {r['exit']} | {r['seconds']} |" for r in run["runs"]]
