@@ -1,6 +1,7 @@
 """DDP with 2 CPU processes (gloo) gives the gradients of 1 process on the same global batch, for the
 VAE (streaming shards) and the captioner (manifest); the ranks see disjoint samples that cover the epoch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def fit_two_processes(folder, model, data):
         "seed_everything": 0,
         "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 2, "strategy": "ddp", "logger": False,
                     "enable_progress_bar": False, "enable_checkpointing": False, "limit_val_batches": 0,
-                    "enable_model_summary": False,
+                    "enable_model_summary": False, "default_root_dir": str(folder),  # its config.yaml copy goes there
                     "callbacks": [{"class_path": "tests.test_distributed.RecordRanks",
                                    "init_args": {"folder": str(folder),
                                                  "noise_free_vae": "MultimodalVAE" in model["class_path"]}}]},
@@ -129,6 +130,12 @@ def test_vae_on_streaming_shards(tmp_path, monkeypatch):
 
 def test_captioner_on_a_manifest(tmp_path):
     manifest = write_corpus(tmp_path, 8)
+    # captions of 1, 3 and 4 words, so the ranks' batches hold different numbers of tokens: the loss must
+    # still give the gradient of the token mean over the global batch
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for index, row in enumerate(rows):
+        row["caption"] = ["square", row["caption"], row["caption"].replace("a ", "a big ")][index % 3]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     data = {"manifest": str(manifest), "modalities": ["image", "text"], "split_fractions": [1, 0, 0],
             "batch_size": 2, **DATA_OPTIONS}
     options = {"width": 16, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0, "warmup_steps": 0}
@@ -137,5 +144,7 @@ def test_captioner_on_a_manifest(tmp_path):
                                  "init_args": data})
     seen = [image_keys(torch.cat([b["image"] for b in rank])) for rank in batches]
     assert [len(s) for s in seen] == [4, 4] and not seen[0] & seen[1]
+    tokens = [int(rank[0]["text_mask"].sum()) for rank in batches]
+    assert tokens[0] != tokens[1], f"the ranks' first batches should differ in caption tokens, got {tokens}"
     model = Captioner(ManifestDataModule(**data).data_spec, **options)
     assert_same_gradients(one_process_gradients(model, tmp_path, [rank[0] for rank in batches]), tmp_path)

@@ -195,8 +195,15 @@ class Captioner(GenerativeModule):
         if self.hparams.shift_augment:
             batch = {**batch, self.modality: random_shift(batch[self.modality], self.hparams.shift_augment)}
         logits, targets = self(batch).float(), self.targets(batch)
-        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
-                               label_smoothing=self.hparams.label_smoothing)
+        summed = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                                 label_smoothing=self.hparams.label_smoothing, reduction="sum")
+        # DDP averages gradients over ranks; dividing by the mean token count over ranks (not this rank's
+        # own count) makes that average the gradient of the token mean over the global batch, whatever
+        # each rank's caption lengths are
+        tokens = (targets != IGNORE_INDEX).sum().float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            tokens = self.all_gather(tokens).mean()
+        loss = summed / tokens.clamp_min(1.0)
         nll, accuracy = token_statistics(logits.detach(), targets)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/perplexity", nll.exp())
