@@ -154,26 +154,30 @@ class ConditionalGAN(GenerativeModule):
         if self.output == "image":
             return ImageGenerator(hp.latent_dim, self.spec("image_channels"), self.spec("image_size"), hp.width,
                                   self.build_embedder(), hp.condition_dim)
-        video = WarpVideoGenerator if hp.video_generator == "warp" else VideoGenerator
-        return video(hp.latent_dim, self.spec("image_channels"), self.spec("num_frames"), self._video_size(), hp.width,
-                     self.build_embedder(), hp.condition_dim)
+        if hp.video_generator == "warp":  # content and motion read the condition through embedders of their own
+            return WarpVideoGenerator(hp.latent_dim, self.spec("image_channels"), self.spec("num_frames"),
+                                      self._video_size(), hp.width, self.build_embedder(), hp.condition_dim,
+                                      motion_embedder=self.build_embedder())
+        return VideoGenerator(hp.latent_dim, self.spec("image_channels"), self.spec("num_frames"), self._video_size(),
+                              hp.width, self.build_embedder(), hp.condition_dim)
 
     def build_discriminator(self) -> nn.Module:
         """A network with ``features(x)``, ``embed(conditions)`` and ``score(features, embedding)``: logits ``B``,
         or ``B,2`` for a video discriminator with a frame branch (clip and frames scored apart)."""
         hp = self.hparams
-        width, branches = hp.discriminator_width or hp.width, None
+        width, branches, embedder = hp.discriminator_width or hp.width, None, self.build_embedder()
         if self.output == "image":
             trunk, features = image_trunk(self.spec("image_channels"), self.spec("image_size"), width, hp.spectral_norm)
         elif hp.discriminator_frames:
             trunk = ClipAndFramesTrunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(), width,
                                        hp.discriminator_frames, hp.spectral_norm)
             features, branches = trunk.num_features, trunk.branch_features
+            if embedder is not None:  # each branch reads the condition through an embedder of its own
+                embedder = [embedder] + [self.build_embedder() for _ in branches[1:]]
         else:
             trunk, features = video_trunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(),
                                           width, hp.spectral_norm)
-        return ProjectionDiscriminator(trunk, features, self.build_embedder(), hp.condition_dim, hp.spectral_norm,
-                                       branches)
+        return ProjectionDiscriminator(trunk, features, embedder, hp.condition_dim, hp.spectral_norm, branches)
 
     def _video_size(self) -> int:
         return self.data_spec.get("video_size", self.spec("image_size"))

@@ -309,6 +309,34 @@ def test_video_discriminator_scores_clip_and_frames_apart_and_each_branch_answer
     # the frame branch sees every frame, in no order: playing the clip backwards changes only the clip branch
     torch.testing.assert_close(reversed_in_time[:, 1], logits[:, 1])
     assert not torch.allclose(reversed_in_time[:, 0], logits[:, 0])
+    # each branch reads the caption through its own embedder: changing the clip branch's leaves the frame score
+    with torch.no_grad():
+        for parameter in discriminator.embedder[0].parameters():
+            parameter.add_(0.5)
+        changed = discriminator(video, conditions)
+    torch.testing.assert_close(changed[:, 1], logits[:, 1])
+    assert not torch.allclose(changed[:, 0], logits[:, 0])
+
+
+def test_warp_generator_reads_the_caption_apart_for_content_and_motion():
+    torch.manual_seed(0)
+    spec = {**SPEC, "modalities": ["video", "text"], "num_frames": 4, "video_size": 32}
+    generator = ConditionalGAN(spec, condition="text", output="video", **TINY).generator.eval()
+    conditions = {"text": torch.randint(0, 12, (3, 6)), "text_mask": torch.ones(3, 6, dtype=torch.bool)}
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.nn.init.normal_(generator.motion[-1].weight)  # a fresh motion head moves nothing
+        before, content_before = generator(z, conditions), generator.content(z, conditions)
+        for parameter in generator.motion_embedder.parameters():
+            parameter.add_(0.5)
+        after, content_after = generator(z, conditions), generator.content(z, conditions)
+    # the motion's embedder moves the clip and leaves the content image as it was
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(content_after, content_before)
+    content_ids = {id(p) for p in generator.content.embedder.parameters()}
+    assert content_ids.isdisjoint(id(p) for p in generator.motion_embedder.parameters())
+    with pytest.raises(ValueError, match="motion_embedder"):
+        type(generator)(8, 1, 4, 16, 8, generator.content.embedder, 8)
 
 
 class SaveWeights(L.Callback):

@@ -228,17 +228,27 @@ class WarpVideoGenerator(nn.Module):
     the cost of :class:`VideoGenerator`, and motion cannot smear the content. Scenes that deform
     need :class:`VideoGenerator`.
 
+    Content and motion read the condition through embedders of their own: with one shared embedder
+    the motion's strong, early gradient shapes the embedding around the caption's motion words, and
+    the content, modulated by that embedding, ends up varying with the direction instead of the digit.
+
     Args:
-        latent_dim, channels, width, embedder, condition_dim: as :class:`ImageGenerator`.
+        latent_dim, channels, width, condition_dim: as :class:`ImageGenerator`.
         num_frames: frames ``F``.
         size: frame side ``H == W``: 16, 32 or 64.
+        embedder: conditions dict -> ``B,condition_dim`` for the content (``None``: unconditional).
+        motion_embedder: the same for the trajectory (given exactly when ``embedder`` is).
         hidden: width of the motion MLP.
     """
 
     def __init__(self, latent_dim: int, channels: int, num_frames: int, size: int, width: int = 16,
-                 embedder: nn.Module | None = None, condition_dim: int = 0, hidden: int = 128) -> None:
+                 embedder: nn.Module | None = None, condition_dim: int = 0, hidden: int = 128,
+                 motion_embedder: nn.Module | None = None) -> None:
         super().__init__()
+        if (embedder is None) != (motion_embedder is None):
+            raise ValueError("WarpVideoGenerator needs both embedder and motion_embedder, or neither (unconditional)")
         self.content = ImageGenerator(latent_dim, channels, size, width, embedder, condition_dim)
+        self.motion_embedder = motion_embedder
         code_dim = latent_dim + (condition_dim if embedder is not None else 0)
         self.motion = nn.Sequential(nn.Linear(code_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                     nn.Linear(hidden, 6))
@@ -248,10 +258,10 @@ class WarpVideoGenerator(nn.Module):
         self.register_buffer("powers", torch.stack([torch.ones_like(time), time, time.pow(2)]), persistent=False)
 
     def forward(self, z: Tensor, conditions: dict[str, Tensor] | None = None) -> Tensor:
-        code = _code(z, self.content.embedder, conditions)
-        content = self.content.render(code).float()  # B,C,H,W
+        rendered = self.content(z, conditions)  # B,C,H,W
+        content = rendered.float()
         batch, frames = z.shape[0], self.powers.shape[1]
-        coefficients = self.motion(code).float().view(batch, 2, 3)  # per axis: offset, velocity, acceleration
+        coefficients = self.motion(_code(z, self.motion_embedder, conditions)).float().view(batch, 2, 3)  # per axis: offset, velocity, acceleration
         shift = torch.tanh(coefficients @ self.powers).transpose(1, 2)  # B,F,2 in units of half the frame
         theta = torch.zeros(batch * frames, 2, 3, device=z.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
@@ -259,7 +269,7 @@ class WarpVideoGenerator(nn.Module):
         content = content.unsqueeze(1).expand(-1, frames, -1, -1, -1).flatten(0, 1)
         grid = F.affine_grid(theta, list(content.shape), align_corners=False)
         moved = F.grid_sample(content + 1, grid, align_corners=False, padding_mode="zeros") - 1
-        return moved.unflatten(0, (batch, frames)).to(code.dtype)
+        return moved.unflatten(0, (batch, frames)).to(rendered.dtype)
 
 
 def image_trunk(channels: int, size: int, width: int = 32, spectral_norm: bool = True) -> tuple[nn.Module, int]:
@@ -341,8 +351,11 @@ class ProjectionDiscriminator(nn.Module):
     Args:
         trunk: ``x -> B,features,...`` (:func:`image_trunk`, :func:`video_trunk`).
         features: channels of the trunk's output.
-        embedder: conditions dict -> ``B,condition_dim`` (``None``: unconditional, no projection).
-        condition_dim: output size of ``embedder``.
+        embedder: conditions dict -> ``B,condition_dim`` (``None``: unconditional, no projection); with
+            ``branches``, a list of one embedder per branch, each with its own projection onto its
+            branch's features: a shared embedding would be shaped by whichever branch learns first
+            (the clip branch, by the caption's motion words) and leave the other too little to read.
+        condition_dim: output size of each embedder.
         spectral_norm: spectral normalisation on the head (the trunk has its own switch).
         branches: sizes of consecutive feature groups scored apart (a trunk's branches): logits are then
             ``B,K``, one column per group, and every loss is their mean, so each branch must tell real from
@@ -356,10 +369,18 @@ class ProjectionDiscriminator(nn.Module):
         super().__init__()
         if branches is not None and sum(branches) != features:
             raise ValueError(f"branches {branches} must add up to the trunk's {features} features")
-        self.trunk, self.embedder, self.branches = trunk, embedder, branches
+        self.trunk, self.branches = trunk, branches
         self.linear = _maybe_sn(nn.Linear(features, 1), spectral_norm)
-        self.projection = (_maybe_sn(nn.Linear(condition_dim, features, bias=False), spectral_norm)
-                           if embedder is not None else None)
+        if isinstance(embedder, (list, tuple, nn.ModuleList)):
+            if branches is None or len(embedder) != len(branches):
+                raise ValueError(f"one embedder per branch: got {len(embedder)} embedders for branches {branches}")
+            self.embedder = nn.ModuleList(embedder)
+            self.projection = nn.ModuleList(_maybe_sn(nn.Linear(condition_dim, size, bias=False), spectral_norm)
+                                            for size in branches)
+        else:
+            self.embedder = embedder
+            self.projection = (_maybe_sn(nn.Linear(condition_dim, features, bias=False), spectral_norm)
+                               if embedder is not None else None)
 
     def features(self, x: Tensor) -> Tensor:
         """``phi(x)``: ``B,features``."""
@@ -369,6 +390,9 @@ class ProjectionDiscriminator(nn.Module):
         """The condition's projection vector ``V embed(y)``: ``B,features`` (``None`` if unconditional)."""
         if self.embedder is None:
             return None
+        if isinstance(self.embedder, nn.ModuleList):
+            return torch.cat([projection(embedder(conditions))
+                              for embedder, projection in zip(self.embedder, self.projection)], dim=1)
         return self.projection(self.embedder(conditions))
 
     def score(self, features: Tensor, embedding: Tensor | None) -> Tensor:
