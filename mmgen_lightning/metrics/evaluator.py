@@ -52,7 +52,8 @@ class RealData:
 
 def default_directions(model, datamodule) -> list[str]:
     """Single-source directions the model serves that can be scored (a shared attribute, or a
-    judged target), then unconditional ones with a judged target."""
+    judged target), then unconditional ones with a judged target; for a model that serves none of
+    those (a VQVAE), its reconstructions ``m->m`` of judged modalities."""
     spec = datamodule.data_spec
     available = set(spec["modalities"])
     directions = []
@@ -67,6 +68,9 @@ def default_directions(model, datamodule) -> list[str]:
     for target in model.output_modalities:
         if target in available and model.serves((), target) and judged_attributes(datamodule, target):
             directions.append(f"->{target}")
+    if not directions:  # a model that only reconstructs (a tokenizer) is scored on its reconstructions
+        directions = [f"{m}->{m}" for m in model.output_modalities
+                      if m in available and model.serves((m,), m) and judged_attributes(datamodule, m)]
     return directions
 
 

@@ -183,6 +183,10 @@ class VQVAE(GenerativeModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
     # --- sampling -----------------------------------------------------------------------------
+    def serves(self, sources: tuple[str, ...], target: str) -> bool:
+        """Only reconstruction: the modality in, the same modality out (a tokenizer has no prior to sample)."""
+        return tuple(sources) == (self.modality,) and target == self.modality
+
     def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str]) -> dict[str, Tensor]:
         """Reconstruct the condition through its codes (no sampling knobs: the map is deterministic)."""
         return {self.modality: self.decode_codes(self.encode_codes(conditions))}

@@ -7,26 +7,47 @@ import json
 import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from mmgen_lightning.metrics.report import evaluate_cli, markdown
 
 
-def vae(spec):
+def vae(spec, folder=None):
     from mmgen_lightning.models.vae import MultimodalVAE
 
     return MultimodalVAE(spec, latent_dim=4, width=8, text_width=16)
 
 
-def gan(spec):
+def gan(spec, folder=None):
     from mmgen_lightning.models.gan import ConditionalGAN
 
     return ConditionalGAN(spec, condition="label", width=8, latent_dim=8, condition_dim=8, text_width=16, n_mels=16)
 
 
-def captioner(spec):
+def captioner(spec, folder=None):
     from mmgen_lightning.models.captioner import Captioner
 
     return Captioner(spec, modality="image", width=32, encoder_layers=1, decoder_layers=1, dropout=0.0)
+
+
+def vqvae(spec, folder=None):
+    from mmgen_lightning.models.vqvae import VQVAE
+
+    return VQVAE(spec, num_codes=16, code_dim=8, width=16)
+
+
+def tokens(spec, folder):
+    """A TokenTransformer over the codes of a briefly trained stage-1 VQVAE saved in ``folder``."""
+    from mmgen_lightning.models.token_transformer import TokenTransformer
+
+    stage1 = vqvae(spec)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=folder)
+    images = torch.rand(8, spec["image_channels"], spec["image_size"], spec["image_size"]) * 2 - 1
+    trainer.fit(stage1, train_dataloaders=DataLoader([{"image": images}], batch_size=None))
+    trainer.save_checkpoint(folder / "vqvae.ckpt")
+    return TokenTransformer(spec, vqvae_checkpoint=str(folder / "vqvae.ckpt"), width=32, num_layers=2, num_heads=2,
+                            dropout=0.0)
 
 
 FAMILIES = {  # family -> (builder, what its report must hold)
@@ -36,6 +57,9 @@ FAMILIES = {  # family -> (builder, what its report must hold)
                              "likelihood": None}),
     "Captioner": (captioner, {"coherence": ["image->text"], "quality": [], "text": ["image->text"],
                               "likelihood": "text"}),
+    "VQVAE": (vqvae, {"coherence": ["image->image"], "quality": ["image->image"], "text": [], "likelihood": None}),
+    "TokenTransformer": (tokens, {"coherence": ["text->image", "image->text"], "quality": ["text->image", "->image"],
+                                  "text": ["image->text"], "likelihood": None}),
 }
 
 
@@ -43,7 +67,7 @@ FAMILIES = {  # family -> (builder, what its report must hold)
 def test_evaluate_writes_a_report_for_each_family(family, digits, digits_judge, tmp_path, capsys):
     build, expected = FAMILIES[family]
     torch.manual_seed(0)
-    model = build(digits.data_spec)
+    model = build(digits.data_spec, tmp_path)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                         default_root_dir=tmp_path)
