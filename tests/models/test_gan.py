@@ -287,9 +287,9 @@ def test_text_to_video_trains_and_samples_clips(video_generator, discriminator_f
     assert math.isfinite(trainer.callback_metrics["train/loss_generator"].item())
     clips = model.generate(datamodule.tokenizer.encode(["class one"]), 3, seed=0)["video"]
     assert clips.shape == (3, 4, 1, 16, 16) and clips.abs().max() <= 1
-    if video_generator == "warp":  # every frame is the one content image, shifted
-        ink = (clips + 1).sum((2, 3, 4))
-        assert not torch.allclose(clips[:, 0], clips[:, -1]) and (ink > 0).all()
+    if video_generator == "warp":  # every frame is the one content image, shifted (in whole pixels: after 4 steps
+        ink = (clips + 1).sum((2, 3, 4))  # the path may still be under one; motion is tested below)
+        assert (ink > 0).all()
 
 
 def test_video_discriminator_scores_clip_and_frames_apart_and_each_branch_answers_for_its_own_input():
@@ -330,8 +330,8 @@ def test_warp_generator_reads_the_caption_apart_for_content_and_motion():
         for parameter in generator.motion_embedder.parameters():
             parameter.add_(0.5)
         after, content_after = generator(z, conditions), generator.content(z, conditions)
-    # the motion's embedder moves the clip and leaves the content image as it was
-    assert not torch.allclose(before, after)
+    # the content moves in whole pixels, and the motion's embedder moves the clip but leaves the content image
+    assert not torch.allclose(before[:, 0], before[:, -1]) and not torch.allclose(before, after)
     torch.testing.assert_close(content_after, content_before)
     content_ids = {id(p) for p in generator.content.embedder.parameters()}
     assert content_ids.isdisjoint(id(p) for p in generator.motion_embedder.parameters())

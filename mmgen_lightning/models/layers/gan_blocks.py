@@ -263,6 +263,11 @@ class WarpVideoGenerator(nn.Module):
         batch, frames = z.shape[0], self.powers.shape[1]
         coefficients = self.motion(_code(z, self.motion_embedder, conditions)).float().view(batch, 2, 3)  # per axis: offset, velocity, acceleration
         shift = torch.tanh(coefficients @ self.powers).transpose(1, 2)  # B,F,2 in units of half the frame
+        # whole pixels forward, the continuous shift's gradient backward (straight-through): a sub-pixel
+        # shift blurs the content a little differently in every frame, a cue that tells fakes from clips
+        # whose objects move by whole pixels without reading what the object is
+        pixel = 2.0 / content.shape[-1]
+        shift = shift + (torch.round(shift / pixel) * pixel - shift).detach()
         theta = torch.zeros(batch * frames, 2, 3, device=z.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
         theta[:, :, 2] = -shift.flatten(0, 1)  # sampling at x - shift moves the content by +shift
