@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,13 @@ class ShardWriter:
 
     def __init__(self, dataset: ManifestDataset) -> None:
         self.dataset = dataset
+        self.parent_pid = os.getpid()
 
     def __call__(self, index: int):
+        if os.getpid() != self.parent_pid and torch.get_num_threads() != 1:
+            # a forked writer must not enter the OpenMP pool it inherited from a parent that already ran
+            # parallel torch ops (it deadlocks); one thread per writer, as torch's DataLoader workers do
+            torch.set_num_threads(1)
         row = self.dataset.rows[index]
         try:
             item = self.dataset.decode(index)
