@@ -17,7 +17,6 @@ Directions: ``image->text``, ``audio->text`` or ``video->text`` (one condition m
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +29,7 @@ from transformers import GenerationConfig, GPT2Config
 
 from mmgen_lightning.datamodules.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS
 from mmgen_lightning.models.base import GenerativeModule
+from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
 from mmgen_lightning.models.layers.token_encoders import (AudioTokenEncoder, ImageTokenEncoder,
                                                           PretrainedImageEncoder, VideoTokenEncoder)
@@ -248,25 +248,7 @@ class Captioner(GenerativeModule):
             self.parse_caption = find_caption_parser(getattr(self.trainer, "datamodule", None))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
-        decayed = [p for name, p in trainable if p.ndim >= 2 and "position" not in name and "wpe" not in name]
-        others = [p for name, p in trainable if not (p.ndim >= 2 and "position" not in name and "wpe" not in name)]
-        optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": self.hparams.weight_decay},
-                                       {"params": others, "weight_decay": 0.0}], lr=self.hparams.lr,
-                                      betas=tuple(self.hparams.betas))
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        warmup = self.hparams.warmup_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not math.isfinite(total) or total <= warmup:
-                return 1.0
-            progress = min(1.0, (step - warmup) / (total - warmup))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self, no_decay=("position", "wpe"))
 
     # --- sampling -----------------------------------------------------------------------------
     def serves(self, sources: tuple[str, ...], target: str) -> bool:

@@ -37,6 +37,7 @@ from transformers.generation import (LogitsProcessorList, TemperatureLogitsWarpe
                                      TopPLogitsWarper)
 
 from mmgen_lightning.models.base import GenerativeModule, load_generator
+from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.token_stream import CODE, TEXT, StreamEmbedding, TokenLayout
 from mmgen_lightning.models.vqvae import VQVAE
 
@@ -219,25 +220,7 @@ class TokenTransformer(GenerativeModule):
         self.log(f"{stage}/text_nll", codes_first["text"], sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
-        decayed = [p for name, p in trainable if p.ndim >= 2 and "embedding" not in name and "wpe" not in name]
-        others = [p for name, p in trainable if not (p.ndim >= 2 and "embedding" not in name and "wpe" not in name)]
-        optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": self.hparams.weight_decay},
-                                       {"params": others, "weight_decay": 0.0}], lr=self.hparams.lr,
-                                      betas=tuple(self.hparams.betas))
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        warmup = self.hparams.warmup_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not math.isfinite(total) or total <= warmup:
-                return 1.0
-            progress = min(1.0, (step - warmup) / (total - warmup))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self, no_decay=("embedding", "wpe"))
 
     # --- sampling -----------------------------------------------------------------------------
     def serves(self, sources: tuple[str, ...], target: str) -> bool:
