@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -61,6 +62,16 @@ class ToyDataModule(MultimodalDataModule):
                 item["label"] = torch.tensor(label)
             items.append(item)
         return _Items(items)
+
+
+def fit(model, datamodule=None, loader=None, **trainer_kwargs) -> L.Trainer:
+    """Fit ``model`` on CPU with nothing written (no logger, checkpoints, progress bar or summary) unless
+    ``trainer_kwargs`` ask for it; data from ``datamodule`` or a training ``loader``."""
+    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+               "enable_model_summary": False, "accelerator": "cpu", **trainer_kwargs}
+    trainer = L.Trainer(**options)
+    trainer.fit(model, datamodule=datamodule, train_dataloaders=loader)
+    return trainer
 
 
 @pytest.fixture

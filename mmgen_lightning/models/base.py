@@ -100,6 +100,17 @@ class GenerativeModule(L.LightningModule):
                **sampling: Any) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    # --- logging ------------------------------------------------------------------------------
+    def _logging_step(self) -> bool:
+        """Whether this training batch's metrics reach the logger. Lightning writes on-step metrics only
+        every ``log_every_n_steps`` batches and drops the rest, and each ``self.log`` costs about a
+        millisecond of Python (several percent of a small CPU step), so families make them only then."""
+        trainer = self._trainer
+        if trainer is None:  # a step run by hand, outside fit: nothing would reach a logger
+            return False
+        every = trainer.log_every_n_steps
+        return bool(trainer.fast_dev_run) or (every > 0 and (trainer.fit_loop.total_batch_idx + 1) % every == 0)
+
     # --- checkpoint extras --------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

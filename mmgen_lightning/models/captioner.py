@@ -204,10 +204,11 @@ class Captioner(GenerativeModule):
         if self._trainer is not None and self.trainer.world_size > 1:
             tokens = self.all_gather(tokens).mean()
         loss = summed / tokens.clamp_min(1.0)
-        nll, accuracy = token_statistics(logits.detach(), targets)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/perplexity", nll.exp())
-        self.log("train/token_accuracy", accuracy)
+        if self._logging_step():  # only the batches whose metrics Lightning writes
+            nll, accuracy = token_statistics(logits.detach(), targets)
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/perplexity", nll.exp())
+            self.log("train/token_accuracy", accuracy)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -198,9 +198,10 @@ class TokenTransformer(GenerativeModule):
         if self.hparams.shift_augment:
             batch = {**batch, "image": random_shift(batch["image"], self.hparams.shift_augment)}
         out = self.losses(batch, codes_first)
-        self.log("train/loss", out["loss"], prog_bar=True)
-        self.log("train/text_nll", out["text"])
-        self.log(f"train/{self.modality}_bits_per_dim", out[self.modality] / math.log(2))
+        if self._logging_step():  # only the batches whose metrics Lightning writes
+            self.log("train/loss", out["loss"], prog_bar=True)
+            self.log("train/text_nll", out["text"])
+            self.log(f"train/{self.modality}_bits_per_dim", out[self.modality] / math.log(2))
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -245,15 +245,6 @@ class MultimodalVAE(GenerativeModule):
             self.log_dict({f"train/{name}": value for name, value in metrics.items()})
         return out["loss"]
 
-    def _logging_step(self) -> bool:
-        """Whether this batch's metrics reach the logger. Lightning writes on-step metrics only every
-        ``log_every_n_steps`` batches and drops the rest, and each ``self.log`` costs Python time
-        (a few percent of a CPU step for these six), so they are made only then."""
-        trainer = self._trainer
-        if trainer is None:  # a step run by hand, outside fit: nothing would reach a logger
-            return False
-        every = trainer.log_every_n_steps
-        return bool(trainer.fast_dev_run) or (every > 0 and (trainer.fit_loop.total_batch_idx + 1) % every == 0)
 
     def log_importance_weights(self, batch: dict[str, Tensor], num_samples: int) -> Tensor:
         """``log p(X, z_k) - log q(z_k | X)`` for ``K`` samples of the joint posterior: ``K,B``.

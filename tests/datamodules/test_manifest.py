@@ -17,6 +17,7 @@ from mmgen_lightning.datamodules.manifest import DataError, ManifestDataModule, 
 from mmgen_lightning.models.captioner import Captioner
 from mmgen_lightning.models.gan import ConditionalGAN
 from mmgen_lightning.models.vae import MultimodalVAE
+from tests.conftest import fit
 from tests.datamodules.manifest_corpus import COLORS, DATA_OPTIONS, RGB, write_corpus
 
 
@@ -36,12 +37,6 @@ def corpus(tmp_path_factory):
 def datamodule(manifest, **options):
     return ManifestDataModule(str(manifest), **{"batch_size": 4, **DATA_OPTIONS, **options})
 
-
-def fit(model, dm, **options):
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", **options)
-    trainer.fit(model, datamodule=dm)
-    return trainer
 
 
 FAMILIES = {

@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 from mmgen_lightning.batch import check_batch
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.captioner import (PAD_ID, Captioner, find_caption_parser, states_every_attribute)
-from tests.conftest import WORDS, ToyDataModule
+from tests.conftest import WORDS, ToyDataModule, fit
 
 VIDEO_SPEC = {"dataset": "toy", "modalities": ["video", "text"], "image_size": 16, "image_channels": 1,
               "num_frames": 4, "vocab_size": 12, "max_text_length": 8}
@@ -22,13 +22,6 @@ def tiny(spec, **kwargs) -> Captioner:
     options = {"width": 32, "encoder_layers": 1, "decoder_layers": 2, "dropout": 0.0, "n_mels": 16, "audio_frames": 8}
     return Captioner(spec, **{**options, **kwargs})
 
-
-def fit(model, datamodule, **trainer_kwargs) -> L.Trainer:
-    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-               "enable_model_summary": False, "accelerator": "cpu", **trainer_kwargs}
-    trainer = L.Trainer(**options)
-    trainer.fit(model, datamodule=datamodule)
-    return trainer
 
 
 def random_batch(spec, batch_size=3, length=8, seed=0) -> dict:
@@ -273,7 +266,7 @@ def test_bf16_mixed_precision_trains_and_validates():
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["audio", "text"], size=16)
     model = tiny(datamodule.data_spec)
-    trainer = fit(model, datamodule, max_steps=2, precision="bf16-mixed", limit_val_batches=1)
+    trainer = fit(model, datamodule, max_steps=2, precision="bf16-mixed", limit_val_batches=1, log_every_n_steps=1)
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
     assert math.isfinite(trainer.callback_metrics["val/perplexity"].item())
 

@@ -4,7 +4,6 @@ stage 2, errors, and a tiny learning test in both directions."""
 
 import shutil
 
-import lightning as L
 import pytest
 import torch
 
@@ -12,15 +11,8 @@ from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.layers.token_stream import CODE, SPECIAL, TEXT, TokenLayout
 from mmgen_lightning.models.token_transformer import TokenTransformer, classifier_free_guidance, random_shift
 from mmgen_lightning.models.vqvae import VQVAE
-from tests.conftest import WORDS, ToyDataModule
+from tests.conftest import WORDS, ToyDataModule, fit
 
-
-def fit(model, datamodule, **trainer_kwargs) -> L.Trainer:
-    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-               "enable_model_summary": False, "accelerator": "cpu", **trainer_kwargs}
-    trainer = L.Trainer(**options)
-    trainer.fit(model, datamodule=datamodule)
-    return trainer
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """VQVAE and its quantizers: straight-through gradients, the EMA update against hand-computed numbers,
 dead-code restarts, FSQ codes, usage/perplexity in closed form, a tiny learning run, checkpoints."""
 
-import lightning as L
 import pytest
 import torch
 
@@ -9,7 +8,7 @@ from mmgen_lightning.losses import codebook_perplexity, commitment_loss
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.layers.quantizers import FiniteScalarQuantizer, VectorQuantizer
 from mmgen_lightning.models.vqvae import VQVAE, CodeHistogram
-from tests.conftest import ToyDataModule
+from tests.conftest import ToyDataModule, fit
 
 IMAGE_SPEC = {"dataset": "toy", "modalities": ["image", "audio"], "image_size": 16, "image_channels": 1,
               "sample_rate": 8000, "audio_length": 2000}
@@ -18,13 +17,6 @@ IMAGE_SPEC = {"dataset": "toy", "modalities": ["image", "audio"], "image_size": 
 def tiny(spec=IMAGE_SPEC, **kwargs) -> VQVAE:
     return VQVAE(spec, **{"num_codes": 16, "code_dim": 8, "width": 16, "n_mels": 16, "audio_frames": 8, **kwargs})
 
-
-def fit(model, datamodule, **trainer_kwargs) -> L.Trainer:
-    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-               "enable_model_summary": False, "accelerator": "cpu", **trainer_kwargs}
-    trainer = L.Trainer(**options)
-    trainer.fit(model, datamodule=datamodule)
-    return trainer
 
 
 def toy_quantizer(codebook, decay=0.5, threshold=0.0) -> VectorQuantizer:
