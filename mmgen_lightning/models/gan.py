@@ -59,6 +59,9 @@ class ConditionalGAN(GenerativeModule):
         discriminator_width: discriminator channels at full resolution (default: ``width``).
         discriminator_frames: videos only: frames per clip that a full-size image branch of the
             discriminator also judges (content), beside the clip branch (motion); 0: clip branch only.
+        discriminator_glimpses: videos only: frames per clip that a glimpse branch judges: a window centred on
+            each frame's centre of brightness, for objects small on their canvas; 0: no glimpse branch.
+        glimpse_size: side of those windows (``"image_size"``: the data's image size, e.g. the 16 px of a digit).
         condition_dim: size of each player's condition embedding.
         text_width: width of the trainable text encoders.
         text_layers: transformer layers of the trainable text encoders.
@@ -84,13 +87,13 @@ class ConditionalGAN(GenerativeModule):
     """
 
     def __init__(self, data_spec: dict[str, Any] | None = None, condition: str | None = "label",
-                 output: str = "image", video_generator: str = "warp", latent_dim: int = 128, width: int = 32, discriminator_width: int | None = None,
-                 discriminator_frames: int = 2, condition_dim: int = 128, text_width: int = 64, text_layers: int = 1,
-                 text_encoder_path: str | None = None, n_mels: int = 64, audio_width: int = 32, loss: str = "hinge",
-                 r1_gamma: float = 0.0,
-                 r1_every: int = 1, gp_weight: float | None = None, spectral_norm: bool = True,
-                 condition_mismatch: bool = False, n_critic: int = 1, accumulate_grad_batches: int = 1,
-                 lr_generator: float = 1e-4, lr_discriminator: float = 4e-4,
+                 output: str = "image", video_generator: str = "warp", latent_dim: int = 128, width: int = 32,
+                 discriminator_width: int | None = None, discriminator_frames: int = 2, discriminator_glimpses: int = 0,
+                 glimpse_size: int | str = "image_size", condition_dim: int = 128, text_width: int = 64,
+                 text_layers: int = 1, text_encoder_path: str | None = None, n_mels: int = 64, audio_width: int = 32,
+                 loss: str = "hinge", r1_gamma: float = 0.0, r1_every: int = 1, gp_weight: float | None = None,
+                 spectral_norm: bool = True, condition_mismatch: bool = False, n_critic: int = 1,
+                 accumulate_grad_batches: int = 1, lr_generator: float = 1e-4, lr_discriminator: float = 4e-4,
                  betas: tuple[float, float] = (0.0, 0.9), ema_decay: float = 0.999) -> None:
         super().__init__(data_spec)
         self.save_hyperparameters()
@@ -168,9 +171,10 @@ class ConditionalGAN(GenerativeModule):
         width, branches, embedder = hp.discriminator_width or hp.width, None, self.build_embedder()
         if self.output == "image":
             trunk, features = image_trunk(self.spec("image_channels"), self.spec("image_size"), width, hp.spectral_norm)
-        elif hp.discriminator_frames:
+        elif hp.discriminator_frames or hp.discriminator_glimpses:
             trunk = ClipAndFramesTrunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(), width,
-                                       hp.discriminator_frames, hp.spectral_norm)
+                                       hp.discriminator_frames, hp.spectral_norm, hp.discriminator_glimpses,
+                                       self._glimpse_size() if hp.discriminator_glimpses else 16)
             features, branches = trunk.num_features, trunk.branch_features
             if embedder is not None:  # each branch reads the condition through an embedder of its own
                 embedder = [embedder] + [self.build_embedder() for _ in branches[1:]]
@@ -178,6 +182,14 @@ class ConditionalGAN(GenerativeModule):
             trunk, features = video_trunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(),
                                           width, hp.spectral_norm)
         return ProjectionDiscriminator(trunk, features, embedder, hp.condition_dim, hp.spectral_norm, branches)
+
+    def _glimpse_size(self) -> int:
+        size = self.hparams.glimpse_size
+        if size == "image_size":
+            return self.spec("image_size")
+        if not isinstance(size, int):
+            raise ValueError(f"glimpse_size must be a number of pixels or 'image_size', got {size!r}")
+        return size
 
     def _video_size(self) -> int:
         return self.data_spec.get("video_size", self.spec("image_size"))
@@ -279,14 +291,6 @@ class ConditionalGAN(GenerativeModule):
                             "d_fake": d_terms["d_fake"]})
             metrics.update({name: d_terms[name].detach() for name in ("r1", "gp") if name in d_terms})
             self.log_dict({f"train/{name}": value for name, value in metrics.items() if value is not None})
-
-    def _logging_step(self) -> bool:
-        """Whether this batch's metrics reach the logger. Lightning writes on-step metrics every
-        ``log_every_n_steps`` batches and drops the others, so they (and the gradient norms) are made
-        only then: each ``self.log`` costs about a millisecond of Python, several percent of a CPU step."""
-        trainer = self.trainer
-        every = trainer.log_every_n_steps
-        return bool(trainer.fast_dev_run) or (every > 0 and (trainer.fit_loop.total_batch_idx + 1) % every == 0)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         conditions = self.condition_inputs(batch)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.gan import ConditionalGAN
-from tests.conftest import ToyDataModule
+from tests.conftest import ToyDataModule, fit
 
 TINY = {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}
 
@@ -29,12 +29,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def fit(model, datamodule=None, loader=None, **trainer_kwargs):
-    trainer_kwargs = {"logger": False, "enable_checkpointing": False, **trainer_kwargs}
-    trainer = L.Trainer(enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", **trainer_kwargs)
-    trainer.fit(model, datamodule=datamodule, train_dataloaders=loader)
-    return trainer
 
 
 def snapshot(module: nn.Module) -> list[torch.Tensor]:
@@ -316,6 +310,36 @@ def test_video_discriminator_scores_clip_and_frames_apart_and_each_branch_answer
         changed = discriminator(video, conditions)
     torch.testing.assert_close(changed[:, 1], logits[:, 1])
     assert not torch.allclose(changed[:, 0], logits[:, 0])
+
+
+def test_frame_branch_glimpse_judges_the_object_wherever_it_is_in_the_frame():
+    torch.manual_seed(0)
+    spec = {**SPEC, "modalities": ["video", "text"], "num_frames": 4, "video_size": 32}
+    model = ConditionalGAN(spec, condition="text", output="video", discriminator_frames=0, discriminator_glimpses=4,
+                           **TINY)
+    discriminator = model.discriminator.eval()
+    assert discriminator.trunk.glimpse_size == 16  # the data's image size
+    conditions = {"text": torch.randint(0, 12, (2, 6)), "text_mask": torch.ones(2, 6, dtype=torch.bool)}
+    sprite = torch.rand(2, 4, 1, 12, 12) * 2 - 1
+    video = -torch.ones(2, 4, 1, 32, 32)
+    video[..., 2:14, 3:15] = sprite
+    moved = -torch.ones(2, 4, 1, 32, 32)
+    moved[..., 17:29, 15:27] = sprite  # the same object elsewhere on the canvas
+    with torch.no_grad():
+        here, there = discriminator(video, conditions), discriminator(moved, conditions)
+        changed = video.clone()
+        changed[..., 5, 6] = 1.0  # a stroke of the object changes what the frame branch sees
+        stroke = discriminator(changed, conditions)
+    torch.testing.assert_close(there[:, 1], here[:, 1])  # the frame branch reads the same glimpse
+    assert not torch.allclose(there[:, 0], here[:, 0])  # the clip branch sees where it is
+    assert not torch.allclose(stroke[:, 1], here[:, 1])
+    both = ConditionalGAN(spec, condition="text", output="video", discriminator_frames=2, discriminator_glimpses=2,
+                          **TINY).discriminator
+    assert both(video, conditions).shape == (2, 3)  # clip, whole frames and glimpses, each scored apart
+    with pytest.raises(ValueError, match="glimpse_size"):
+        ConditionalGAN(spec, condition="text", output="video", discriminator_glimpses=2, glimpse_size=64, **TINY)
+    with pytest.raises(ValueError, match="discriminator_glimpses"):
+        ConditionalGAN(spec, condition="text", output="video", discriminator_glimpses=5, **TINY)
 
 
 def test_warp_generator_reads_the_caption_apart_for_content_and_motion():

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from mmgen_lightning.models.layers.token_encoders import crop, glimpse_corners
+
 SIZES = (16, 32, 64)
 
 
@@ -261,7 +263,8 @@ class WarpVideoGenerator(nn.Module):
         rendered = self.content(z, conditions)  # B,C,H,W
         content = rendered.float()
         batch, frames = z.shape[0], self.powers.shape[1]
-        coefficients = self.motion(_code(z, self.motion_embedder, conditions)).float().view(batch, 2, 3)  # per axis: offset, velocity, acceleration
+        # per axis: offset, velocity, acceleration
+        coefficients = self.motion(_code(z, self.motion_embedder, conditions)).float().view(batch, 2, 3)
         shift = torch.tanh(coefficients @ self.powers).transpose(1, 2)  # B,F,2 in units of half the frame
         # whole pixels forward, the continuous shift's gradient backward (straight-through): a sub-pixel
         # shift blurs the content a little differently in every frame, a cue that tells fakes from clips
@@ -310,37 +313,74 @@ def video_trunk(channels: int, num_frames: int, size: int, width: int = 16,
 
 
 class ClipAndFramesTrunk(nn.Module):
-    """``B,F,C,H,W -> B,clip_features + frame_features,1``: the video trunk on the whole clip (motion)
-    beside an image trunk on ``frames`` frames drawn at random each call (content, at full size), its
-    features averaged over them: MoCoGAN's video and image discriminators (Tulyakov et al. 2018) as
-    two branches of one discriminator; ``branch_features`` lets :class:`ProjectionDiscriminator` score
-    them apart, each with its own loss as in MoCoGAN. Frames larger than 16 px reach the clip branch
-    average-pooled to half size: where things go needs no strokes, and the clip branch's (2+1)-D
-    convolutions over every frame would otherwise cost the most; the strokes are the frame branch's job.
+    """``B,F,C,H,W -> B,sum(branch_features),1``: the video trunk on the whole clip (motion) beside image
+    trunks on single frames drawn at random each call, their features averaged over those frames:
+    MoCoGAN's video and image discriminators (Tulyakov et al. 2018) as branches of one discriminator;
+    ``branch_features`` lets :class:`ProjectionDiscriminator` score them apart, each with its own loss
+    as in MoCoGAN. Frames larger than 16 px reach the clip branch average-pooled to half size: the clip
+    branch's (2+1)-D convolutions over every frame would otherwise cost the most.
+
+    Two kinds of frame branch, either or both:
+
+    - ``frames``: whole frames at full size: what is drawn *and where*; in a clip whose object crosses
+      the canvas, where it is in a frame tells a real clip from one that barely moves, a signal the
+      half-size clip branch alone gives too weakly;
+    - ``glimpses``: a ``glimpse_size`` window centred on each frame's centre of brightness (the glimpses
+      of the captioner's video encoder): the object itself, at its own size, wherever it is. When the
+      object is small on a large canvas (a 16 px digit on 32 px), this is what teaches its strokes, at a
+      quarter of a whole frame's cost.
 
     Args:
-        channels, num_frames, size, width, spectral_norm: as :func:`video_trunk` (the image branch
-            uses ``2 * width``).
-        frames: frames per clip the image branch looks at.
+        channels, num_frames, size, width, spectral_norm: as :func:`video_trunk` (image branches use ``2 * width``).
+        frames: whole frames per clip the frame branch judges (0: no such branch).
+        glimpses: frames per clip the glimpse branch judges (0: no such branch).
+        glimpse_size: side of the glimpse window (16, 32 or 64, at most ``size``).
     """
 
     def __init__(self, channels: int, num_frames: int, size: int, width: int = 16, frames: int = 2,
-                 spectral_norm: bool = True) -> None:
+                 spectral_norm: bool = True, glimpses: int = 0, glimpse_size: int = 16) -> None:
         super().__init__()
-        if not 1 <= frames <= num_frames:
-            raise ValueError(f"discriminator_frames must be in [0, {num_frames}] (0: no frame branch), got {frames}")
+        for name, count in (("discriminator_frames", frames), ("discriminator_glimpses", glimpses)):
+            if not 0 <= count <= num_frames:
+                raise ValueError(f"{name} must be in [0, {num_frames}] (0: no such branch), got {count}")
+        if not frames and not glimpses:
+            raise ValueError("ClipAndFramesTrunk needs frames or glimpses; use video_trunk for the clip alone")
+        if glimpses and (glimpse_size not in SIZES or glimpse_size > size):
+            raise ValueError(f"glimpse_size must be one of {', '.join(map(str, SIZES))} and at most the "
+                             f"frame size {size}, got {glimpse_size}")
         self.clip_pool = 2 if size > SIZES[0] else 1
         self.clip, clip_features = video_trunk(channels, num_frames, size // self.clip_pool, width, spectral_norm)
-        self.image, image_features = image_trunk(channels, size, 2 * width, spectral_norm)
-        self.frames, self.branch_features = frames, (clip_features, image_features)
-        self.num_features = clip_features + image_features
+        self.frames, self.glimpses, self.glimpse_size = frames, glimpses, glimpse_size
+        self.image = self.glimpse = None
+        features = [clip_features]
+        if frames:
+            self.image, image_features = image_trunk(channels, size, 2 * width, spectral_norm)
+            features.append(image_features)
+        if glimpses:
+            self.glimpse, glimpse_features = image_trunk(channels, glimpse_size, 2 * width, spectral_norm)
+            features.append(glimpse_features)
+        self.branch_features = tuple(features)
+        self.num_features = sum(features)
+
+    @staticmethod
+    def _judge(trunk: nn.Module, frames: Tensor) -> Tensor:
+        """``B,K,C,h,w -> B,features``: the trunk's features per frame, averaged over the ``K`` frames."""
+        features = F.relu(trunk(frames.flatten(0, 1))).flatten(2).sum(2)
+        return features.unflatten(0, frames.shape[:2]).mean(1)
 
     def forward(self, video: Tensor) -> Tensor:
         small = F.avg_pool3d(video, (1, self.clip_pool, self.clip_pool)) if self.clip_pool > 1 else video
-        clip = F.relu(self.clip(small)).flatten(2).sum(2)
-        chosen = torch.randperm(video.shape[1], device=video.device)[: self.frames]
-        frames = F.relu(self.image(video[:, chosen].flatten(0, 1))).flatten(2).sum(2)
-        return torch.cat([clip, frames.unflatten(0, (video.shape[0], -1)).mean(1)], dim=1).unsqueeze(-1)
+        branches = [F.relu(self.clip(small)).flatten(2).sum(2)]
+        if self.frames:
+            chosen = torch.randperm(video.shape[1], device=video.device)[: self.frames]
+            branches.append(self._judge(self.image, video[:, chosen]))
+        if self.glimpses:  # the window is placed without gradient; its pixels carry one
+            chosen = video[:, torch.randperm(video.shape[1], device=video.device)[: self.glimpses]]
+            margin = self.glimpse_size
+            corners = glimpse_corners(chosen, self.glimpse_size) + margin
+            branches.append(self._judge(self.glimpse, crop(F.pad(chosen, (margin,) * 4, value=-1.0), corners,
+                                                          self.glimpse_size)))
+        return torch.cat(branches, dim=1).unsqueeze(-1)
 
 
 class _FramesToChannelsFirst(nn.Module):
