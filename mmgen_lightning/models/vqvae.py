@@ -145,14 +145,15 @@ class VQVAE(GenerativeModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses, codes = self.losses(batch)
-        counts = torch.bincount(codes.flatten(), minlength=self.num_codes)
-        self.log("train/loss", losses["loss"], prog_bar=True)
-        self.log("train/recon_loss", losses["recon_loss"])
-        self.log("train/commitment", losses["commitment"])
-        self.log("train/batch_codebook_usage", (counts > 0).float().mean())
-        self.log("train/batch_perplexity", codebook_perplexity(counts))
-        if isinstance(self.quantizer, VectorQuantizer):
-            self.log("train/restarted_codes", self.quantizer.restarts.float())
+        if self._logging_step():  # only the batches whose metrics Lightning writes
+            counts = torch.bincount(codes.flatten(), minlength=self.num_codes)
+            self.log("train/loss", losses["loss"], prog_bar=True)
+            self.log("train/recon_loss", losses["recon_loss"])
+            self.log("train/commitment", losses["commitment"])
+            self.log("train/batch_codebook_usage", (counts > 0).float().mean())
+            self.log("train/batch_perplexity", codebook_perplexity(counts))
+            if isinstance(self.quantizer, VectorQuantizer):
+                self.log("train/restarted_codes", self.quantizer.restarts.float())
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
