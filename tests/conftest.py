@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
+import yaml
 from torch.utils.data import Dataset
 
 from mmgen_lightning.datamodules.base import MultimodalDataModule
@@ -72,6 +78,17 @@ def fit(model, datamodule=None, loader=None, **trainer_kwargs) -> L.Trainer:
     trainer = L.Trainer(**options)
     trainer.fit(model, datamodule=datamodule, train_dataloaders=loader)
     return trainer
+
+
+def fit_two_ranks_in_subprocess(config: dict, folder: Path, timeout: int = 240) -> None:
+    """``mmgen fit`` of ``config`` (saved as ``folder/config.yaml``) in a fresh process, one torch thread per
+    rank; asserts it succeeded and really ran as two DDP ranks."""
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "mmgen_lightning.cli", "fit", "--config", str(folder / "config.yaml")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stderr or "world_size: 2" in result.stderr, result.stderr[-2000:]
 
 
 @pytest.fixture

@@ -2,13 +2,9 @@
 VAE (streaming shards) and the captioner (manifest); the ranks see disjoint samples that cover the epoch."""
 
 import json
-import os
-import subprocess
-import sys
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
@@ -18,6 +14,7 @@ from mmgen_lightning.datamodules.manifest import ManifestDataModule
 from mmgen_lightning.datamodules.streaming import StreamingDataModule
 from mmgen_lightning.models.captioner import Captioner
 from mmgen_lightning.models.vae import MultimodalVAE
+from tests.conftest import fit_two_ranks_in_subprocess
 from tests.datamodules.manifest_corpus import DATA_OPTIONS, write_corpus
 
 
@@ -67,12 +64,7 @@ def fit_two_processes(folder, model, data):
                                                  "noise_free_vae": "MultimodalVAE" in model["class_path"]}}]},
         "model": model, "data": data,
     }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "mmgen_lightning.cli", "fit", "--config", str(folder / "config.yaml")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "MEMBER: 2/2" in result.stderr or "world_size: 2" in result.stderr, result.stderr[-2000:]
+    fit_two_ranks_in_subprocess(config, folder, timeout=300)
     return [torch.load(folder / f"batches_rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 

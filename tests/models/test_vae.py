@@ -2,16 +2,13 @@
 and the same code runs under bf16-mixed and 2-process DDP."""
 
 import math
-import subprocess
-import sys
 
 import lightning as L
 import pytest
 import torch
-import yaml
 
 from mmgen_lightning.models.vae import MultimodalVAE
-from tests.conftest import ToyDataModule
+from tests.conftest import ToyDataModule, fit_two_ranks_in_subprocess
 
 
 def fit(model, datamodule, **trainer_kwargs):
@@ -161,9 +158,5 @@ def test_ddp_two_cpu_processes(tmp_path):
                   "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
         "data": {"class_path": "tests.conftest.ToyDataModule", "init_args": {"size": 32, "batch_size": 8}},
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "mmgen_lightning.cli", "fit", "--config", str(tmp_path / "config.yaml")],
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "world_size: 2" in result.stderr or "MEMBER: 2/2" in result.stderr, result.stderr[-2000:]
+    fit_two_ranks_in_subprocess(config, tmp_path)
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
