@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peers.multivae_compare import table_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -100,17 +101,8 @@ def peer_section(report: dict) -> list[str]:
     if "error" in report:
         return lines + [f"MultiVae could not be installed or run here: {report['error']}", ""]
     lines += [f"MultiVae {report['multivae']} in its own virtualenv `{report['peer_venv']}`; judge "
-              f"`{report['judge']}`; same networks, data, steps and batch for both (see the script's docstring).", "",
-              "| fusion | library | params | steps | steps/s | ours / MultiVae | test ELBO | text->image | image->text |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for fusion, row in report["fusions"].items():
-        for side in ("ours", "multivae"):
-            r = row[side]
-            ratio = f"{row['speed_ratio']:.2f}x" if side == "ours" else ""
-            lines.append(f"| {fusion} | {r['library']} | {r['parameters']:,} | {r['steps']} | "
-                         f"{r['steps_per_second']:.2f} | {ratio} | {r['test_elbo']:.1f} | "
-                         f"{r['coherence']['text->image']:.3f} | {r['coherence']['image->text']:.3f} |")
-    lines.append("")
+              f"`{report['judge']}`; same networks, data, steps and batch for both (see the script's docstring).", ""]
+    lines += table_lines(report) + [""]
     for fusion, row in report["fusions"].items():
         speed = "meets" if row["meets_speed_target_1_5x"] else "does NOT meet"
         coherence = "meets" if row["meets_coherence_target"] else "does NOT meet"

@@ -144,7 +144,12 @@ def coherence(samples: dict, test: dict, tokenizer, judge) -> dict[str, float]:
 def table(report: dict) -> str:
     if "error" in report:
         return f"MultiVae could not be run: {report['error']}"
-    lines = ["| fusion | library | params | steps | steps/s | speed ours/peer | test ELBO | text->image | "
+    return "\n".join(table_lines(report))
+
+
+def table_lines(report: dict) -> list[str]:
+    """The side-by-side markdown table of a report without an error (also in RESULTS.md, by run_all.py)."""
+    lines = ["| fusion | library | params | steps | steps/s | ours / MultiVae | test ELBO | text->image | "
              "image->text |", "|---|---|---|---|---|---|---|---|---|"]
     for fusion, row in report["fusions"].items():
         for side in ("ours", "multivae"):
@@ -153,7 +158,7 @@ def table(report: dict) -> str:
             lines.append(f"| {fusion} | {r['library']} | {r['parameters']:,} | {r['steps']} | "
                          f"{r['steps_per_second']:.2f} | {ratio} | {r['test_elbo']:.1f} | "
                          f"{r['coherence']['text->image']:.3f} | {r['coherence']['image->text']:.3f} |")
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
