@@ -173,7 +173,7 @@ def evaluate_main(argv: Sequence[str]) -> None:
     evaluate_cli(argv)
 
 
-HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate,shard} ...
+HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate,shard,retrieve,serve} ...
 
   fit        train a model:            mmgen fit --config configs/quickstart.yaml
   validate   run the validation loop:  mmgen validate --config CFG --ckpt_path CKPT
@@ -182,6 +182,8 @@ HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate,shard} ...
   generate   sample to files:          mmgen generate --ckpt CKPT --to image --text "a red circle" --num 8 --out DIR
   evaluate   metrics report:           mmgen evaluate --ckpt CKPT --out report.json
   shard      manifest -> shards:       mmgen shard --data.manifest data.jsonl --out shards/
+  retrieve   rank files by a query:    mmgen retrieve --ckpt ALIGNER --query-text "a red circle" --index data.jsonl --top 5
+  serve      local web page:           mmgen serve --ckpt CKPT [--ckpt CKPT2 ...] [--port 7860]
 
 `mmgen SUBCOMMAND --help` explains each one.
 """
@@ -197,11 +199,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluate_main(argv[1:])
     elif argv[0] == "shard":
         shard_main(argv[1:])
+    elif argv[0] == "retrieve":
+        from mmgen_lightning.retrieve import main as retrieve_main
+
+        retrieve_main(argv[1:])
+    elif argv[0] == "serve":
+        from mmgen_lightning.serve import main as serve_main
+
+        serve_main(argv[1:])
     elif argv[0] in TRAINER_SUBCOMMANDS:
         lightning_main(argv)
     else:
         raise SystemExit(f"mmgen: unknown subcommand {argv[0]!r}; allowed: "
-                         f"{', '.join(TRAINER_SUBCOMMANDS + ('generate', 'evaluate', 'shard'))}")
+                         f"{', '.join(TRAINER_SUBCOMMANDS + ('generate', 'evaluate', 'shard', 'retrieve', 'serve'))}")
 
 
 if __name__ == "__main__":
