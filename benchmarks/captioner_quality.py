@@ -56,7 +56,7 @@ def score(model, datamodule, parse_caption, batch_size: int = 128) -> dict:
         hypotheses += model.tokenizer.decode(generated)
         references += model.tokenizer.decode(batch["text"])
         attributes.append(batch["attributes"])
-        log_likelihood += model.log_likelihood(batch).sum().item()
+        log_likelihood += model.log_likelihood(batch).log_prob.sum().item()
         tokens += int(batch["text_mask"][:, 1:].sum())
     attributes = torch.cat(attributes)
     scored = model.hparams.scored_attributes or sorted(

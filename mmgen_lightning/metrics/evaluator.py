@@ -212,7 +212,7 @@ class Evaluator:
             if likelihood is not None:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(chunk_seed(self.seed, chunk, len(plan)))
-                    likelihood_name, nll, dims = negative_log_likelihood(model, batch, self.iwae_samples)
+                    likelihood_name, nll, dims = negative_log_likelihood(model, batch, iwae_samples=self.iwae_samples)
                 likelihood.update(nll, dims)
 
         return self._compute(plan, agreement, ceiling, quality, text, likelihood, likelihood_name)

@@ -1,9 +1,12 @@
 """Likelihood metrics, for the families that have one.
 
+Every family answers the same call, ``model.log_likelihood(batch, **options) -> Likelihood | None``
+(``models/base.py``); this module only turns its answers into NLL and bits/dim. For example:
+
 - ``MultimodalVAE``: the IWAE bound (Burda et al. 2016) ``log p(X) >= E log 1/K sum_k w_k`` on the
-  joint of every modality it models, from its ``log_importance_weights``; the NLL reported is its
-  negation, an upper bound on the true NLL that tightens as ``K`` grows.
-- ``Captioner`` (and any family with ``log_likelihood(batch) -> B``): the exact ``log p(text | condition)``.
+  joint of every modality it models; the NLL reported is its negation, an upper bound on the true
+  NLL that tightens as ``K`` (``iwae_samples``) grows.
+- ``Captioner``: the exact ``log p(text | condition)``.
 
 Bits per dimension are ``NLL / (D ln 2)`` with ``D`` the number of scalars the likelihood scores:
 pixels, log-mel bins (the VAE scores audio as a log-mel spectrogram), real tokens after ``[BOS]``,
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,40 +36,22 @@ def iwae_nll(log_weights: Tensor) -> Tensor:
     return -(torch.logsumexp(log_weights.double(), 0) - math.log(log_weights.shape[0]))
 
 
-def scored_dimensions(model, batch: Mapping[str, Tensor], modalities: list[str] | tuple[str, ...]) -> Tensor:
-    """Scalars per sample that ``model``'s likelihood of ``modalities`` scores: ``B`` (float64)."""
-    size = next(iter(batch.values())).shape[0]
-    dims = torch.zeros(size, dtype=torch.float64, device=next(iter(batch.values())).device)
-    for name in modalities:
-        if name == "text":
-            dims += batch["text_mask"][:, 1:].sum(1)
-        elif name == "label":
-            dims += 1
-        elif name == "audio" and hasattr(model, "log_mel"):
-            dims += model.log_mel.n_mels * model.log_mel.frames
-        else:
-            dims += batch[name][0].numel()
-    return dims
-
-
 def has_likelihood(model) -> bool:
-    """Whether :func:`negative_log_likelihood` can score ``model``'s family."""
-    return hasattr(model, "log_importance_weights") or (
-        hasattr(model, "log_likelihood") and tuple(getattr(model, "output_modalities", ())) == ("text",))
+    """Whether ``model``'s family implements the ``log_likelihood`` contract of ``GenerativeModule``."""
+    return bool(getattr(model, "has_likelihood", False))
 
 
 @torch.no_grad()
-def negative_log_likelihood(model, batch: Mapping[str, Tensor], iwae_samples: int | None = None
-                            ) -> tuple[str, Tensor, Tensor] | None:
-    """``(name, nll B, dims B)`` in nats for one batch, or ``None`` for a family without a likelihood."""
-    if hasattr(model, "log_importance_weights"):
-        samples = iwae_samples or model.hparams.iwae_samples
-        nll = iwae_nll(model.log_importance_weights(dict(batch), samples))
-        return f"iwae_{samples}", nll, scored_dimensions(model, batch, model.modalities)
-    if hasattr(model, "log_likelihood") and tuple(getattr(model, "output_modalities", ())) == ("text",):
-        nll = -model.log_likelihood(batch).double()
-        return "text", nll, scored_dimensions(model, batch, ["text"])
-    return None
+def negative_log_likelihood(model, batch: Mapping[str, Tensor], **options: Any) -> tuple[str, Tensor, Tensor] | None:
+    """``(name, nll B, dims B)`` in nats for one batch through ``model.log_likelihood``, or ``None`` for
+    a family without a likelihood. Of ``options`` only those the family declares in
+    ``likelihood_options`` are passed (``iwae_samples`` reaches the VAE, not the Captioner); ``None``
+    values mean "the model's default"."""
+    if not has_likelihood(model):
+        return None
+    accepted = {k: v for k, v in options.items() if k in model.likelihood_options and v is not None}
+    result = model.log_likelihood(dict(batch), **accepted)
+    return result.name, -result.log_prob.double(), result.dims.double()
 
 
 class LikelihoodMetric(Metric):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -21,6 +21,37 @@ from mmgen_lightning.batch import MODALITIES, check_batch, check_modalities
 from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
 
 CHECKPOINT_KEY = "mmgen"
+
+
+class Likelihood(NamedTuple):
+    """What :meth:`GenerativeModule.log_likelihood` returns for one batch.
+
+    ``log_prob``: ``B`` float64, ``log p(outputs | conditions)`` in nats per sample, or a lower bound
+    of it (``name`` says which: ``iwae_8``, ``exact``, ``ode``); ``dims``: ``B`` float64, the number of
+    scalars it scores (pixels, log-mel bins, real tokens, 1 for a label), so bits/dim follow.
+    """
+
+    name: str
+    log_prob: Tensor
+    dims: Tensor
+
+
+def scored_dimensions(batch: Mapping[str, Tensor], modalities: Sequence[str], audio_dims: int | None = None) -> Tensor:
+    """Scalars per sample a likelihood of ``modalities`` scores: ``B`` float64. Text counts its real
+    tokens after ``[BOS]``, a label 1, audio ``audio_dims`` when it is scored as a spectrogram (else
+    its samples), every other modality its elements."""
+    reference = next(iter(batch.values()))
+    dims = torch.zeros(reference.shape[0], dtype=torch.float64, device=reference.device)
+    for name in modalities:
+        if name == "text":
+            dims += batch["text_mask"][:, 1:].sum(1)
+        elif name == "label":
+            dims += 1
+        elif name == "audio" and audio_dims is not None:
+            dims += audio_dims
+        else:
+            dims += batch[name][0].numel()
+    return dims
 
 
 class GenerativeModule(L.LightningModule):
@@ -99,6 +130,19 @@ class GenerativeModule(L.LightningModule):
     def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str],
                **sampling: Any) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    # --- the likelihood contract --------------------------------------------------------------
+    #: keyword options :meth:`log_likelihood` takes (``iwae_samples``, ``steps``, ...); metrics pass only these
+    likelihood_options: tuple[str, ...] = ()
+
+    def log_likelihood(self, batch: Mapping[str, Tensor], **options: Any) -> Likelihood | None:
+        """``log p(outputs | conditions)`` of a batch-contract batch, or ``None`` for a family without a
+        likelihood (the default). Families with one override this; ``metrics/likelihood.py`` calls only it."""
+        return None
+
+    @property
+    def has_likelihood(self) -> bool:
+        return type(self).log_likelihood is not GenerativeModule.log_likelihood
 
     # --- logging ------------------------------------------------------------------------------
     def _logging_step(self) -> bool:

@@ -28,7 +28,7 @@ from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
 from transformers import GenerationConfig, GPT2Config
 
 from mmgen_lightning.datamodules.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS
-from mmgen_lightning.models.base import GenerativeModule
+from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
 from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
 from mmgen_lightning.models.layers.token_encoders import (AudioTokenEncoder, ImageTokenEncoder,
@@ -317,11 +317,11 @@ class Captioner(GenerativeModule):
         return {"text": text, "text_mask": text != PAD_ID}
 
     @torch.no_grad()
-    def log_likelihood(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """``log p(text | condition)`` per sample (``B``), summed over real tokens after ``[BOS]``."""
+    def log_likelihood(self, batch: Mapping[str, Tensor]) -> Likelihood:
+        """The exact ``log p(text | condition)`` per sample, summed over real tokens after ``[BOS]``."""
         logits, targets = self(batch).float(), self.targets(batch)
         log_probs = -F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
-        return log_probs.sum(1)
+        return Likelihood("exact", log_probs.sum(1).double(), scored_dimensions(batch, ["text"]))
 
     @torch.no_grad()
     def cross_attention_maps(self, conditions: Mapping[str, Tensor], text: Tensor, layer: int | None = None) -> Tensor:

@@ -23,13 +23,13 @@ from torch import Tensor, nn
 
 from mmgen_lightning.losses import (LIKELIHOODS, continuous_log_likelihood, gaussian_log_density, kl_standard_normal,
                                     kl_weight, mixture_log_density, product_of_experts, reparameterize)
-from mmgen_lightning.models.base import GenerativeModule
+from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
 from mmgen_lightning.models.layers.audio import AudioEncoder, LogMel, MelDecoder
 from mmgen_lightning.models.layers.image import ImageDecoder, ImageEncoder
 from mmgen_lightning.models.layers.text import GRUTextDecoder, TextEncoder
 from mmgen_lightning.models.layers.video import VideoDecoder, VideoEncoder
 
-FUSIONS = ("poe", "moe", "mopoe")
+FUSIONS = ("poe", "moe", "mopoe", "mmvae_plus")
 VAE_MODALITIES = ("image", "text", "audio", "video", "label")
 Gaussian = tuple[Tensor, Tensor]
 
@@ -38,8 +38,14 @@ class MultimodalVAE(GenerativeModule):
     """Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modalities: modalities the model encodes and decodes; default: all the data carries.
-        fusion: joint posterior, one of ``poe`` (MVAE), ``moe`` (MMVAE), ``mopoe`` (MoPoE).
+        fusion: joint posterior of the shared ``z``, one of ``poe`` (MVAE), ``moe`` (MMVAE), ``mopoe``
+            (MoPoE), ``mmvae_plus`` (MMVAE+: the ``moe`` mixture, with private latents; needs ``private_dim``).
         latent_dim: size of the shared latent ``z``.
+        private_dim: size of each modality's private latent ``w_m`` (one int for all, or per modality;
+            0 = none, a shared latent only).
+        private_prior_scale: scale ``s`` of the auxiliary prior ``r(w_n) = N(0, s^2 I)`` that cross-modal
+            reconstruction and sampling draw the target's private latent from.
+        learn_private_prior_scale: learn ``s`` (one per modality) instead of keeping it fixed.
         width: base channel width of the conv encoders/decoders.
         text_width: width of the text encoder and GRU decoder.
         likelihood: ``laplace`` or ``gaussian`` for image, audio (log-mel) and video.
@@ -54,7 +60,9 @@ class MultimodalVAE(GenerativeModule):
     """
 
     def __init__(self, data_spec: dict[str, Any] | None = None, modalities: list[str] | None = None,
-                 fusion: str = "mopoe", latent_dim: int = 32, width: int = 32, text_width: int = 128,
+                 fusion: str = "mopoe", latent_dim: int = 32, private_dim: int | dict[str, int] = 0,
+                 private_prior_scale: float = 1.0, learn_private_prior_scale: bool = False,
+                 width: int = 32, text_width: int = 128,
                  likelihood: str = "laplace", learn_scale: bool = True, init_scale: float = 0.1,
                  likelihood_weights: dict[str, float] | None = None, beta: float = 1.0,
                  kl_warmup_steps: int = 0, iwae_samples: int = 8, n_mels: int = 64, lr: float = 1e-3) -> None:
@@ -77,6 +85,15 @@ class MultimodalVAE(GenerativeModule):
             if name not in self.modalities:
                 raise ValueError(f"likelihood_weights: {name!r} is not one of the modalities {self.modalities}")
         self.weights = {m: float(weights.get(m, 1.0)) for m in self.modalities}
+        self.private_dims = self._private_dims(private_dim)
+        if fusion == "mmvae_plus" and not any(self.private_dims.values()):
+            raise ValueError("private_dim: fusion 'mmvae_plus' needs a private latent (private_dim > 0)")
+        if not private_prior_scale > 0:
+            raise ValueError(f"private_prior_scale must be > 0, got {private_prior_scale}")
+        self.private = [m for m in self.modalities if self.private_dims[m] > 0]
+        self.private_prior_log_scales = nn.ParameterDict({
+            m: nn.Parameter(torch.tensor(math.log(private_prior_scale)), requires_grad=learn_private_prior_scale)
+            for m in self.private})
         self.encoders = nn.ModuleDict({m: self._build_encoder(m) for m in self.modalities})
         self.decoders = nn.ModuleDict({m: self._build_decoder(m) for m in self.modalities})
         continuous = [m for m in self.modalities if m in ("image", "audio", "video")]
@@ -85,9 +102,23 @@ class MultimodalVAE(GenerativeModule):
         self.subsets = [s for r in range(1, len(self.modalities) + 1)
                         for s in itertools.combinations(self.modalities, r)]
 
+    def _private_dims(self, private_dim: int | dict[str, int]) -> dict[str, int]:
+        given = private_dim if isinstance(private_dim, dict) else {m: private_dim for m in self.modalities}
+        for name, size in given.items():
+            if name not in self.modalities:
+                raise ValueError(f"private_dim: {name!r} is not one of the modalities {self.modalities}")
+            if not isinstance(size, int) or size < 0:
+                raise ValueError(f"private_dim: {name!r} must be an integer >= 0, got {size!r}")
+        return {m: int(given.get(m, 0)) for m in self.modalities}
+
+    @property
+    def shared_fusion(self) -> str:
+        """How the shared ``z`` is fused: MMVAE+ uses MMVAE's mixture."""
+        return "moe" if self.hparams.fusion == "mmvae_plus" else self.hparams.fusion
+
     # --- networks -----------------------------------------------------------------------------
     def _build_encoder(self, name: str) -> nn.Module:
-        out, width = 2 * self.hparams.latent_dim, self.hparams.width
+        out, width = 2 * (self.hparams.latent_dim + self.private_dims[name]), self.hparams.width
         if name == "image":
             return ImageEncoder(self.spec("image_channels"), self.spec("image_size"), out, width)
         if name == "text":
@@ -100,7 +131,7 @@ class MultimodalVAE(GenerativeModule):
         return nn.Embedding(self.spec("num_classes"), out)
 
     def _build_decoder(self, name: str) -> nn.Module:
-        latent, width = self.hparams.latent_dim, self.hparams.width
+        latent, width = self.hparams.latent_dim + self.private_dims[name], self.hparams.width
         if name == "image":
             return ImageDecoder(latent, self.spec("image_channels"), self.spec("image_size"), width)
         if name == "text":
@@ -138,9 +169,15 @@ class MultimodalVAE(GenerativeModule):
         return batch
 
     def encode(self, batch: dict[str, Tensor], names: list[str]) -> dict[str, Gaussian]:
-        """Unimodal Gaussian posteriors ``q(z|x_m)`` for every ``m`` in ``names``."""
+        """Unimodal Gaussian posteriors ``q(z|x_m)`` of the shared latent for every ``m`` in ``names``."""
+        return self.encode_with_private(batch, names)[0]
+
+    def encode_with_private(self, batch: dict[str, Tensor],
+                            names: list[str]) -> tuple[dict[str, Gaussian], dict[str, Gaussian]]:
+        """``q(z|x_m)`` for every ``m`` in ``names``, and ``q(w_m|x_m)`` for those with a private latent."""
         batch = self.with_log_mel(batch)
-        experts = {}
+        experts, privates = {}, {}
+        latent = self.hparams.latent_dim
         for name in names:
             if name == "text":
                 hidden = self.encoders["text"](batch["text"], batch["text_mask"])
@@ -149,12 +186,15 @@ class MultimodalVAE(GenerativeModule):
             else:
                 hidden = self.encoders[name](batch[name])
             mu, logvar = hidden.float().chunk(2, dim=-1)
-            experts[name] = (mu, logvar.clamp(-12.0, 8.0))
-        return experts
+            logvar = logvar.clamp(-12.0, 8.0)
+            experts[name] = (mu[:, :latent], logvar[:, :latent])
+            if self.private_dims[name]:
+                privates[name] = (mu[:, latent:], logvar[:, latent:])
+        return experts, privates
 
     def subset_posterior(self, experts: dict[str, Gaussian], subset: tuple[str, ...]) -> Gaussian:
         """``q(z|x_s)``: the expert itself for MoE, else the product with the prior expert."""
-        if self.hparams.fusion == "moe" and len(subset) == 1:
+        if self.shared_fusion == "moe" and len(subset) == 1:
             return experts[subset[0]]
         mus = torch.stack([experts[m][0] for m in subset])
         logvars = torch.stack([experts[m][1] for m in subset])
@@ -162,22 +202,47 @@ class MultimodalVAE(GenerativeModule):
 
     def joint_components(self, experts: dict[str, Gaussian], names: list[str]) -> Gaussian:
         """Components ``S,B,D`` of the joint posterior of ``names`` (one component for PoE)."""
-        if self.hparams.fusion == "poe":
+        if self.shared_fusion == "poe":
             subsets = [tuple(names)]
-        elif self.hparams.fusion == "moe":
+        elif self.shared_fusion == "moe":
             subsets = [(m,) for m in names]
         else:
             subsets = [s for r in range(1, len(names) + 1) for s in itertools.combinations(names, r)]
         parts = [self.subset_posterior(experts, s) for s in subsets]
         return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
 
+    # --- private latents ----------------------------------------------------------------------
+    def private_prior_sample(self, name: str, shape: tuple[int, ...], device: torch.device,
+                             scale: float = 1.0) -> Tensor:
+        """``w ~ r(w_name) = N(0, s^2 I)``: ``*shape,private_dim``, the noise scaled by ``scale`` as well."""
+        noise = torch.randn(*shape, self.private_dims[name], device=device)
+        return scale * torch.exp(self.private_prior_log_scales[name]) * noise
+
+    def decoder_code(self, name: str, z: Tensor, privates: dict[str, Gaussian], encoded: Tensor | None,
+                     scale: float = 1.0) -> Tensor:
+        """The decoder's input ``[z, w_name]``: ``...,latent_dim + private_dim`` (``z`` itself without one).
+
+        ``w_name`` comes from the posterior ``q(w_name|x_name)`` in the rows where ``encoded`` (``...``,
+        bool or 0/1) is set, from the auxiliary prior ``r`` elsewhere (everywhere when ``encoded`` is None).
+        """
+        if not self.private_dims[name]:
+            return z
+        w = self.private_prior_sample(name, tuple(z.shape[:-1]), z.device, scale)
+        if encoded is not None and name in privates:
+            mu, logvar = privates[name]
+            posterior = reparameterize(mu.expand_as(w), logvar.expand_as(w), scale)
+            w = torch.where(encoded.bool().unsqueeze(-1), posterior, w)
+        return torch.cat([z, w], dim=-1)
+
     # --- likelihoods --------------------------------------------------------------------------
     def decode(self, name: str, z: Tensor) -> Tensor:
-        """Decoder output: the mean for continuous modalities, logits for label."""
+        """Decoder output from ``z: B,latent_dim (+ private_dim)``: the mean for continuous modalities,
+        logits for label."""
         return self.decoders[name](z)
 
-    def log_likelihood(self, name: str, batch: dict[str, Tensor], z: Tensor) -> Tensor:
-        """``log p(x_name | z)`` per row of ``z`` (rows may repeat the batch several times)."""
+    def reconstruction_log_prob(self, name: str, batch: dict[str, Tensor], z: Tensor) -> Tensor:
+        """``log p(x_name | z)`` per row of the decoder code ``z`` (``[z, w_name]`` with a private latent;
+        rows may repeat the batch several times)."""
         repeat = z.shape[0] // batch[name].shape[0]
         if name == "text":
             text, mask = batch["text"].repeat(repeat, 1), batch["text_mask"].repeat(repeat, 1)
@@ -190,46 +255,57 @@ class MultimodalVAE(GenerativeModule):
                                          self.hparams.likelihood)
 
     # --- objective ----------------------------------------------------------------------------
-    def term_posteriors(self, experts: dict[str, Gaussian]) -> list[tuple[Gaussian, tuple[str, ...]]]:
-        """(posterior, reconstructed modalities) of each ELBO term of the chosen method."""
+    def term_posteriors(self, experts: dict[str, Gaussian]) -> list[tuple[Gaussian, tuple[str, ...], Tensor]]:
+        """(posterior of ``z``, reconstructed modalities, ``encoded: M,B``) of each ELBO term of the chosen
+        method; ``encoded[m, b]`` is 1 where the term's posterior for row ``b`` encodes modality ``m``."""
         everything = tuple(self.modalities)
-        if self.hparams.fusion == "poe":
-            singles = [(self.subset_posterior(experts, (m,)), (m,)) for m in self.modalities]
-            return [(self.subset_posterior(experts, everything), everything)] + (singles if len(singles) > 1 else [])
-        if self.hparams.fusion == "moe":
-            return [(experts[m], everything) for m in self.modalities]
+        mu = next(iter(experts.values()))[0]
+        batch_size, device = mu.shape[0], mu.device
+        count = len(self.modalities)
+        every = torch.ones(count, batch_size, device=device)
+        only = [torch.eye(count, device=device)[i].unsqueeze(1).expand(count, batch_size) for i in range(count)]
+        if self.shared_fusion == "poe":
+            singles = [(self.subset_posterior(experts, (m,)), (m,), only[i]) for i, m in enumerate(self.modalities)]
+            return [(self.subset_posterior(experts, everything), everything, every)] + (singles if count > 1 else [])
+        if self.shared_fusion == "moe":
+            return [(experts[m], everything, only[i]) for i, m in enumerate(self.modalities)]
         # MoPoE samples the mixture by giving each row one subset, the subsets spread evenly over the
         # batch (stratified, as in Sutter et al.'s code): one decoder pass per modality, not one per subset
-        batch_size = next(iter(experts.values()))[0].shape[0]
-        device = next(iter(experts.values()))[0].device
         choice = torch.randperm(batch_size, device=device) % len(self.subsets)
         membership = torch.tensor([[m in s for s in self.subsets] for m in self.modalities], device=device)
         mask = membership[:, choice].float()  # M,B: 1 where the row's subset holds the modality
         mus = torch.stack([experts[m][0] for m in self.modalities])
         logvars = torch.stack([experts[m][1] for m in self.modalities])
-        return [(product_of_experts(mus, logvars, mask), everything)]
+        return [(product_of_experts(mus, logvars, mask), everything, mask)]
 
     def elbo_terms(self, batch: dict[str, Tensor], kl_scale: float, weighted: bool = True) -> dict[str, Tensor]:
         """Per-term reconstruction and KL, batched: every term's ``z`` goes through each decoder once."""
         batch = self.prepare(batch)
-        terms = self.term_posteriors(self.encode(batch, self.modalities))
-        zs = [reparameterize(mu, logvar) for (mu, logvar), _ in terms]
+        experts, privates = self.encode_with_private(batch, self.modalities)
+        terms = self.term_posteriors(experts)
+        zs = [reparameterize(mu, logvar) for (mu, logvar), _, _ in terms]
         batch_size = zs[0].shape[0]
         reconstruction = torch.zeros(len(terms), batch_size, device=zs[0].device)
         per_modality = {}
-        for name in self.modalities:
-            users = [i for i, (_, targets) in enumerate(terms) if name in targets]
-            log_p = self.log_likelihood(name, batch, torch.cat([zs[i] for i in users])).view(len(users), batch_size)
+        for index, name in enumerate(self.modalities):
+            users = [i for i, (_, targets, _) in enumerate(terms) if name in targets]
+            # a term that does not encode x_name reconstructs it with w_name ~ r (MMVAE+'s cross terms)
+            codes = torch.cat([self.decoder_code(name, zs[i], privates, terms[i][2][index]) for i in users])
+            log_p = self.reconstruction_log_prob(name, batch, codes).view(len(users), batch_size)
             weight = self.weights[name] if weighted else 1.0
             reconstruction[users] += weight * log_p
             per_modality[name] = log_p.mean()
-        if self.hparams.fusion == "moe":
-            mus = torch.stack([mu for (mu, _), _ in terms])
-            logvars = torch.stack([logvar for (_, logvar), _ in terms])
+        if self.shared_fusion == "moe":
+            mus = torch.stack([mu for (mu, _), _, _ in terms])
+            logvars = torch.stack([logvar for (_, logvar), _, _ in terms])
             log_prior = [gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)) for z in zs]
             kl = torch.stack([mixture_log_density(z, mus, logvars) - prior for z, prior in zip(zs, log_prior)])
         else:
-            kl = torch.stack([kl_standard_normal(mu, logvar) for (mu, logvar), _ in terms])
+            kl = torch.stack([kl_standard_normal(mu, logvar) for (mu, logvar), _, _ in terms])
+        if self.private:
+            private_kl = torch.stack([kl_standard_normal(*privates[m]) for m in self.private])  # P,B
+            rows = [self.modalities.index(m) for m in self.private]
+            kl = kl + torch.stack([(encoded[rows] * private_kl).sum(0) for _, _, encoded in terms])
         elbo = reconstruction - kl_scale * kl  # terms,B
         # MVAE sums its sub-sampled ELBOs; MMVAE averages over its (stratified) components
         objective = elbo.sum(0) if self.hparams.fusion == "poe" else elbo.mean(0)
@@ -247,13 +323,14 @@ class MultimodalVAE(GenerativeModule):
 
 
     def log_importance_weights(self, batch: dict[str, Tensor], num_samples: int) -> Tensor:
-        """``log p(X, z_k) - log q(z_k | X)`` for ``K`` samples of the joint posterior: ``K,B``.
+        """``log p(X, z_k) - log q(z_k | X)`` for ``K`` samples of the joint posterior: ``K,B`` (with private
+        latents, ``z_k`` stands for ``(z, w_1 .. w_M)``).
 
         ``mean_k`` of these is the ELBO of the joint posterior; ``logsumexp_k - log K`` is the
         IWAE bound (Burda et al. 2016), which never decreases with ``K``. Likelihoods are unweighted.
         """
         batch = self.prepare(batch)
-        experts = self.encode(batch, self.modalities)
+        experts, privates = self.encode_with_private(batch, self.modalities)
         mus, logvars = self.joint_components(experts, self.modalities)  # S,B,D
         components, batch_size, _ = mus.shape
         choice = torch.randint(components, (num_samples, batch_size), device=mus.device)
@@ -261,9 +338,29 @@ class MultimodalVAE(GenerativeModule):
         z = reparameterize(mus[choice, rows], logvars[choice, rows])  # K,B,D
         log_q = mixture_log_density(z, mus, logvars)
         log_prior = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
-        flat = z.flatten(0, 1)
-        log_p = sum(self.log_likelihood(name, batch, flat) for name in self.modalities).view(num_samples, batch_size)
+        log_p = 0
+        for name in self.modalities:
+            code = z
+            if name in privates:  # the joint posterior is q(z|X) prod_m q(w_m|x_m), the prior p(z) prod_m p(w_m)
+                mu, logvar = (t.expand(num_samples, *t.shape) for t in privates[name])
+                w = reparameterize(mu, logvar)  # K,B,P
+                log_q = log_q + gaussian_log_density(w, mu, logvar)
+                log_prior = log_prior + gaussian_log_density(w, torch.zeros_like(w), torch.zeros_like(w))
+                code = torch.cat([z, w], dim=-1)
+            log_p = log_p + self.reconstruction_log_prob(name, batch, code.flatten(0, 1)).view(num_samples, batch_size)
         return log_p + log_prior - log_q
+
+    likelihood_options = ("iwae_samples",)
+
+    @torch.no_grad()
+    def log_likelihood(self, batch: dict[str, Tensor], iwae_samples: int | None = None) -> Likelihood:
+        """The IWAE lower bound ``logsumexp_k log w_k - log K`` on ``log p(X)`` of every modality the
+        model encodes (audio scored as its log-mel spectrogram); ``K`` defaults to ``iwae_samples``."""
+        samples = iwae_samples or self.hparams.iwae_samples
+        log_w = self.log_importance_weights(batch, samples).double()
+        bound = torch.logsumexp(log_w, 0) - math.log(samples)
+        audio_dims = self.log_mel.n_mels * self.log_mel.frames if "audio" in self.modalities else None
+        return Likelihood(f"iwae_{samples}", bound, scored_dimensions(batch, self.modalities, audio_dims))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self.elbo_terms(batch, kl_scale=self.hparams.beta)
@@ -289,13 +386,19 @@ class MultimodalVAE(GenerativeModule):
                temperature: float = 0.0, top_k: int | None = None, griffin_lim_iterations: int = 32) -> dict[str, Tensor]:
         """Encode and fuse the conditions (or draw from the prior), then decode each target.
 
+        A target's private latent comes from its posterior when the target is also a condition, else
+        from the auxiliary prior ``r`` (cross-modal), or from ``p(w) = N(0, I)`` when nothing is given.
+
         Args:
-            truncation: scale of the latent noise (0 decodes the posterior mean, 1 samples it).
+            truncation: scale of the latent noise, shared and private (0 decodes the posterior or prior
+                mean, 1 samples it).
             temperature: text token temperature (0 = greedy); top_k limits text sampling.
         """
         sources = [m for m in self.modalities if m in conditions]
+        privates = {}
         if sources:
-            mus, logvars = self.joint_components(self.encode(conditions, sources), sources)
+            experts, privates = self.encode_with_private(conditions, sources)
+            mus, logvars = self.joint_components(experts, sources)
             choice = torch.randint(mus.shape[0], (num_samples,), device=mus.device)
             rows = torch.arange(num_samples, device=mus.device)
             z = reparameterize(mus[choice, rows], logvars[choice, rows], truncation)
@@ -303,15 +406,20 @@ class MultimodalVAE(GenerativeModule):
             z = truncation * torch.randn(num_samples, self.hparams.latent_dim, device=self.device)
         out = {}
         for name in targets:
+            if not sources and self.private_dims[name]:
+                code = torch.cat([z, truncation * torch.randn(num_samples, self.private_dims[name], device=z.device)], -1)
+            else:
+                encoded = torch.full((num_samples,), name in privates, device=z.device)
+                code = self.decoder_code(name, z, privates, encoded, truncation)
             if name == "text":
                 tokenizer = self.tokenizer
-                out["text"] = self.decoders["text"].sample(z, self.spec("max_text_length"), tokenizer.bos_id,
+                out["text"] = self.decoders["text"].sample(code, self.spec("max_text_length"), tokenizer.bos_id,
                                                            tokenizer.eos_id, tokenizer.pad_id, temperature, top_k)
                 out["text_mask"] = out["text"] != tokenizer.pad_id
             elif name == "label":
-                out["label"] = self.decode("label", z).argmax(-1)
+                out["label"] = self.decode("label", code).argmax(-1)
             elif name == "audio":
-                out["audio"] = self.log_mel.invert(self.decode("audio", z), griffin_lim_iterations)
+                out["audio"] = self.log_mel.invert(self.decode("audio", code), griffin_lim_iterations)
             else:
-                out[name] = self.decode(name, z).float().clamp(-1, 1)
+                out[name] = self.decode(name, code).float().clamp(-1, 1)
         return out

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mmgen_lightning.metrics.likelihood import LikelihoodMetric, bits_per_dim, iwae_nll, scored_dimensions
+from mmgen_lightning.metrics.likelihood import LikelihoodMetric, bits_per_dim, iwae_nll
+from mmgen_lightning.models.base import scored_dimensions
 
 
 def test_iwae_nll_is_minus_log_mean_importance_weight():
@@ -35,5 +36,5 @@ def test_scored_dimensions_count_pixels_real_tokens_and_labels():
     batch = {"image": torch.zeros(2, 1, 4, 4), "text": torch.zeros(2, 5, dtype=torch.long),
              "text_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool),
              "label": torch.zeros(2, dtype=torch.long)}
-    dims = scored_dimensions(object(), batch, ["image", "text", "label"])
+    dims = scored_dimensions(batch, ["image", "text", "label"])
     assert dims.tolist() == [16 + 2 + 1, 16 + 4 + 1]  # tokens after [BOS]

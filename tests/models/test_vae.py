@@ -52,6 +52,12 @@ def test_iwae_bound_is_above_elbo_and_grows_with_k(trained_toy_vae):
     assert math.isclose(bounds[0], elbo, rel_tol=1e-6)
     assert elbo <= bounds[1] <= bounds[2], (elbo, bounds)
     assert bounds[2] - elbo > 1e-3
+    # the log_likelihood contract returns the same bound, and scores every pixel, token and label
+    torch.manual_seed(1)
+    result = model.log_likelihood(batch, iwae_samples=32)
+    assert result.name == "iwae_32" and result.log_prob.shape == (32,) and result.log_prob.dtype == torch.float64
+    assert abs(result.log_prob.mean().item() - bounds[2]) < 0.05 * abs(bounds[2]) + 1.0
+    assert (result.dims > 0).all()
 
 
 def test_toy_cross_modal_generation_is_learned(trained_toy_vae):
