@@ -12,32 +12,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
-import torch
-import torchaudio.functional as AF
-from PIL import Image
 from torch import Tensor
+
+from mmgen_lightning.modalities import get_modality, to_uint8
 
 EXTENSIONS = {"image": ".png", "text": ".txt", "audio": ".wav", "video": ".gif", "label": ".txt"}
 
 
 def _to_uint8(image: Tensor) -> np.ndarray:
     """``C,H,W`` in [-1, 1] -> ``H,W`` or ``H,W,3`` uint8."""
-    array = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
-    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+    return to_uint8(image)
 
 
+# the readers and writers live on the modality objects (``modalities.py``); these keep their names
 def save_image(image: Tensor, path: Path) -> None:
-    Image.fromarray(_to_uint8(image)).save(path)
+    get_modality("image").write(image, path)
 
 
 def save_video(video: Tensor, path: Path, fps: int = 8) -> None:
-    frames = [Image.fromarray(_to_uint8(frame)) for frame in video]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    get_modality("video").write(video, path, fps=fps)
 
 
 def save_audio(audio: Tensor, path: Path, sample_rate: int) -> None:
-    soundfile.write(str(path), audio.float().clamp(-1, 1).cpu().numpy(), sample_rate, subtype="PCM_16")
+    get_modality("audio").write(audio, path, {"sample_rate": sample_rate})
 
 
 def write_samples(samples: dict[str, Tensor], to: str, out_dir: str | Path, conditions: Sequence[dict[str, Any]],
@@ -78,27 +75,9 @@ def write_samples(samples: dict[str, Tensor], to: str, out_dir: str | Path, cond
 
 def load_image(path: str | Path, image_size: int, channels: int) -> Tensor:
     """An image file -> ``C,H,W`` in [-1, 1] at the model's size and channel count."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB").resize((image_size, image_size),
-                                                                          Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.float32)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--image {path}: cannot read it as an image ({error})") from error
-    tensor = torch.from_numpy(array / 127.5 - 1.0)
-    return tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
+    return get_modality("image").read(path, {"image_size": image_size, "image_channels": channels})
 
 
 def load_audio(path: str | Path, sample_rate: int, length: int) -> Tensor:
     """A WAV/FLAC file -> mono ``T`` in [-1, 1], resampled and cut or zero-padded to ``length``."""
-    path = Path(path)
-    try:
-        waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise ValueError(f"--audio {path}: cannot read it as audio ({error})") from error
-    audio = torch.from_numpy(waveform.mean(axis=1))
-    if file_rate != sample_rate:
-        audio = AF.resample(audio, file_rate, sample_rate)
-    audio = audio[:length]
-    return torch.nn.functional.pad(audio, (0, length - audio.shape[0])).clamp(-1, 1)
+    return get_modality("audio").read(path, {"sample_rate": sample_rate, "audio_length": length})

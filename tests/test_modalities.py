@@ -1,0 +1,111 @@
+"""The modality objects and the typed data spec (mmgen_lightning/modalities.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmgen_lightning import generate
+from mmgen_lightning.modalities import (JUDGEABLE, MODALITIES, DataSpec, get_modality, random_shift,
+                                        scored_dimensions)
+
+SPEC = {"dataset": "toy", "modalities": ["image", "text", "audio", "video", "label"], "vocab_size": 12,
+        "max_text_length": 6, "image_size": 16, "image_channels": 1, "num_frames": 4, "sample_rate": 8000,
+        "audio_length": 4000, "num_classes": 3, "attribute_names": ["digit"], "attribute_sizes": [10]}
+
+
+def test_registry_has_one_object_per_batch_key_and_names_the_allowed_ones():
+    assert MODALITIES == ("image", "text", "audio", "video", "label")
+    assert JUDGEABLE == ("image", "audio", "video")
+    assert all(get_modality(name).name == name for name in MODALITIES)
+    with pytest.raises(ValueError, match="unknown modality 'smell'; allowed: image, text, audio, video, label"):
+        get_modality("smell")
+
+
+def test_data_spec_is_typed_and_reads_like_the_dict_it_came_from():
+    spec = DataSpec.from_dict({**SPEC, "custom": 7})
+    assert spec.image_size == 16 and spec.extra == {"custom": 7}
+    assert spec.to_dict() == {**SPEC, "custom": 7} and spec == {**SPEC, "custom": 7}
+    assert "video_size" not in spec and spec.get("video_size", 32) == 32  # unset fields read as absent
+    with pytest.raises(KeyError):
+        spec["video_size"]
+    assert type(spec.to_dict()) is dict and DataSpec.from_dict(spec) is spec
+
+
+def test_checks_name_the_key_and_what_is_wrong():
+    get_modality("image").check(torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"conditions\['image'\] must have 4 dims"):
+        get_modality("image").check(torch.zeros(2, 4, 4), "conditions")
+    with pytest.raises(TypeError, match=r"batch\['text'\] must be torch.long"):
+        get_modality("text").check(torch.zeros(2, 4))
+    with pytest.raises(TypeError, match=r"batch\['audio'\] must be floating point"):
+        get_modality("audio").check(torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_scored_dimensions_count_pixels_real_tokens_labels_and_spectrogram_bins():
+    batch = {"image": torch.zeros(2, 1, 4, 4), "text": torch.zeros(2, 5, dtype=torch.long),
+             "text_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool),
+             "label": torch.zeros(2, dtype=torch.long), "audio": torch.zeros(2, 100)}
+    assert scored_dimensions(batch, ["image", "text", "label"]).tolist() == [16 + 2 + 1, 16 + 4 + 1]
+    assert scored_dimensions(batch, ["audio"]).tolist() == [100, 100]
+    assert scored_dimensions(batch, ["audio"], spectrogram_dims=64 * 33).tolist() == [2112, 2112]
+    assert scored_dimensions(batch, ["image"]).dtype == torch.float64
+
+
+def test_video_size_defaults_to_the_image_size():
+    video = get_modality("video")
+    assert video.size(SPEC) == 16 and video.size({**SPEC, "video_size": 32}) == 32
+
+
+def test_default_networks_are_sized_from_the_spec():
+    spec = DataSpec.from_dict(SPEC)
+    batch = {"image": torch.zeros(2, 1, 16, 16), "text": torch.ones(2, 6, dtype=torch.long),
+             "video": torch.zeros(2, 4, 1, 16, 16), "label": torch.zeros(2, dtype=torch.long)}
+    for name, value in batch.items():
+        inputs = (value, value != 0) if name == "text" else (value,)  # the text encoder reads the mask too
+        assert get_modality(name).encoder(spec, 10, 16)(*inputs).shape == (2, 10), name
+    assert get_modality("image").decoder(spec, 10, 16)(torch.zeros(2, 10)).shape == (2, 1, 16, 16)
+    assert get_modality("video").decoder(spec, 10, 16)(torch.zeros(2, 10)).shape == (2, 4, 1, 16, 16)
+    assert get_modality("label").decoder(spec, 10, 16)(torch.zeros(2, 10)).shape == (2, 3)
+    log_mel = get_modality("audio").log_mel(spec, n_mels=16, frames=8)
+    mel = log_mel(torch.zeros(2, 4000))
+    assert mel.shape == (2, 16, log_mel.frames)
+    assert get_modality("audio").encoder(spec, 10, 16, n_mels=16)(mel).shape == (2, 10)
+    assert get_modality("audio").decoder(spec, 10, 16, n_mels=16, frames=8)(torch.zeros(2, 10)).shape == mel.shape
+
+
+def test_random_shift_moves_each_sample_by_its_own_offset_and_fills_with_background():
+    images = torch.zeros(64, 1, 5, 5)
+    images[:, :, 2, 2] = 1.0  # one bright pixel in the middle
+    shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
+    where = shifted[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 5, where % 5
+    assert ((rows - 2).abs() <= 1).all() and ((cols - 2).abs() <= 1).all()
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 4  # offsets differ between samples
+    assert torch.equal(random_shift(images, 0), images)
+    # a video's frames move together; the global RNG draws the same offsets as an explicit generator
+    video = torch.randn(8, 3, 1, 6, 6)
+    torch.manual_seed(3)
+    moved = random_shift(video, 2)
+    assert torch.equal(moved, random_shift(video, 2, torch.Generator().manual_seed(3)))
+    padded = torch.nn.functional.pad(video, (2,) * 4, value=-1.0)
+    for i in range(8):
+        assert any(torch.equal(moved[i], padded[i, :, :, dy:dy + 6, dx:dx + 6]) for dy in range(5) for dx in range(5))
+
+
+def test_files_written_by_a_modality_read_back(tmp_path):
+    image = torch.rand(3, 16, 16) * 2 - 1
+    generate.save_image(image, tmp_path / "a.png")
+    assert (generate.load_image(tmp_path / "a.png", 16, 3) - image).abs().max() <= 1 / 127.5
+    audio = 0.5 * torch.sin(torch.linspace(0, 200, 4000))
+    get_modality("audio").write(audio, tmp_path / "a.wav", SPEC)
+    assert (get_modality("audio").read(tmp_path / "a.wav", SPEC) - audio).abs().max() < 1e-3
+    assert generate.load_audio(tmp_path / "a.wav", 8000, 100).shape == (100,)  # cut to the length asked
+    generate.save_video(torch.rand(4, 1, 16, 16) * 2 - 1, tmp_path / "v.gif")
+    assert (tmp_path / "v.gif").stat().st_size > 0
+    assert get_modality("label").write(torch.tensor(2), tmp_path / "l.txt") == {"label": 2}
+    assert (tmp_path / "l.txt").read_text() == "2\n"
+    with pytest.raises(ValueError, match="--image .*cannot read it as an image"):
+        get_modality("image").read(tmp_path / "a.wav", SPEC)
+    with pytest.raises(ValueError, match="sample_rate is required"):
+        get_modality("audio").write(audio, tmp_path / "b.wav")
