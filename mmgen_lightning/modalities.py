@@ -104,6 +104,16 @@ class DataSpec(Mapping):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Mapping) and self.to_dict() == dict(other)
 
+    # the dict operations code written against the plain dict uses; each returns a plain dict
+    def copy(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __or__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self.to_dict(), **other}
+
+    def __ror__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        return {**other, **self.to_dict()}
+
     __hash__ = None  # mutable, like the dict it replaces
 
 

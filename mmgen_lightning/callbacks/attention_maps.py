@@ -18,7 +18,7 @@ import torchvision
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-EOS_ID, UNK_ID = 2, 3  # the CaptionTokenizer's special ids
+from mmgen_lightning.tokenizer import EOS_ID, UNK_ID
 
 
 class AttentionMapLogger(L.Callback):

@@ -5,7 +5,7 @@ from mmgen_lightning.datamodules.digits import DigitsDataModule
 from mmgen_lightning.datamodules.manifest import ManifestDataModule
 from mmgen_lightning.datamodules.shapes import ShapesDataModule
 from mmgen_lightning.datamodules.streaming import StreamingDataModule
-from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+from mmgen_lightning.tokenizer import CaptionTokenizer
 
 __all__ = ["CaptionTokenizer", "DigitsDataModule", "ManifestDataModule", "MultimodalDataModule",
            "ShapesDataModule", "StreamingDataModule"]

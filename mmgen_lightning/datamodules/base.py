@@ -15,7 +15,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from mmgen_lightning.batch import check_modalities
-from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+from mmgen_lightning.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
 

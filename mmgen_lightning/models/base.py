@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from mmgen_lightning.batch import MODALITIES, check_batch, check_modalities
-from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+from mmgen_lightning.modalities import DataSpec
+from mmgen_lightning.modalities import scored_dimensions as _scored_dimensions
+from mmgen_lightning.tokenizer import CaptionTokenizer
 
 CHECKPOINT_KEY = "mmgen"
 
@@ -37,21 +39,9 @@ class Likelihood(NamedTuple):
 
 
 def scored_dimensions(batch: Mapping[str, Tensor], modalities: Sequence[str], audio_dims: int | None = None) -> Tensor:
-    """Scalars per sample a likelihood of ``modalities`` scores: ``B`` float64. Text counts its real
-    tokens after ``[BOS]``, a label 1, audio ``audio_dims`` when it is scored as a spectrogram (else
-    its samples), every other modality its elements."""
-    reference = next(iter(batch.values()))
-    dims = torch.zeros(reference.shape[0], dtype=torch.float64, device=reference.device)
-    for name in modalities:
-        if name == "text":
-            dims += batch["text_mask"][:, 1:].sum(1)
-        elif name == "label":
-            dims += 1
-        elif name == "audio" and audio_dims is not None:
-            dims += audio_dims
-        else:
-            dims += batch[name][0].numel()
-    return dims
+    """Scalars per sample a likelihood of ``modalities`` scores: ``B`` float64; each modality counts its
+    own (``Modality.scored_dimensions``), audio ``audio_dims`` when it is scored as a spectrogram."""
+    return _scored_dimensions(batch, modalities, spectrogram_dims=audio_dims)
 
 
 class GenerativeModule(L.LightningModule):
@@ -59,7 +49,8 @@ class GenerativeModule(L.LightningModule):
 
     Args:
         data_spec: sizes that belong to the data (vocab size, image size, sample rate, ...),
-            linked from the datamodule's ``data_spec`` by the CLI; never written by hand.
+            linked from the datamodule's ``data_spec`` by the CLI; never written by hand. Held as a
+            typed :class:`~mmgen_lightning.modalities.DataSpec` (``self.data_spec.image_size``).
     """
 
     #: modalities ``generate`` accepts as conditions / produces; families set them per instance.
@@ -68,7 +59,8 @@ class GenerativeModule(L.LightningModule):
 
     def __init__(self, data_spec: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.data_spec = dict(data_spec or {})
+        # typed, and a Mapping, so spec("...") and .get() keep working; hparams keep the plain dict
+        self.data_spec = DataSpec.from_dict(data_spec)
         self.tokenizer: CaptionTokenizer | None = None
 
     def spec(self, key: str) -> Any:

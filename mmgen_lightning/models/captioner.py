@@ -27,15 +27,14 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
 from transformers import GenerationConfig, GPT2Config
 
-from mmgen_lightning.datamodules.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
 from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
 from mmgen_lightning.models.layers.token_encoders import (AudioTokenEncoder, ImageTokenEncoder,
                                                           PretrainedImageEncoder, VideoTokenEncoder)
+from mmgen_lightning.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 CAPTION_MODALITIES = ("image", "audio", "video")
-PAD_ID, BOS_ID, EOS_ID = (SPECIAL_TOKENS.index(token) for token in (PAD, BOS, EOS))
 IGNORE_INDEX = -100
 CaptionParser = Callable[[str], "dict[str, Any] | None"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmgen_lightning.batch import check_batch
-from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+from mmgen_lightning.tokenizer import CaptionTokenizer
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.vae import MultimodalVAE
 

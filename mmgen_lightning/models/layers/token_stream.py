@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mmgen_lightning.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
 #: the role of a slot, the ``modality`` embedding index
 SPECIAL, TEXT, CODE = 0, 1, 2
 
@@ -34,7 +36,7 @@ class TokenLayout:
     """
 
     def __init__(self, text_vocab_size: int, num_codes: int, text_length: int, grid: tuple[int, int],
-                 bos_id: int = 1, eos_id: int = 2, pad_id: int = 0) -> None:
+                 bos_id: int = BOS_ID, eos_id: int = EOS_ID, pad_id: int = PAD_ID) -> None:
         self.text_vocab_size, self.num_codes, self.text_length = text_vocab_size, num_codes, text_length
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_codes_per_sample = self.grid[0] * self.grid[1]

@@ -8,7 +8,7 @@ import torch
 
 from mmgen_lightning.datamodules import CaptionTokenizer, DigitsDataModule, ShapesDataModule
 from mmgen_lightning.datamodules.digits import caption as digits_caption
-from mmgen_lightning.datamodules.tokenizer import KINDS
+from mmgen_lightning.tokenizer import BOS_ID, EOS_ID, KINDS, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 
 def normalised(text: str) -> str:
@@ -92,3 +92,14 @@ def test_bpe_round_trips_open_captions():
     captions = ["a zebra crossing a busy street", "two dogs play in the snow", "a red car at night"]
     tokenizer = CaptionTokenizer.train(captions * 20, kind="bpe", vocab_size=120)
     assert tokenizer.decode(tokenizer.encode(captions)["text"]) == captions
+
+
+def test_special_ids_are_defined_once_and_the_old_import_path_still_works():
+    from mmgen_lightning.datamodules import tokenizer as old_path
+
+    assert (PAD_ID, BOS_ID, EOS_ID, UNK_ID) == tuple(range(len(SPECIAL_TOKENS)))
+    assert old_path.CaptionTokenizer is CaptionTokenizer and old_path.SPECIAL_TOKENS is SPECIAL_TOKENS
+    tokenizer = CaptionTokenizer.train(["a red circle"], max_length=6)
+    ids = tokenizer.encode("a red circle")["text"][0].tolist()
+    assert ids[0] == BOS_ID and ids[4] == EOS_ID and ids[5] == PAD_ID
+    assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id) == (PAD_ID, BOS_ID, EOS_ID, UNK_ID)
