@@ -22,13 +22,12 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-#: The modalities a model can generate or condition on.
-MODALITIES: tuple[str, ...] = ("image", "text", "audio", "video", "label")
-#: Every key a batch may carry.
-BATCH_KEYS: tuple[str, ...] = MODALITIES + ("text_mask", "attributes")
+from mmgen_lightning.modalities import MODALITIES, REGISTRY
 
-_NDIM = {"image": 4, "text": 2, "text_mask": 2, "audio": 2, "video": 5, "label": 1, "attributes": 2}
-_FLOAT_KEYS = ("image", "audio", "video")
+#: Every key a batch may carry: the modalities, then the keys that ride beside them.
+BATCH_KEYS: tuple[str, ...] = MODALITIES + ("text_mask", "attributes")
+#: the keys that are not modalities: ``(rank, dtype)``
+_COMPANIONS = {"text_mask": (2, torch.bool), "attributes": (2, torch.long)}
 
 
 def check_modalities(names: Iterable[str], argument: str, allowed: Iterable[str] = MODALITIES) -> list[str]:
@@ -44,19 +43,22 @@ def check_modalities(names: Iterable[str], argument: str, allowed: Iterable[str]
 
 
 def check_batch(batch: Mapping[str, Tensor], where: str = "batch") -> None:
-    """Validate keys, ranks and dtypes against the batch contract, naming the offending key."""
+    """Validate keys, ranks and dtypes against the batch contract, naming the offending key (each
+    modality checks its own tensor: ``Modality.check``)."""
     sizes = set()
     for key, value in batch.items():
-        if key not in BATCH_KEYS:
+        if key in REGISTRY:
+            REGISTRY[key].check(value, where)
+        elif key in _COMPANIONS:
+            ndim, dtype = _COMPANIONS[key]
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{where}[{key!r}] must be a Tensor, got {type(value).__name__}")
+            if value.ndim != ndim:
+                raise ValueError(f"{where}[{key!r}] must have {ndim} dims, got shape {tuple(value.shape)}")
+            if key == "attributes" and value.dtype != dtype:  # masks may come as bool or 0/1 integers
+                raise TypeError(f"{where}[{key!r}] must be {dtype}, got {value.dtype}")
+        else:
             raise ValueError(f"{where}: unknown key {key!r}; allowed: {', '.join(BATCH_KEYS)}")
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{where}[{key!r}] must be a Tensor, got {type(value).__name__}")
-        if value.ndim != _NDIM[key]:
-            raise ValueError(f"{where}[{key!r}] must have {_NDIM[key]} dims, got shape {tuple(value.shape)}")
-        if key in _FLOAT_KEYS and not value.is_floating_point():
-            raise TypeError(f"{where}[{key!r}] must be floating point, got {value.dtype}")
-        if key in ("text", "label", "attributes") and value.dtype != torch.long:
-            raise TypeError(f"{where}[{key!r}] must be torch.long, got {value.dtype}")
         sizes.add(value.shape[0])
     if len(sizes) > 1:
         raise ValueError(f"{where}: every entry needs the same batch size, got {sorted(sizes)}")
