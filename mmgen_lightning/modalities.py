@@ -158,6 +158,10 @@ class Modality:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    def keys(self) -> list[str]:
+        """The batch keys this modality occupies (text brings its mask)."""
+        return [self.name]
+
     # --- checks -------------------------------------------------------------------------------
     def check(self, value: Any, where: str = "batch") -> None:
         """Raise naming ``where[name]`` unless ``value`` follows the batch contract."""
@@ -434,6 +438,11 @@ def get_modality(name: str) -> Modality:
         return REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown modality {name!r}; allowed: {', '.join(REGISTRY)}") from None
+
+
+def batch_keys(modalities: Any) -> list[str]:
+    """Every batch key of ``modalities``, in order: ``["image", "text", "text_mask"]`` for image and text."""
+    return [key for name in modalities for key in get_modality(name).keys()]
 
 
 def scored_dimensions(batch: Mapping[str, Tensor], modalities: Any, **options: Any) -> Tensor:

@@ -29,6 +29,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmgen_lightning.datamodules.attributes import AttributeReading
 from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
 
 ATTRIBUTE_NAMES = ("digit", "direction")
@@ -163,6 +164,12 @@ class DigitsDataModule(MultimodalDataModule):
 
     available_modalities = ("image", "text", "audio", "video", "label")
     name = "digits"
+    #: what each modality shows of ``[digit, direction]``: a still image or a tone only the digit; captions
+    #: state the direction only when the batches carry video (see ``build_split``)
+    attribute_reading = AttributeReading(
+        judged={"image": ("digit",), "audio": ("digit",), "video": ("digit", "direction")},
+        parse_caption=parse_caption,
+        caption_states=lambda modalities: ATTRIBUTE_NAMES if "video" in modalities else ATTRIBUTE_NAMES[:1])
     image_sizes = (16, 32)
     video_canvases = (32, 64)
     sample_rates = (8000, 16000)

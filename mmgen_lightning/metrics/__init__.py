@@ -1,8 +1,8 @@
 """Evaluation: judges, coherence, sample quality (FID/KID/IS/precision-recall), text and likelihood
 metrics, and the evaluator that reports (``mmgen evaluate``) and dashboards (``EvaluationCallback``) share."""
 
-from mmgen_lightning.metrics.coherence import AttributeAgreement, coherence
-from mmgen_lightning.metrics.evaluator import Evaluator, RealData, default_directions
+from mmgen_lightning.metrics.coherence import AttributeAgreement
+from mmgen_lightning.metrics.evaluator import Evaluator, RealData, coherence, default_directions
 from mmgen_lightning.metrics.features import InceptionFeatures, JudgeFeatures, find_inception_weights
 from mmgen_lightning.metrics.judges import Judge, get_judge
 from mmgen_lightning.metrics.likelihood import LikelihoodMetric, bits_per_dim

@@ -3,14 +3,13 @@
 For a direction ``sources -> target`` the compared attributes are those the target makes
 observable and some source states (a digit image shows the digit but not a motion; a caption
 states everything). Images, audio and video are read by a :class:`~mmgen_lightning.metrics.judges.Judge`;
-captions by the dataset's own ``parse_caption``. On real data against itself, coherence equals the
-judge's accuracy, which is the ceiling any model can be measured at; reports show it beside each
-direction as ``real_data``.
+captions by the data's caption parser (``datamodules/attributes.py``). On real data against itself,
+coherence equals the judge's accuracy, which is the ceiling any model can be measured at; reports
+show it beside each direction as ``real_data``. ``coherence()`` itself lives in ``evaluator.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
@@ -18,49 +17,29 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from mmgen_lightning.batch import parse_direction
-from mmgen_lightning.metrics.judges import Judge, judged_attributes
-
-
-def observable(dataset: str, modality: str, attribute_names: list[str], modalities: list[str],
-               datamodule=None) -> tuple[str, ...]:
-    """Attributes that a sample of ``modality`` determines."""
-    if modality == "text":
-        names = list(attribute_names)
-        if dataset == "digits" and "video" not in modalities:
-            names = [n for n in names if n != "direction"]  # captions state the motion only for videos
-        return tuple(names)
-    if modality == "label":
-        return tuple(attribute_names[:1])
-    return judged_attributes(datamodule if datamodule is not None else {"dataset": dataset}, modality)
+from mmgen_lightning.datamodules.attributes import AttributeReading, describe
+from mmgen_lightning.metrics.judges import Judge
 
 
 def compared_attributes(datamodule, direction: str) -> list[str]:
-    """Attributes that ``direction`` can be scored on: observable in the target, stated by some source."""
+    """Attributes that ``direction`` can be scored on: observable in the target, stated by some source
+    (what each modality shows is the datamodule's ``AttributeReading``)."""
     sources, target = parse_direction(direction)
-    spec = datamodule.data_spec
-    names, dataset, modalities = list(spec["attribute_names"]), spec["dataset"], spec["modalities"]
-    stated = {n for s in sources for n in observable(dataset, s, names, modalities, datamodule)}
-    return [n for n in observable(dataset, target, names, modalities, datamodule) if n in stated]
+    spec, reading = datamodule.data_spec, describe(datamodule)
+    names, modalities = list(spec["attribute_names"]), spec["modalities"]
+    stated = {n for s in sources for n in reading.observable(s, names, modalities)}
+    return [n for n in reading.observable(target, names, modalities) if n in stated]
 
 
-def parse_captions(dataset: str, texts: list[str], attribute_names: list[str]) -> Tensor:
-    """Captions -> ``long B,K`` attributes via the dataset's ``parse_caption``; -1 where unstated."""
-    parse = importlib.import_module(f"mmgen_lightning.datamodules.{dataset}").parse_caption
-    rows = []
-    for text in texts:
-        parsed = parse(text) or {}
-        rows.append([int(parsed.get(name, -1)) for name in attribute_names])
-    return torch.tensor(rows, dtype=torch.long).view(len(texts), len(attribute_names))
-
-
-def read_attributes(samples: dict[str, Tensor], target: str, spec: dict[str, Any], judges: dict[str, Judge],
-                    tokenizer) -> Tensor:
+def read_attributes(samples: dict[str, Tensor], target: str, spec: Any, judges: dict[str, Judge], tokenizer,
+                    reading: AttributeReading) -> Tensor:
     """Attributes of generated samples, ``long B,K`` in the dataset's attribute order (-1 = unread),
-    on the samples' device."""
+    on the samples' device: captions through ``reading``'s parser, a label as the first attribute,
+    everything else through its judge."""
     names = list(spec["attribute_names"])
     values = samples[target]
     if target == "text":
-        return parse_captions(spec["dataset"], tokenizer.decode(values.cpu()), names).to(values.device)
+        return reading.read_captions(tokenizer.decode(values.cpu()), names).to(values.device)
     out = torch.full((values.shape[0], len(names)), -1, dtype=torch.long, device=values.device)
     if target == "label":
         out[:, 0] = values
@@ -95,16 +74,11 @@ class AttributeAgreement(Metric):
         return {"accuracy": self.all_correct / total, "per_attribute": self.correct / total, "samples": self.total}
 
 
-@torch.no_grad()
-def coherence(model, datamodule, direction: str, judges: dict[str, Judge], split: str = "test",
-              limit: int | None = None, batch_size: int = 256, **sampling: Any) -> dict[str, Any]:
-    """Accuracy of ``direction`` on ``split``: per compared attribute and all of them at once, and the
-    same reading of the real data (``real_data``, the ceiling). ``model`` may be
-    :class:`~mmgen_lightning.metrics.evaluator.RealData` to score the data against itself."""
-    from mmgen_lightning.metrics.evaluator import Evaluator
+def __getattr__(name: str):
+    # ``coherence()`` runs an Evaluator, so it lives in evaluator.py (which imports this module); the
+    # old import path (benchmarks/alignment_vs_judges.py) resolves it on use, not at import
+    if name == "coherence":
+        from mmgen_lightning.metrics.evaluator import coherence
 
-    if not compared_attributes(datamodule, direction):
-        raise ValueError(f"direction {direction!r}: no attribute is observable on both sides")
-    evaluator = Evaluator(datamodule, judges, split=split, num_samples=limit, batch_size=batch_size,
-                          directions=[direction], quality=False, text=False, likelihood=False, sampling=sampling)
-    return evaluator.run(model)["coherence"][0]
+        return coherence
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

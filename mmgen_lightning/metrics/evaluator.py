@@ -27,14 +27,14 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from mmgen_lightning.batch import parse_direction
+from mmgen_lightning.datamodules.attributes import describe
 from mmgen_lightning.metrics.coherence import AttributeAgreement, compared_attributes, read_attributes
 from mmgen_lightning.metrics.features import InceptionFeatures, JudgeFeatures
 from mmgen_lightning.metrics.judges import Judge, judged_attributes
 from mmgen_lightning.metrics.likelihood import LikelihoodMetric, has_likelihood, negative_log_likelihood
 from mmgen_lightning.metrics.quality import SampleQuality
 from mmgen_lightning.metrics.text import TextQuality
-
-JUDGEABLE = ("image", "audio", "video")
+from mmgen_lightning.modalities import JUDGEABLE, MODALITIES, batch_keys
 KID_SUBSET_SIZE = 1000
 
 
@@ -42,7 +42,7 @@ class RealData:
     """Stands in for a model whose every sample is the conditioning item's own real target: scoring
     it measures the data against itself (coherence equals the judges' accuracy)."""
 
-    condition_modalities = output_modalities = ("image", "text", "audio", "video", "label")
+    condition_modalities = output_modalities = MODALITIES
     tokenizer = None
     device = torch.device("cpu")
 
@@ -117,6 +117,7 @@ class Evaluator:
         self.iwae_samples, self.kid_subsets, self.nearest_k = iwae_samples, kid_subsets, nearest_k
         self.sampling = dict(sampling or {})
         self.spec = datamodule.data_spec
+        self.reading = describe(datamodule)
 
     # --- what gets measured --------------------------------------------------------------------
     def plan(self, model) -> list[dict[str, Any]]:
@@ -198,10 +199,10 @@ class Evaluator:
                 samples = self._samples(model, batch, item["sources"], target, chunk_seed(self.seed, chunk, index))
                 if d in agreement:
                     columns = [names.index(n) for n in item["compared"]]
-                    agreement[d].update(read_attributes(samples, target, self.spec, judges, tokenizer)[:, columns],
-                                        truth[:, columns])
-                    ceiling[d].update(read_attributes(batch, target, self.spec, judges, data_tokenizer)[:, columns],
-                                      truth[:, columns])
+                    read = read_attributes(samples, target, self.spec, judges, tokenizer, self.reading)
+                    agreement[d].update(read[:, columns], truth[:, columns])
+                    read = read_attributes(batch, target, self.spec, judges, data_tokenizer, self.reading)
+                    ceiling[d].update(read[:, columns], truth[:, columns])
                 for name, metric in quality.get(d, {}).items():
                     features, _ = real_features[target][name]
                     metric.update(features, real=True)
@@ -220,9 +221,8 @@ class Evaluator:
     def _samples(self, model, batch: dict[str, Tensor], sources: tuple[str, ...], target: str,
                  seed: int) -> dict[str, Tensor]:
         if isinstance(model, RealData):
-            keys = ["text", "text_mask"] if target == "text" else [target]
-            return {k: batch[k] for k in keys}
-        keys = list(sources) + (["text_mask"] if "text" in sources else [])
+            return {k: batch[k] for k in batch_keys([target])}
+        keys = batch_keys(sources)
         count = batch["attributes"].shape[0]
         device = batch["attributes"].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -258,6 +258,19 @@ class Evaluator:
             result["likelihood"] = {"kind": likelihood_name,
                                     **{k: (v.item() if v.is_floating_point() else int(v)) for k, v in scores.items()}}
         return result
+
+
+@torch.no_grad()
+def coherence(model, datamodule, direction: str, judges: dict[str, Judge], split: str = "test",
+              limit: int | None = None, batch_size: int = 256, **sampling: Any) -> dict[str, Any]:
+    """Accuracy of ``direction`` on ``split``: per compared attribute and all of them at once, and the
+    same reading of the real data (``real_data``, the ceiling). ``model`` may be :class:`RealData` to
+    score the data against itself."""
+    if not compared_attributes(datamodule, direction):
+        raise ValueError(f"direction {direction!r}: no attribute is observable on both sides")
+    evaluator = Evaluator(datamodule, judges, split=split, num_samples=limit, batch_size=batch_size,
+                          directions=[direction], quality=False, text=False, likelihood=False, sampling=sampling)
+    return evaluator.run(model)["coherence"][0]
 
 
 def coherence_matrix(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -10,15 +10,18 @@ and every report and dashboard uses the same judge.
 Training renders the training split once into tensors (at most ``max_items`` items; audio goes
 through the fixed log-mel frontend once), then runs a few hundred steps of AdamW with a one-cycle
 schedule; images and videos are shifted by up to one (videos two) pixels per sample, so the judge
-reads content rather than exact pixel positions. Every judge trains in seconds to about a minute
-on one CPU thread (``benchmarks/judges.py`` measures them).
+reads content rather than exact pixel positions (``benchmarks/judges.py`` measures training time
+and held-out accuracy).
+
+Which attributes a judge of each modality reads is the data's to say (``datamodules/attributes.py``);
+the networks are built from layers frozen for judges (``metrics/judge_layers.py``), so a change to a
+model layer never changes a cached judge.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,21 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from mmgen_lightning.models.layers.audio import AudioEncoder, LogMel
-from mmgen_lightning.models.layers.image import ImageEncoder
+from mmgen_lightning.datamodules.attributes import describe
+from mmgen_lightning.metrics.judge_layers import AudioEncoder, FrameSequenceEncoder, ImageEncoder, LogMel
+from mmgen_lightning.modalities import JUDGEABLE, get_modality, random_shift
 
-#: attributes each modality makes observable, per built-in dataset; a datamodule may declare its
-#: own as ``judged_attributes = {"image": ("digit",), ...}``
-JUDGED_ATTRIBUTES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("digits", "image"): ("digit",),
-    ("digits", "audio"): ("digit",),
-    ("digits", "video"): ("digit", "direction"),
-    ("shapes", "image"): ("shape", "color", "size", "position"),
-    # position is a 0-16 Hz tremolo in Shapes audio: too fast for the judge's 32 frames/s log-mel
-    # (it reads it 35-45% right), so audio coherence leaves it out
-    ("shapes", "audio"): ("shape", "color", "size", "motion"),
-    ("shapes", "video"): ("shape", "color", "size", "position", "motion"),
-}
 FEATURE_DIM = 128
 #: part of the cache key: bump it whenever the judge architecture or its training changes
 JUDGE_VERSION = 5
@@ -74,40 +66,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMGEN_CACHE", Path.home() / ".cache" / "mmgen_lightning"))
 
 
-def judged_attributes(datamodule_or_spec, modality: str) -> tuple[str, ...]:
-    """Attributes a judge of ``modality`` reads on this data; ``()`` when there is no judge for it."""
-    declared = getattr(datamodule_or_spec, "judged_attributes", None)
-    if declared is not None:
-        return tuple(declared.get(modality, ()))
-    spec = datamodule_or_spec if isinstance(datamodule_or_spec, dict) else datamodule_or_spec.data_spec
-    return JUDGED_ATTRIBUTES.get((spec["dataset"], modality), ())
+def judged_attributes(datamodule, modality: str) -> tuple[str, ...]:
+    """Attributes a judge of ``modality`` reads on this data (the datamodule's ``AttributeReading``);
+    ``()`` when there is no judge for it."""
+    return tuple(describe(datamodule).judged.get(modality, ()))
 
 
-class FrameSequenceEncoder(nn.Module):
-    """``B,F,C,H,W`` -> ``B,out_dim``: strided convolutions shared by every frame, then 1-D
-    convolutions over the frames. Each frame gives what it shows (its feature map max-pooled over
-    space, so wherever the content is) and where (the map flattened); time turns "where" into motion.
-    A fraction of the cost of 3-D convolutions."""
+def _image_network(spec: Any) -> tuple[nn.Module, nn.Module]:
+    # narrower for larger images, so every judge trains in about the same time
+    width = max(8, 512 // spec["image_size"])
+    return nn.Identity(), ImageEncoder(spec.get("image_channels", 1), spec["image_size"], FEATURE_DIM, width=width)
 
-    def __init__(self, channels: int, frames: int, size: int, out_dim: int, width: int = 16) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        in_channels = channels
-        for level in range(int(math.log2(size // 4))):  # down to a 4x4 map
-            out_channels = width * 2**level
-            layers += [nn.Conv2d(in_channels, out_channels, 4, 2, 1), nn.GroupNorm(8, out_channels), nn.SiLU()]
-            in_channels = out_channels
-        self.frame = nn.Sequential(*layers)
-        self.where = nn.Linear(in_channels * 16, in_channels)
-        self.time = nn.Sequential(nn.Conv1d(2 * in_channels, 2 * in_channels, 3, padding=1),
-                                  nn.GroupNorm(8, 2 * in_channels), nn.SiLU())
-        self.head = nn.Linear(2 * in_channels * frames, out_dim)
 
-    def forward(self, video: Tensor) -> Tensor:
-        batch, frames = video.shape[:2]
-        maps = self.frame(video.flatten(0, 1))  # B*F,C,4,4
-        per_frame = torch.cat([maps.amax((-2, -1)), self.where(maps.flatten(1))], dim=1).view(batch, frames, -1)
-        return self.head(self.time(per_frame.transpose(1, 2)).flatten(1))
+def _audio_network(spec: Any) -> tuple[nn.Module, nn.Module]:
+    return LogMel(spec["sample_rate"], spec["audio_length"], n_mels=64), AudioEncoder(64, FEATURE_DIM, width=32)
+
+
+def _video_network(spec: Any) -> tuple[nn.Module, nn.Module]:
+    size = get_modality("video").size(spec)
+    return nn.Identity(), FrameSequenceEncoder(spec.get("image_channels", 1), spec["num_frames"], size, FEATURE_DIM,
+                                               width=max(8, 256 // size))
+
+
+#: ``(frontend, backbone)`` of a judge per modality (``JUDGEABLE``): the fixed frontend runs once
+#: before training, the backbone gives the ``B,128`` features the heads read
+NETWORKS = {"image": _image_network, "audio": _audio_network, "video": _video_network}
 
 
 class Judge(nn.Module):
@@ -128,22 +111,9 @@ class Judge(nn.Module):
             raise ValueError(f"judge attributes {list(self.attributes)}: give some of {names}")
         self.columns = [names.index(a) for a in self.attributes]
         sizes = [spec["attribute_sizes"][c] for c in self.columns]
-        channels = spec.get("image_channels", 1)
-        if modality == "image":
-            self.frontend: nn.Module = nn.Identity()
-            # narrower for larger images, so every judge trains in about the same time
-            width = max(8, 512 // spec["image_size"])
-            self.backbone: nn.Module = ImageEncoder(channels, spec["image_size"], FEATURE_DIM, width=width)
-        elif modality == "audio":
-            self.frontend = LogMel(spec["sample_rate"], spec["audio_length"], n_mels=64)
-            self.backbone = AudioEncoder(64, FEATURE_DIM, width=32)
-        elif modality == "video":
-            self.frontend = nn.Identity()
-            size = spec.get("video_size", spec["image_size"])
-            self.backbone = FrameSequenceEncoder(channels, spec["num_frames"], size, FEATURE_DIM,
-                                                 width=max(8, 256 // size))
-        else:
-            raise ValueError(f"judge modality: unknown {modality!r}; allowed: image, audio, video")
+        if modality not in NETWORKS:
+            raise ValueError(f"judge modality: unknown {modality!r}; allowed: {', '.join(NETWORKS)}")
+        self.frontend, self.backbone = NETWORKS[modality](spec)
         self.heads = nn.ModuleList(nn.Linear(FEATURE_DIM, size) for size in sizes)
         # root mean square of the hidden features on the real training data, set by train_judge:
         # features() divides by it, so distances do not depend on how large a judge's activations grew
@@ -196,21 +166,6 @@ class Judge(nn.Module):
         return attributes[:, self.columns]
 
 
-def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
-    """Shift each sample of ``B,...,H,W`` by its own offset in ``[-max_shift, max_shift]`` along y
-    and x, filling the uncovered border with the background -1."""
-    if max_shift <= 0:
-        return x
-    height, width = x.shape[-2:]
-    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
-    offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=generator)
-    out = torch.empty_like(x)
-    for dy, dx in offsets.unique(dim=0).tolist():
-        rows = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().squeeze(1)
-        out[rows] = padded[rows, ..., dy:dy + height, dx:dx + width]
-    return out
-
-
 def training_data(datamodule, modality: str, max_items: int) -> tuple[Tensor, Tensor]:
     """The first ``max_items`` items of the training split: ``(modality tensor, attributes)``."""
     dataset = datamodule.dataset("train")
@@ -241,8 +196,8 @@ def train_judge(datamodule, modality: str, seed: int = 0, recipe: Recipe | None 
     spec = datamodule.data_spec
     attributes = judged_attributes(datamodule, modality)
     if not attributes:
-        raise ValueError(f"no judge for {modality!r} on dataset {spec['dataset']!r}; known: "
-                         f"{sorted(JUDGED_ATTRIBUTES)} (a datamodule may declare `judged_attributes`)")
+        raise ValueError(f"no judge for {modality!r} on dataset {spec['dataset']!r}: its datamodule's "
+                         "attribute_reading (datamodules/attributes.py) names no attribute a judge of it reads")
     recipe = recipe or RECIPES[modality]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -256,7 +211,7 @@ def train_judge(datamodule, modality: str, seed: int = 0, recipe: Recipe | None 
         optimizer = torch.optim.AdamW(judge.parameters(), lr=recipe.lr, weight_decay=1e-4)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.steps)
         judge.train()
-        shift = recipe.max_shift if modality in ("image", "video") else 0
+        shift = recipe.max_shift if get_modality(modality).pixels else 0
         batch_size = min(recipe.batch_size, len(inputs))
         steps_per_epoch = len(inputs) // batch_size
         for step in range(recipe.steps):

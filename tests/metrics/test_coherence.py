@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmgen_lightning.metrics.coherence import AttributeAgreement, coherence, compared_attributes
-from mmgen_lightning.metrics.evaluator import RealData
+from mmgen_lightning.metrics.coherence import AttributeAgreement, compared_attributes
+from mmgen_lightning.metrics.evaluator import RealData, coherence
 from mmgen_lightning.metrics.judges import held_out_accuracy
 
 
