@@ -37,9 +37,25 @@ def test_console_script_is_installed():
     assert "generate" in out
 
 
-def test_unknown_subcommand_names_the_allowed_ones():
-    with pytest.raises(SystemExit, match="unknown subcommand 'train'; allowed: fit, validate"):
+def test_unknown_subcommand_names_the_allowed_ones(capsys):
+    with pytest.raises(SystemExit) as stop:
         main(["train"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("mmgen: error: unknown subcommand 'train': allowed: fit, validate, test, "
+                                       "predict, generate, evaluate, shard, retrieve, serve (see `mmgen --help`)\n")
+
+
+def test_help_and_bad_arguments_import_neither_torch_nor_lightning():
+    """Start-up: `mmgen --help`, `mmgen generate --help` and a bad argument return before the heavy imports."""
+    code = ("import sys; from mmgen_lightning.cli import main\n"
+            "for argv in (['--help'], ['generate', '--help'], ['generate', '--ckpt', 'x', '--to', 'image', '--out', "
+            "'o', '--num', '0'], ['nope']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'numpy', 'PIL') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+    assert "mmgen generate: error: --num must be >= 1" in result.stderr
 
 
 def _config(tmp_path: Path) -> Path:
@@ -77,17 +93,27 @@ def test_fit_then_generate_writes_files_and_manifest(tmp_path):
     assert all(isinstance(row["text"], str) for row in captions)
 
 
-def test_generate_errors_are_clear(tmp_path):
+def test_generate_errors_are_clear(tmp_path, capsys):
     main(["fit", "--config", str(_config(tmp_path))])
     ckpt = str(tmp_path / "ckpt" / "last.ckpt")
-    with pytest.raises(SystemExit, match="cannot generate label->image; it serves"):
-        main(["generate", "--ckpt", ckpt, "--to", "image", "--label", "1", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="same number of each condition"):
-        main(["generate", "--ckpt", ckpt, "--to", "image", "--text", "class one", "--text", "class two",
-              "--image", "a.png", "--out", str(tmp_path / "x")])
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
-        main(["generate", "--ckpt", str(tmp_path / "nope.ckpt"), "--to", "image", "--out", str(tmp_path / "x")])
-    (tmp_path / "bad.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="--image .*bad.png: cannot read it as an image"):
-        main(["generate", "--ckpt", ckpt, "--to", "text", "--image", str(tmp_path / "bad.png"), "--out",
-              str(tmp_path / "x")])
+    capsys.readouterr()
+    (tmp_path / "bad.png").write_text("not a picture")
+    cases = [  # (arguments, exit status, the one error line)
+        (["--ckpt", ckpt, "--to", "image", "--label", "1"], 2,
+         "MultimodalVAE cannot generate label->image (--to image): it serves: "),
+        (["--ckpt", ckpt, "--to", "image", "--text", "class one", "--text", "class two", "--image", "a.png"], 2,
+         "give the same number of each condition, got {'text': 2, 'image': 1} (--text --image): conditions are "
+         "paired in order"),
+        (["--ckpt", str(tmp_path / "nope.ckpt"), "--to", "image"], 1,
+         f"checkpoint not found (--ckpt {tmp_path / 'nope.ckpt'}): give the .ckpt file"),
+        (["--ckpt", ckpt, "--to", "text", "--image", str(tmp_path / "bad.png")], 1,
+         f"cannot decode the image (cannot identify image file '{tmp_path / 'bad.png'}') (--image "
+         f"{tmp_path / 'bad.png'}): give a readable, finite image file"),
+    ]
+    for arguments, code, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", *arguments, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert stop.value.code == code and err.startswith(f"mmgen generate: error: {message}"), err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmgen_lightning.batch import check_modalities
+from mmgen_lightning.errors import UsageError
 from mmgen_lightning.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -106,7 +107,23 @@ class MultimodalDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
+        self.check_train_rows()
         return self._loader("train", shuffle=True)
+
+    def check_train_rows(self) -> None:
+        """Training drops the last partial batch, so a train split smaller than one batch per process
+        would train nothing and end without a word; refuse it, naming both numbers."""
+        dataset = self.dataset("train")
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            return  # streamed: litdata knows its own length per rank
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        rows = len(dataset)
+        if rows // processes < self.batch_size:
+            per = f" ({rows // processes} per process for {processes} processes)" if processes > 1 else ""
+            raise UsageError(f"the train split has {rows} rows{per}, fewer than one batch of batch_size="
+                             f"{self.batch_size}; the last partial batch is dropped, so nothing would train",
+                             f"{type(self).__name__} batch_size", f"lower batch_size to {max(1, rows // processes)} "
+                             "or less, or give more training data")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
 from mmgen_lightning.datamodules.tokenizer import KINDS, CaptionTokenizer
+from mmgen_lightning.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,11 @@ NEEDS_VIDEO_DECODER = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 SKIPPED_KEY = "_skipped"
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A manifest row that cannot become a sample: says which line, which file and why."""
+
+    #: what the ``mmgen`` command adds to the one-line message
+    advice = "fix or remove the row, or set on_error: skip to drop bad rows"
 
     def __init__(self, manifest: str | Path, line: int, reason: str, file: str | Path | None = None) -> None:
         where = f"{manifest} line {line}" + (f" ({file})" if file else "")
@@ -69,8 +74,12 @@ class DataError(ValueError):
 def read_image(path: Path, image_size: int, channels: int) -> Tensor:
     """``C,S,S`` in [-1, 1]: shorter side resized to ``S`` (antialiased), centre-cropped."""
     try:
-        with Image.open(path) as image:
-            pixels = TF.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                pixels = TF.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(decompression_bomb(error)) from error
     except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on broken files
         raise ValueError(f"cannot decode the image ({error})") from error
     return _to_unit_range(TF.center_crop(TF.resize(pixels, image_size, antialias=True), image_size))
@@ -111,13 +120,24 @@ def read_video(path: Path, image_size: int, channels: int, num_frames: int) -> T
         picks = np.linspace(0, len(names) - 1, num_frames).round().astype(int)
         return torch.stack([read_image(names[i], image_size, channels) for i in picks])
     try:
-        with Image.open(path) as clip:
-            frames = [TF.pil_to_tensor(frame.convert(mode)) for frame in ImageSequence.Iterator(clip)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as clip:
+                frames = [TF.pil_to_tensor(frame.convert(mode)) for frame in ImageSequence.Iterator(clip)]
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(decompression_bomb(error)) from error
     except (OSError, ValueError, SyntaxError) as error:
         raise ValueError(f"cannot decode the video ({error})") from error
     picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
     clip = torch.stack([frames[i] for i in picks])
     return _to_unit_range(TF.center_crop(TF.resize(clip, image_size, antialias=True), image_size))
+
+
+def decompression_bomb(error: Exception) -> str:
+    # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that; both are refused here, where a file
+    # is decoded in a loader worker and a huge one would exhaust memory
+    return (f"refused as a possible decompression bomb ({error}); the limit is PIL's Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS} pixels: shrink the file, or raise that limit for files you trust")
 
 
 def _to_unit_range(pixels: Tensor) -> Tensor:
@@ -146,9 +166,9 @@ def read_manifest(path: Path) -> list[tuple[int, dict[str, Any]]]:
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {line}: not valid JSON ({error})") from error
+                raise DataError(path, line, f"not valid JSON ({error})") from error
             if not isinstance(row, dict):
-                raise ValueError(f"{path} line {line}: a row must be a JSON object, got {type(row).__name__}")
+                raise DataError(path, line, f"a row must be a JSON object, got {type(row).__name__}")
             rows.append((line, row))
     return rows
 
@@ -409,7 +429,17 @@ class ManifestDataModule(MultimodalDataModule):
         if self._tokenizer is None and not self.tokenizer_path:
             self._tokenizer = CaptionTokenizer.train(self.caption_corpus(), self.max_text_length,
                                                      kind=self.tokenizer_kind, vocab_size=self.vocab_size)
-        return super().tokenizer
+        tokenizer = super().tokenizer
+        if not getattr(self, "_lengths_checked", False):  # once: captions the model will only see cut
+            self._lengths_checked = True
+            captions = [row["text"] for rows in self.rows.values() for row in rows if "text" in row]
+            lengths = [len(e.ids) for e in tokenizer.tokenizer.encode_batch(captions)]
+            cut = [n for n in lengths if n > self.max_text_length - 2]
+            if cut:
+                log.warning("%s: %d of %d captions are longer than max_text_length=%d allows (%d tokens; the "
+                            "longest has %d) and are cut; raise max_text_length to keep them whole", self.manifest,
+                            len(cut), len(captions), self.max_text_length, self.max_text_length - 2, max(cut))
+        return tokenizer
 
     def caption_corpus(self) -> list[str]:
         """The train split's captions (val/test captions stay unseen, as they would in use)."""

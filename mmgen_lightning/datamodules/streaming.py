@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
 from mmgen_lightning.datamodules.manifest import DataError, ManifestDataModule, ManifestDataset
 from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+from mmgen_lightning.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,17 @@ def shard_manifest(datamodule: ManifestDataModule, output_dir: str | Path, chunk
         if not rows:
             splits[split] = {"rows": dropped_when_read, "written": 0, "skipped": dropped_when_read}
             continue
-        optimize(fn=ShardWriter(datamodule.dataset(split)), inputs=list(range(len(rows))),
-                 output_dir=str(output_dir / split), chunk_bytes=chunk_bytes, num_workers=num_workers,
-                 mode="overwrite", verbose=False, start_method=START_METHOD)
+        try:
+            optimize(fn=ShardWriter(datamodule.dataset(split)), inputs=list(range(len(rows))),
+                     output_dir=str(output_dir / split), chunk_bytes=chunk_bytes, num_workers=num_workers,
+                     mode="overwrite", verbose=False, start_method=START_METHOD)
+        except RuntimeError as error:
+            # litdata re-raises a writer's exception as a RuntimeError holding its formatted traceback; a bad
+            # row's DataError (line, file, reason) is the user's message, found in that text
+            found = re.findall(rf"^{re.escape(DataError.__module__)}\.DataError: (.+)$", str(error), re.MULTILINE)
+            if not found:
+                raise
+            raise InputError(found[-1], hint=DataError.advice) from error
         written = len(StreamingDataset(str(output_dir / split)))
         splits[split] = {"rows": len(rows) + dropped_when_read, "written": written,
                          "skipped": len(rows) - written + dropped_when_read}

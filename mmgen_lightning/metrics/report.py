@@ -10,7 +10,6 @@ images, given ``--inception``), BLEU/chrF of captions, and the likelihood where 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import time
@@ -24,6 +23,8 @@ import yaml
 from mmgen_lightning.metrics.evaluator import JUDGEABLE, Evaluator, default_directions, matrix_markdown
 from mmgen_lightning.metrics.features import InceptionFeatures
 from mmgen_lightning.metrics.judges import get_judge, judge_path, judged_attributes
+from mmgen_lightning.batch import parse_direction
+from mmgen_lightning.errors import ArgumentParser, CheckpointError, UsageError
 from mmgen_lightning.models.base import CHECKPOINT_KEY, load_generator
 
 
@@ -56,36 +57,107 @@ def served_directions(model, spec_or_datamodule) -> list[str]:
 
 def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "test", limit: int | None = None,
              seed: int = 0, inception: str | bool | None = None, batch_size: int = 64,
-             directions: list[str] | None = None) -> dict[str, Any]:
+             directions: list[str] | None = None, aligner: str | Path | None = None) -> dict[str, Any]:
     """Score a checkpoint on ``split`` (the first ``limit`` items).
 
     Args:
         inception: ``True`` (find the weights: ``$MMGEN_INCEPTION_WEIGHTS`` or torch-fidelity's
             cache) or a weights path adds Inception FID/KID/IS for images; ``None``/``False``: judges only.
+        aligner: an Aligner checkpoint: adds the reference-free ``alignment`` section
+            (``metrics/alignment.py``); on data without attributes (a manifest) it is the whole report.
     """
     started = time.time()
     model = load_generator(ckpt)
     datamodule = load_datamodule(ckpt, config)
     spec = datamodule.data_spec
+    check_directions(model, spec, directions or [])
+    alignment = None
+    if aligner is not None:  # needs no attributes or judges, so it also scores a user's own manifest
+        from mmgen_lightning.metrics.alignment import alignment_report
+
+        alignment = alignment_report(model, ckpt, aligner, datamodule, directions, split, limit, batch_size, seed)
+        if "attribute_names" not in spec:
+            return {"checkpoint": str(ckpt), "family": type(model).__name__, "dataset": spec["dataset"],
+                    "split": split, "samples": alignment["rows"][0]["samples"], "alignment": alignment,
+                    "seconds": round(time.time() - started, 1)}
+    if "attribute_names" not in spec:  # a user's manifest: nothing to judge coherence or quality with
+        return _likelihood_only(ckpt, model, datamodule, split, limit, batch_size, started)
     directions = directions or default_directions(model, datamodule)
     targets = sorted({d.split("->")[1] for d in directions} & set(JUDGEABLE))
+    extractor = None  # found (or refused) before any judge is trained
+    if inception and "image" in targets:
+        extractor = InceptionFeatures(None if inception is True else inception)
     judges, judge_files = {}, {}
     for modality in targets:
         if judged_attributes(datamodule, modality):
             judges[modality] = get_judge(datamodule, modality, seed=seed)
             judge_files[modality] = judge_path(datamodule, modality, seed).name
-    extractor = None
-    if inception and "image" in targets:
-        extractor = InceptionFeatures(None if inception is True else inception)
     evaluator = Evaluator(datamodule, judges, split=split, num_samples=limit, batch_size=batch_size, seed=seed,
                           directions=directions, inception=extractor)
     report: dict[str, Any] = {"checkpoint": str(ckpt), "family": type(model).__name__, "dataset": spec["dataset"],
                               "judges": judge_files}
     report.update(evaluator.run(model))
+    if alignment is not None:
+        report["alignment"] = alignment
     if extractor is not None:
         report["inception_weights"] = str(extractor.weights)
     report["seconds"] = round(time.time() - started, 1)
     return report
+
+
+def check_directions(model, spec, directions: Sequence[str]) -> None:
+    """Every asked direction is well formed, served by the model and carried by the data: checked before
+    any judge is trained or sample drawn."""
+    family = type(model).__name__
+    for direction in directions:
+        where = f"--direction {direction}"
+        try:
+            sources, target = parse_direction(direction.strip())
+        except ValueError as error:
+            raise UsageError(str(error), where, "write it as 'text->image', 'text+audio->image' or '->image'") from error
+        if not model.serves(sources, target):
+            raise UsageError(f"{family} cannot generate {direction}", where, f"it serves: {', '.join(model.directions())}")
+        missing = [m for m in (*sources, target) if m not in spec["modalities"]]
+        if missing:
+            raise UsageError(f"the data carries no {missing[0]!r}", where,
+                             f"it has {', '.join(spec['modalities'])}; pick a direction between those")
+
+
+NOT_MEASURED = ("coherence, FID/KID/IS and precision/recall need judged attributes, which only the built-in "
+                "datasets (shapes, digits) carry; pass --aligner ALIGNER_CKPT for reference-free alignment")
+
+
+def _likelihood_only(ckpt, model, datamodule, split: str, limit: int | None, batch_size: int, started: float):
+    """The report of a checkpoint trained on data without attributes: its likelihood on ``split``, and
+    what was not measured and why; a family without a likelihood has nothing to report."""
+    from torch.utils.data import default_collate
+
+    from mmgen_lightning.metrics.likelihood import LikelihoodMetric, has_likelihood, negative_log_likelihood
+
+    family, dataset = type(model).__name__, datamodule.data_spec["dataset"]
+    if not has_likelihood(model):
+        raise UsageError(f"{dataset} data carries no attributes to judge and {family} has no likelihood, so there "
+                         "is nothing to measure", f"--ckpt {ckpt}", "pass --aligner ALIGNER_CKPT for reference-free "
+                         "alignment, or evaluate a model trained on shapes or digits")
+    data = datamodule.dataset(split)
+    count = len(data) if limit is None else min(limit, len(data))
+    if count < 1:
+        raise UsageError(f"the {split} split is empty", "--split", "pick a split with rows")
+    metric, kind = LikelihoodMetric(), None
+    for start in range(0, count, batch_size):
+        items = [data[i] for i in range(start, min(start + batch_size, count))]
+        items = [item for item in items if not any(key.startswith("_") for key in item)]  # rows skipped on error
+        if not items:
+            continue
+        batch = {k: v.to(model.device) for k, v in default_collate(items).items()}
+        kind, nll, dims = negative_log_likelihood(model, batch)
+        metric.update(nll, dims)
+    scores = metric.compute()
+    return {"checkpoint": str(ckpt), "family": family, "dataset": dataset, "split": split,
+            "samples": int(scores["samples"]), "coherence": [], "quality": {}, "text": {},
+            "likelihood": {"kind": kind, "nll_nats_per_sample": float(scores["nll_nats_per_sample"]),
+                           "bits_per_dim": float(scores["bits_per_dim"]), "samples": int(scores["samples"])},
+            "not_measured": NOT_MEASURED, "seconds": round(time.time() - started, 1)}
 
 
 def _number(value: Any) -> str:
@@ -127,35 +199,57 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["| likelihood | NLL (nats/sample) | bits/dim | samples |", "|---|---|---|---|",
                   f"| {lk['kind']} | {lk['nll_nats_per_sample']:.2f} | {lk['bits_per_dim']:.3f} | {lk['samples']} |",
                   ""]
+    if report.get("not_measured"):
+        lines += [f"Not measured: {report['not_measured']}.", ""]
+    if report.get("alignment"):
+        from mmgen_lightning.metrics.alignment import alignment_markdown
+
+        lines.append(alignment_markdown(report["alignment"]))
     return "\n".join(lines)
 
 
 def evaluate_cli(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="mmgen evaluate", description=(
+    """``mmgen evaluate``; errors are raised (:mod:`mmgen_lightning.errors`) for ``cli.main`` to report as one line."""
+    parser = ArgumentParser(prog="mmgen evaluate", description=(
         "Score a checkpoint: cross-modal coherence and sample quality (FID, KID, IS, precision/recall) read by "
         "judges trained on the real training data, BLEU/chrF of captions, and likelihood where the family has "
-        "one. Writes JSON and a Markdown table beside it."))
+        "one. Writes JSON and a Markdown table beside it (never over existing files unless --overwrite). "
+        "On data without judged attributes (a manifest) only the likelihood is measured, or alignment with "
+        "--aligner."))
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `mmgen fit`")
     parser.add_argument("--config", default=None, help="config whose `data` section rebuilds the datamodule "
                                                        "(default: the datamodule stored in the checkpoint)")
     parser.add_argument("--out", required=True, help="report path (.json); a .md table is written beside it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report and its .md table")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64, help="samples generated at once")
+    parser.add_argument("--seed", type=int, default=0, help="seeds sampling, in [0, 2**63 - 1]")
+    parser.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64,
+                        help="samples generated at once")
     parser.add_argument("--direction", action="append", default=None,
                         help="direction to score, e.g. 'text->image', or --direction=->image for unconditional "
                              "samples (repeatable; default: every direction the model serves)")
     parser.add_argument("--inception", nargs="?", const=True, default=None, metavar="WEIGHTS",
                         help="add Inception-v3 FID/KID/IS for images; weights from WEIGHTS, else "
                              "$MMGEN_INCEPTION_WEIGHTS, else torch-fidelity's cache (never downloaded)")
+    parser.add_argument("--aligner", default=None, metavar="ALIGNER_CKPT",
+                        help="an Aligner checkpoint: adds reference-free alignment (mean cosine of condition and "
+                             "sample) and R-precision; works on a manifest with no attributes")
     args = parser.parse_args(argv)
-    try:
-        report = evaluate(args.ckpt, args.config, args.split, args.limit, args.seed, inception=args.inception,
-                          batch_size=args.batch_size, directions=args.direction)
-    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:
-        raise SystemExit(f"mmgen evaluate: {error}") from error
-    out = Path(args.out)
+    from mmgen_lightning.cli import check_output_file, check_seed
+
+    for option, value in (("--limit", args.limit), ("--batch_size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}", option, f"give {option} 1 or more")
+    check_seed(args.seed)
+    for option, path in (("--ckpt", args.ckpt), ("--config", args.config), ("--aligner", args.aligner)):
+        if path is not None and not Path(path).is_file():  # a missing config is a usage error, a checkpoint not
+            kind = UsageError if option == "--config" else CheckpointError
+            raise kind("file not found" if not Path(path).exists() else "is a folder, not a file",
+                       f"{option} {path}", "check the path")
+    out = check_output_file(args.out, overwrite=args.overwrite, also=(".md",))
+    report = evaluate(args.ckpt, args.config, args.split, args.limit, args.seed, inception=args.inception,
+                      batch_size=args.batch_size, directions=args.direction, aligner=args.aligner)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))

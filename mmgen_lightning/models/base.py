@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mmgen_lightning.batch import MODALITIES, check_batch, check_modalities
+from mmgen_lightning.knobs import Knob, check_sampling
 from mmgen_lightning.modalities import DataSpec
 from mmgen_lightning.modalities import scored_dimensions as _scored_dimensions
 from mmgen_lightning.tokenizer import CaptionTokenizer
@@ -56,6 +57,9 @@ class GenerativeModule(L.LightningModule):
     #: modalities ``generate`` accepts as conditions / produces; families set them per instance.
     condition_modalities: tuple[str, ...] = ()
     output_modalities: tuple[str, ...] = ()
+    #: the keyword arguments of :meth:`sample` with their types and ranges (``knobs.Knob``); when empty they
+    #: are read from ``sample``'s signature with the shared meanings of ``knobs.KNOWN_KNOBS``
+    sampling_knobs: dict[str, Knob] = {}
 
     def __init__(self, data_spec: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -112,6 +116,7 @@ class GenerativeModule(L.LightningModule):
                                  f"give 1 (shared) or num_samples={num_samples}")
             conditions[key] = value.to(self.device).expand(num_samples, *value.shape[1:])
         targets = self.check_direction(conditions, to)
+        check_sampling(self, sampling)  # an unknown knob or a value out of range, before anything is drawn
         was_training = self.training
         self.eval()
         try:

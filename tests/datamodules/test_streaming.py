@@ -2,6 +2,7 @@
 ranks get disjoint samples that cover the epoch, a loader resumes mid-epoch, and a model trains on them."""
 
 import json
+import re
 
 import lightning as L
 import pytest
@@ -54,7 +55,7 @@ def test_shards_hold_exactly_what_the_manifest_decodes_to(shards):
         StreamingDataModule(str(out.parent / "image_text"), modalities=["image", "label"])
 
 
-def test_bad_rows_are_skipped_and_counted_or_stop_the_conversion(tmp_path):
+def test_bad_rows_are_skipped_and_counted_or_stop_the_conversion(tmp_path, capsys):
     write_corpus(tmp_path, 6)
     bad = write_bad_files(tmp_path)
     good = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
@@ -65,8 +66,17 @@ def test_bad_rows_are_skipped_and_counted_or_stop_the_conversion(tmp_path):
     meta = json.loads((tmp_path / "skip" / "mmgen.json").read_text())
     # 4 rows fail when the manifest is read, 3 when their files are decoded
     assert meta["splits"]["train"] == {"rows": 13, "written": 6, "skipped": 7}
-    with pytest.raises(SystemExit, match=r"mixed.jsonl line 7 \(.*files/nope.png\): image file not found"):
+    with pytest.raises(SystemExit) as stop:
         main(["shard", *common, f"--out={tmp_path / 'raise'}"])
+    assert stop.value.code == 1
+    assert re.search(r"^mmgen shard: error: .*mixed.jsonl line 7 \(.*files/nope.png\): image file not found",
+                     capsys.readouterr().err, re.MULTILINE)
+    assert not (tmp_path / "raise").exists()  # nothing half-written left behind
+    with pytest.raises(SystemExit) as stop:  # the shards written above are not replaced unless asked
+        main(["shard", *common, "--data.on_error=skip", f"--out={tmp_path / 'skip'}"])
+    assert stop.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    main(["shard", *common, "--data.on_error=skip", f"--out={tmp_path / 'skip'}", "--overwrite"])
+    assert json.loads((tmp_path / "skip" / "mmgen.json").read_text()) == meta
 
 
 def lines_seen(out, world_size, rank, monkeypatch, epoch_batches=None, state=None, batch_size=2):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from mmgen_lightning.cli import main
 from mmgen_lightning.metrics.report import evaluate_cli, markdown
 
 
@@ -56,7 +58,7 @@ FAMILIES = {  # family -> (builder, what its report must hold)
     "ConditionalGAN": (gan, {"coherence": ["label->image"], "quality": ["label->image"], "text": [],
                              "likelihood": None}),
     "Captioner": (captioner, {"coherence": ["image->text"], "quality": [], "text": ["image->text"],
-                              "likelihood": "text"}),
+                              "likelihood": "exact"}),
     "VQVAE": (vqvae, {"coherence": ["image->image"], "quality": ["image->image"], "text": [], "likelihood": None}),
     "TokenTransformer": (tokens, {"coherence": ["text->image", "image->text"], "quality": ["text->image", "->image"],
                                   "text": ["image->text"], "likelihood": None}),
@@ -93,13 +95,17 @@ def test_evaluate_writes_a_report_for_each_family(family, digits, digits_judge, 
 
 
 def test_evaluate_with_missing_inception_weights_stops_with_the_instructions(digits, digits_judge, tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, capsys):
     monkeypatch.delenv("MMGEN_INCEPTION_WEIGHTS", raising=False)
     model = vae(digits.data_spec)
     trainer = L.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=digits)
     trainer.save_checkpoint(tmp_path / "model.ckpt")
-    with pytest.raises(SystemExit, match="mmgen evaluate: Inception weights not found at .*nowhere.pth.*Download"):
-        evaluate_cli(["--ckpt", str(tmp_path / "model.ckpt"), "--out", str(tmp_path / "r.json"), "--limit", "16",
-                      "--inception", str(tmp_path / "nowhere.pth")])
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--ckpt", str(tmp_path / "model.ckpt"), "--out", str(tmp_path / "r.json"), "--limit", "16",
+              "--inception", str(tmp_path / "nowhere.pth")])
+    assert stop.value.code == 1
+    assert re.search(r"^mmgen evaluate: error: Inception weights not found at .*nowhere.pth.*Download",
+                     capsys.readouterr().err, re.MULTILINE)
+    assert not (tmp_path / "r.json").exists()

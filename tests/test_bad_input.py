@@ -1,0 +1,411 @@
+"""Bad input through the real `mmgen` entry point, in-process: each case must end in one clear line on
+stderr (`mmgen <command>: error: ...` naming the file or option) with exit status 2 (usage) or 1 (data,
+checkpoint), or in a documented correct behaviour (a warning, a refusal to overwrite); no pre-existing file
+may change. Tiny checkpoints are built once per module."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from mmgen_lightning.cli import main
+from tests.conftest import ToyDataModule
+
+CORPUS: dict[str, int] = {}  # command -> bad inputs tried, printed at the end (the issue's count)
+
+
+def fit_and_save(model, datamodule, path: Path, steps: int = 2) -> Path:
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=path.parent)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Checkpoints (a VAE over image/text/audio/label, a VQVAE, a VAE trained on a manifest), a manifest
+    with files, and a folder of files a user already has (checked before and after every case)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("bad_input")
+    from mmgen_lightning.models.vae import MultimodalVAE
+    from mmgen_lightning.models.vqvae import VQVAE
+
+    toy = ToyDataModule(["image", "text", "audio", "label"], size=16, batch_size=8)
+    toy.setup("fit")
+    vae = fit_and_save(MultimodalVAE(toy.data_spec, latent_dim=4, width=8, text_width=16, n_mels=16), toy,
+                       root / "vae.ckpt")
+    toy_image = ToyDataModule(["image"], size=16, batch_size=8)
+    toy_image.setup("fit")
+    vq = fit_and_save(VQVAE(toy_image.data_spec, num_codes=8, code_dim=4, width=8), toy_image, root / "vqvae.ckpt")
+
+    data = root / "data"
+    data.mkdir()
+    rows = []
+    for index in range(12):
+        pixels = np.full((16, 16, 3), 20 * index % 255, dtype=np.uint8)
+        Image.fromarray(pixels).save(data / f"{index}.png")
+        rows.append({"image": f"{index}.png", "caption": ["a red circle", "a blue square"][index % 2]})
+    manifest = data / "data.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    from mmgen_lightning.datamodules.manifest import ManifestDataModule
+
+    user = ManifestDataModule(str(manifest), image_size=16, batch_size=4, split_fractions=(0.6, 0.2, 0.2))
+    user.setup("fit")
+    manifest_vae = fit_and_save(MultimodalVAE(user.data_spec, latent_dim=4, width=8, text_width=16), user,
+                                root / "manifest_vae.ckpt")
+
+    files = root / "files"  # what a user already has: nothing here may change
+    files.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(files / "picture.png")
+    Image.fromarray(np.zeros((8, 64, 3), dtype=np.uint8)).save(files / "wide.png")
+    (files / "notes.txt").write_text("keep me\n")
+    (files / "empty.png").write_bytes(b"")
+    (files / "text.png").write_text("not a picture")
+    soundfile.write(files / "tone.wav", 0.5 * np.sin(np.arange(2000) / 3).astype(np.float32), 8000)
+    soundfile.write(files / "nan.wav", np.full(2000, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
+    soundfile.write(files / "inf.wav", np.full(2000, np.inf, dtype=np.float32), 8000, subtype="FLOAT")
+    soundfile.write(files / "silent0.wav", np.zeros(0, dtype=np.float32), 8000)
+    (files / "report.json").write_text("{}\n")
+    earlier = files / "earlier_run"  # an earlier `mmgen generate`
+    earlier.mkdir()
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(earlier / "00000_image.png")
+    (earlier / "manifest.jsonl").write_text(json.dumps({"file": "00000_image.png", "to": "image"}) + "\n")
+    shards = files / "shards"
+    shards.mkdir()
+    (shards / "mmgen.json").write_text("{}\n")
+    torch.save({"a": torch.zeros(1)}, files / "plain.pt")
+    (files / "garbage.ckpt").write_bytes(b"\x00garbage" * 20)
+    (files / "empty.ckpt").write_bytes(b"")
+    return {"root": root, "vae": vae, "vqvae": vq, "manifest_vae": manifest_vae, "manifest": manifest,
+            "files": files}
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``mmgen ARGV`` in-process: (exit status, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_error(argv, code, names, capsys, world, command=None):
+    """``argv`` exits with ``code`` and one error line that mentions each of ``names``; nothing changed."""
+    command = argv[0] if command is None else command
+    CORPUS[command] = CORPUS.get(command, 0) + 1
+    before = checksums(world["files"])
+    status, _, err = run(argv, capsys)
+    prefix = f"mmgen {command}: error: " if command else "mmgen: error: "
+    lines = [line for line in err.splitlines() if line.startswith(prefix)]
+    assert status == code, (status, err[-2000:])
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    assert checksums(world["files"]) == before
+    return lines[0]
+
+
+# --- generate ----------------------------------------------------------------------------------
+def generate(world, *extra, ckpt="vae", out="new", to="image"):
+    ckpt_path = world[ckpt] if ckpt in ("vae", "vqvae", "manifest_vae") else ckpt
+    return ["generate", "--ckpt", str(ckpt_path), "--to", to, "--out", str(world["root"] / out), *map(str, extra)]
+
+
+GENERATE_USAGE = [  # (extra arguments, words the message must name); exit status 2
+    (["--num", "0"], ["--num"]), (["--num", "-3"], ["--num"]), (["--num", "abc"], ["--num"]),
+    (["--batch_size", "0"], ["--batch_size"]), (["--batch-size", "-1"], ["--batch_size"]),
+    (["--seed", "-1"], ["--seed"]), (["--seed", str(2**64)], ["--seed"]),
+    (["--temperature", "-1"], ["--temperature"]), (["--temperature", "nan"], ["--temperature", "finite"]),
+    (["--top_k", "-1"], ["--top_k"]), (["--top_k", "0"], ["--top_k"]), (["--top_p", "0"], ["--top_p"]),
+    (["--top_p", "1.5"], ["--top_p"]), (["--truncation", "-0.5"], ["--truncation"]),
+    (["--truncation", "inf"], ["--truncation"]), (["--guidance_scale", "nan"], ["--guidance_scale"]),
+    (["--num_beams", "0"], ["--num_beams"]), (["--steps", "0"], ["--steps"]),
+    (["--steps", "5"], ["--steps", "MultimodalVAE", "truncation"]),
+    (["--guidance_scale", "2"], ["--guidance_scale", "MultimodalVAE"]),
+    (["--num_beams", "2"], ["--num_beams", "MultimodalVAE"]),
+    (["--text", ""], ["--text"]), (["--text", "   "], ["--text"]),
+    (["--text", "class one", "--text", "class two", "--label", "1"], ["--text", "--label"]),
+    (["--label", "-1"], ["--label"]), (["--label", "99"], ["--label 99", "4 classes"]),
+    (["--foo", "1"], ["--foo"]), (["--device", "nonsense"], ["--device"]),
+]
+
+
+@pytest.mark.parametrize("extra,names", GENERATE_USAGE, ids=[" ".join(e) for e, _ in GENERATE_USAGE])
+def test_generate_usage_errors(world, capsys, extra, names):
+    assert_error(generate(world, *extra), 2, names, capsys, world)
+    assert not (world["root"] / "new").exists()  # refused before anything was written
+
+
+def test_generate_refuses_a_direction_and_a_knob_the_family_lacks(world, capsys):
+    assert_error(generate(world, to="video"), 2, ["MultimodalVAE cannot generate", "->video", "it serves"], capsys,
+                 world)
+    assert_error(generate(world, "--image", world["files"] / "picture.png", ckpt="vqvae", out="vq", to="image") +
+                 ["--steps", "4"], 2, ["VQVAE has no sampling knob 'steps'", "takes no knobs"], capsys, world)
+    assert_error(generate(world, "--to", "nope"), 2, ["--to"], capsys, world)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_generate_on_cuda_without_cuda_says_so(world, capsys):
+    assert_error(generate(world, "--device", "cuda"), 2, ["--device cuda", "no usable CUDA"], capsys, world)
+
+
+def test_generate_never_writes_over_a_users_files(world, capsys):
+    files = world["files"]
+    for out, names in ((files / "notes.txt", ["is a file", "--out"]),
+                       (files / "notes.txt" / "sub", ["notes.txt is a file", "--out"]),
+                       (files / "earlier_run", ["already holds 2 files", "--overwrite"]),
+                       (files, ["already holds", "--overwrite"])):
+        assert_error(generate(world, out=out), 2, names, capsys, world)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_generate_into_a_read_only_folder_is_refused_before_loading(world, capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert_error(generate(world, out=locked / "out"), 2, ["cannot write in", "--out"], capsys, world)
+    finally:
+        locked.chmod(0o700)
+
+
+CHECKPOINTS = [("missing.ckpt", ["--ckpt", "not found"]), ("", ["--ckpt", "folder"]),
+               ("garbage.ckpt", ["garbage.ckpt", "not a loadable checkpoint"]),
+               ("empty.ckpt", ["empty.ckpt", "not a loadable checkpoint"]),
+               ("plain.pt", ["plain.pt", "no 'mmgen' entry"]), ("notes.txt", ["notes.txt"])]
+
+
+@pytest.mark.parametrize("name,names", CHECKPOINTS, ids=[c[0] or "folder" for c in CHECKPOINTS])
+def test_generate_from_a_bad_checkpoint(world, capsys, name, names):
+    assert_error(generate(world, ckpt=str(world["files"] / name)), 1, names, capsys, world)
+
+
+CONDITION_FILES = [("--image", "missing.png", ["not found"]), ("--image", "empty.png", ["empty (0 bytes)"]),
+                   ("--image", "text.png", ["cannot decode the image"]), ("--image", "earlier_run", ["folder"]),
+                   ("--audio", "nan.wav", ["NaN or Inf"]), ("--audio", "inf.wav", ["NaN or Inf"]),
+                   ("--audio", "silent0.wav", ["no samples"]), ("--audio", "notes.txt", ["cannot decode the audio"])]
+
+
+@pytest.mark.parametrize("option,name,names", CONDITION_FILES, ids=[f"{o} {n}" for o, n, _ in CONDITION_FILES])
+def test_generate_from_a_bad_condition_file(world, capsys, option, name, names):
+    path = world["files"] / name
+    assert_error(generate(world, option, path, to="text" if option == "--image" else "image"), 1,
+                 [f"{option} {path}", *names], capsys, world)
+    assert not (world["root"] / "new").exists()
+
+
+def test_generate_refuses_a_decompression_bomb_naming_the_limit(world, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # picture.png has 256 pixels: a "bomb" at this limit
+    assert_error(generate(world, "--image", world["files"] / "picture.png", to="text"), 1,
+                 ["picture.png", "decompression bomb", "MAX_IMAGE_PIXELS = 100"], capsys, world)
+
+
+def test_generate_warns_about_what_the_model_will_not_read(world, capsys):
+    """Documented behaviour: a caption longer than the context is cut and unknown words are read as [UNK],
+    each with a warning naming the cut / the words; a wide image is centre-cropped with a warning."""
+    long_caption = " ".join(["one"] * 5000)
+    status, out, err = run(generate(world, "--text", long_caption, "--text", "class zebra purple", "--num", "1",
+                                    out="warned"), capsys)
+    assert status == 0, err
+    assert "5000 tokens long, but the model reads at most 4" in err and "'zebra', 'purple'" in err
+    assert len((world["root"] / "warned" / "manifest.jsonl").read_text().splitlines()) == 2
+    status, _, err = run(generate(world, "--image", world["files"] / "wide.png", "--num", "1", to="text",
+                                  out="wide"), capsys)
+    assert status == 0 and "64x8, far from square" in err, err
+
+
+def test_generate_overwrite_replaces_the_earlier_run_consistently(world, capsys):
+    out = world["root"] / "rerun"
+    assert run(generate(world, "--text", "class one", "--num", "3", out="rerun"), capsys)[0] == 0
+    (out / "mine.txt").write_text("a file the user put there\n")
+    status, _, err = run(generate(world, "--text", "class two", "--num", "2", out="rerun"), capsys)
+    assert status == 2 and "--overwrite" in err and len(list(out.glob("*_image.png"))) == 3
+    assert run(generate(world, "--text", "class two", "--num", "2", "--overwrite", out="rerun"), capsys)[0] == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [row["condition"] for row in rows] == [{"text": "class two"}] * 2
+    assert sorted(p.name for p in out.iterdir()) == ["00000_image.png", "00001_image.png", "manifest.jsonl",
+                                                      "mine.txt"]
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+def evaluate(world, *extra, ckpt="manifest_vae", out="report.json"):
+    ckpt_path = world[ckpt] if ckpt in ("vae", "vqvae", "manifest_vae") else ckpt
+    return ["evaluate", "--ckpt", str(ckpt_path), "--out", str(world["root"] / out), *map(str, extra)]
+
+
+EVALUATE_CASES = [  # (extra, exit status, words)
+    (["--direction", "text->video"], 2, ["MultimodalVAE cannot generate text->video", "--direction"]),
+    (["--direction", "text-image"], 2, ["--direction text-image"]),
+    (["--direction", "text->smell"], 2, ["--direction text->smell", "smell"]),
+    (["--limit", "0"], 2, ["--limit"]), (["--batch_size", "0"], 2, ["--batch_size"]),
+    (["--batch-size", "-2"], 2, ["--batch_size"]), (["--seed", "-5"], 2, ["--seed"]),
+    (["--split", "nope"], 2, ["--split"]), (["--config", "missing.yaml"], 2, ["--config missing.yaml"]),
+    (["--nope"], 2, ["--nope"]),
+]
+
+
+@pytest.mark.parametrize("extra,code,names", EVALUATE_CASES, ids=[" ".join(e) for e, _, _ in EVALUATE_CASES])
+def test_evaluate_bad_options_fail_at_once(world, capsys, extra, code, names):
+    assert_error(evaluate(world, *extra), code, names, capsys, world)
+    assert not (world["root"] / "report.json").exists()
+
+
+def test_evaluate_bad_checkpoint_and_output(world, capsys):
+    files = world["files"]
+    assert_error(evaluate(world, ckpt=files / "missing.ckpt"), 1, ["--ckpt", "missing.ckpt"], capsys, world)
+    assert_error(evaluate(world, ckpt=files / "garbage.ckpt"), 1, ["garbage.ckpt"], capsys, world)
+    assert_error(["evaluate", "--ckpt", str(world["manifest_vae"]), "--out", str(files / "report.json")], 2,
+                 ["report.json already exists", "--overwrite"], capsys, world)
+    assert_error(["evaluate", "--ckpt", str(world["manifest_vae"]), "--out", str(files)], 2, ["is a folder"],
+                 capsys, world)
+    # the checkpoint's datamodule cannot be rebuilt outside the test package: said, not a stack
+    assert_error(evaluate(world, ckpt="vae"), 1, ["tests.conftest.ToyDataModule"], capsys, world)
+
+
+def test_evaluate_on_a_manifest_reports_what_it_can_measure(world, capsys):
+    status, out, err = run(evaluate(world, out="manifest_report.json"), capsys)
+    assert status == 0, err
+    report = json.loads((world["root"] / "manifest_report.json").read_text())
+    assert report["likelihood"]["kind"].startswith("iwae") and math.isfinite(report["likelihood"]["bits_per_dim"])
+    assert "need judged attributes" in report["not_measured"] and "Not measured" in out
+
+
+# --- shard -------------------------------------------------------------------------------------
+def shard(world, *extra, out="shards_new", manifest=None):
+    return ["shard", "--data.manifest", str(manifest or world["manifest"]), "--data.image_size", "16",
+            "--out", str(world["root"] / out), *map(str, extra)]
+
+
+def write_manifest(folder: Path, rows: list[dict]) -> Path:
+    path = folder / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_shard_bad_inputs(world, capsys, tmp_path):
+    files = world["files"]
+    assert_error(shard(world, out=files / "shards"), 2, ["shards already holds", "--overwrite"], capsys, world)
+    assert_error(shard(world, out=files / "notes.txt"), 2, ["is a file"], capsys, world)
+    assert_error(shard(world, "--workers", "0"), 2, ["--workers"], capsys, world)
+    assert_error(shard(world, "--data.nope", "1"), 2, ["nope"], capsys, world)
+    assert_error(shard(world, manifest=tmp_path / "none.jsonl"), 1, ["none.jsonl"], capsys, world)
+    image = str(files / "picture.png")
+    cases = [([{"image": str(files / "missing.png"), "caption": "a"}], ["line 1", "image file not found"]),
+             ([{"image": image, "caption": "a"}, {"image": str(files / "empty.png"), "caption": "b"}],
+              ["line 2", "empty (0 bytes)"]),
+             ([{"image": image, "caption": ""}], ["line 1", "caption is empty"]),
+             ([{"image": image, "caption": "a", "colour": "red"}], ["line 1", "unknown column 'colour'"])]
+    for rows, names in cases:
+        assert_error(shard(world, manifest=write_manifest(tmp_path, rows)), 1, names, capsys, world)
+    (tmp_path / "broken.jsonl").write_text('{"image": "a.png", "caption": "x"\n')
+    assert_error(shard(world, manifest=tmp_path / "broken.jsonl"), 1, ["broken.jsonl line 1", "not valid JSON"],
+                 capsys, world)
+    assert_error(shard(world, "--data.on_error", "explode"), 2, ["on_error"], capsys, world)
+
+
+def test_shard_decoding_errors_stop_with_the_line(world, capsys, tmp_path):
+    """Errors found only when a file is decoded (in the writer process) name the row too, and do not hang."""
+    files = world["files"]
+    rows = [{"image": str(files / "picture.png"), "caption": "a"}] * 3 + [
+        {"image": str(files / "text.png"), "caption": "b"}]
+    line = assert_error(shard(world, "--data.split_fractions", "[1.0, 0.0, 0.0]",
+                              manifest=write_manifest(tmp_path, rows)), 1, ["text.png"], capsys, world)
+    assert "cannot decode the image" in line
+
+
+# --- fit ---------------------------------------------------------------------------------------
+def fit_config(tmp_path: Path, data: dict, model: dict | None = None, **trainer) -> Path:
+    import yaml
+
+    config = {"seed_everything": 0,
+              "trainer": {"max_steps": 2, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
+                          "logger": False, "limit_val_batches": 0, "enable_model_summary": False,
+                          "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                         "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}],
+                          **trainer},
+              "model": model or {"class_path": "mmgen_lightning.models.MultimodalVAE",
+                                 "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
+              "data": data}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def manifest_data(manifest: Path, **init_args) -> dict:
+    return {"class_path": "mmgen_lightning.datamodules.ManifestDataModule",
+            "init_args": {"manifest": str(manifest), "image_size": 16, "batch_size": 2, **init_args}}
+
+
+def test_fit_bad_inputs(world, capsys, tmp_path):
+    files = world["files"]
+    bad = write_manifest(tmp_path, [{"image": str(files / "missing.png"), "caption": "a"}])
+    line = assert_error(["fit", "--config", str(fit_config(tmp_path, manifest_data(bad)))], 1,
+                        ["rows.jsonl line 1", "missing.png", "image file not found", "on_error"], capsys, world)
+    assert "Union subtypes" not in line and "Namespace(" not in line
+    config = fit_config(tmp_path, manifest_data(world["manifest"], batch_size=64))
+    assert_error(["fit", "--config", str(config)], 2, ["train split has 10 rows", "batch_size=64"], capsys, world)
+    assert not (tmp_path / "ckpt").exists()
+    good = str(fit_config(tmp_path, manifest_data(world["manifest"])))
+    assert_error(["fit", "--config", good, "--trainer.max_steps", "abc"], 2, ["max_steps"], capsys, world)
+    assert_error(["fit", "--config", good, "--model.init_args.nope", "1"], 2, ["nope"], capsys, world)
+    assert_error(["fit", "--config", str(tmp_path / "missing.yaml")], 2, ["missing.yaml"], capsys, world)
+    assert_error(["fit", "--config", good, "--data.init_args.batch_size", "0"], 2, ["batch_size"], capsys, world)
+    assert_error(["fit", "--config", good, "--ckpt_path", str(world["vqvae"])], 1,
+                 ["VQVAE", "MultimodalVAE", "--ckpt_path"], capsys, world)
+    assert_error(["fit", "--config", good, "--ckpt_path", str(files / "garbage.ckpt")], 1, ["garbage.ckpt"],
+                 capsys, world)
+    assert_error(["fitt"], 2, ["unknown subcommand 'fitt'", "allowed: fit"], capsys, world, command="")
+
+
+def test_fit_into_a_folder_holding_a_run_keeps_it_and_says_where_the_new_one_went(world, capsys, tmp_path):
+    config = str(fit_config(tmp_path, manifest_data(world["manifest"])))
+    assert run(["fit", "--config", config], capsys)[0] == 0
+    first = checksums(tmp_path / "ckpt")
+    status, _, err = run(["fit", "--config", config], capsys)
+    assert status == 0, err
+    assert "already holds a run's checkpoints" in err and "last-v1.ckpt" in err
+    assert {k: v for k, v in checksums(tmp_path / "ckpt").items() if k in first} == first
+
+
+# --- the handler itself --------------------------------------------------------------------------
+def test_debug_shows_the_traceback_and_a_real_bug_keeps_its_stack(world, capsys, monkeypatch):
+    argv = generate(world, "--num", "0")
+    with pytest.raises(ValueError, match="--num must be >= 1"):
+        main(argv + ["--debug"])
+    monkeypatch.setenv("MMGEN_DEBUG", "1")
+    with pytest.raises(ValueError, match="--num must be >= 1"):
+        main(argv)
+    monkeypatch.delenv("MMGEN_DEBUG")
+
+    import mmgen_lightning.cli as cli
+
+    def broken(args):
+        return {}["a bug"]
+
+    monkeypatch.setattr(cli, "_check_generate_args", broken)
+    with pytest.raises(KeyError):
+        main(generate(world))
+
+
+def test_the_corpus_is_wide(world):
+    """Printed for the issue's note: bad inputs tried per command (the tests above, run in this module)."""
+    print("bad inputs tried per command:", CORPUS)
