@@ -165,3 +165,27 @@ def codebook_perplexity(counts: Tensor) -> Tensor:
     number of codes in use (1 when one code takes everything, ``K`` when all are used equally)."""
     p = counts.double() / counts.sum().clamp_min(1)
     return torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()).float()
+
+
+# --- contrastive alignment (Aligner, ConditionalGAN's matching-aware term) ---------------------
+def symmetric_info_nce(a: Tensor, b: Tensor, logit_scale: Tensor | float, all_a: Tensor | None = None,
+                       all_b: Tensor | None = None, offset: int = 0) -> Tensor:
+    """Symmetric InfoNCE of paired embeddings (CLIP, Radford et al. 2021; van den Oord et al. 2018).
+
+    ``a, b: B,D`` (rows L2-normalised; row ``i`` of ``a`` pairs with row ``i`` of ``b``) are the queries;
+    ``all_a, all_b: N,D`` are the candidates (default ``a``, ``b``), holding ``a``, ``b`` at rows
+    ``offset .. offset + B - 1`` (under DDP: the batches of every process, gathered). With ``s`` the
+    logit scale (inverse temperature):
+
+        loss = 1/(2B) * sum_i [ -log softmax_j(s <a_i, all_b_j>)[offset + i]
+                                -log softmax_j(s <b_i, all_a_j>)[offset + i] ]
+
+    Each process's loss is the mean over its own queries, so the mean over processes (what DDP's
+    gradient averaging gives) is the loss of one process on the gathered batch.
+    """
+    all_a = a if all_a is None else all_a
+    all_b = b if all_b is None else all_b
+    targets = torch.arange(a.shape[0], device=a.device) + offset
+    logits_ab = logit_scale * a.float() @ all_b.float().T  # B,N
+    logits_ba = logit_scale * b.float() @ all_a.float().T
+    return 0.5 * (F.cross_entropy(logits_ab, targets) + F.cross_entropy(logits_ba, targets))

@@ -71,3 +71,37 @@ def test_kl_warmup_is_linear_then_flat():
     assert kl_weight(50, 2.0, 100) == 1.0
     assert kl_weight(500, 2.0, 100) == 2.0
     assert kl_weight(3, 0.5, 0) == 0.5
+
+
+def test_symmetric_info_nce_matches_the_closed_form_and_gathered_candidates():
+    import torch.nn.functional as F
+
+    from mmgen_lightning.losses import symmetric_info_nce
+
+    # two pairs on the unit circle: a = (e1, e2), b = (e1, (e1 + e2)/sqrt 2); s = 2
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [2 ** -0.5, 2 ** -0.5]])
+    s, c = 2.0, 2 ** -0.5
+    # a->b rows: a1.b = (1, c), a2.b = (0, c); b->a rows: b1.a = (1, 0), b2.a = (c, c)
+    expected = 0.5 * 0.5 * (-math.log(math.exp(s) / (math.exp(s) + math.exp(s * c)))
+                            - math.log(math.exp(s * c) / (1 + math.exp(s * c)))
+                            - math.log(math.exp(s) / (math.exp(s) + 1))
+                            - math.log(0.5))
+    assert abs(symmetric_info_nce(a, b, s).item() - expected) < 1e-6
+    # perfectly separated pairs at a large scale: loss -> 0; swapped pairs: loss grows with the scale
+    assert symmetric_info_nce(a, a, 50.0).item() < 1e-6
+    assert symmetric_info_nce(a, a.flip(0), 50.0).item() > 49
+    # queries of one "process" against the gathered global batch: the two halves average to the whole
+    torch.manual_seed(0)
+    x, y = F.normalize(torch.randn(6, 4), dim=1), F.normalize(torch.randn(6, 4), dim=1)
+    halves = [symmetric_info_nce(x[i:i + 3], y[i:i + 3], 3.0, x, y, offset=i) for i in (0, 3)]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, symmetric_info_nce(x, y, 3.0))
+
+
+def test_log_mean_exp_is_the_log_of_the_mean_and_bounds_the_mean_of_logs():
+    log_p = torch.tensor([[-1000.0, -3.0], [-1001.0, 0.0], [-999.5, -1.0]])  # K=3, B=2: far below exp's range
+    expected = torch.tensor([-1000.0 + math.log((1 + math.exp(-1.0) + math.exp(0.5)) / 3),
+                             math.log((math.exp(-3.0) + 1 + math.exp(-1.0)) / 3)])
+    torch.testing.assert_close(log_mean_exp(log_p, 0), expected)
+    assert (log_mean_exp(log_p, 0) >= log_p.mean(0)).all()
+    torch.testing.assert_close(log_mean_exp(log_p[:1], 0), log_p[0])  # K = 1: the sample itself

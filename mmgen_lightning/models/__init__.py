@@ -1,3 +1,4 @@
+from mmgen_lightning.models.aligner import Aligner
 from mmgen_lightning.models.base import GenerativeModule, load_generator
 from mmgen_lightning.models.captioner import Captioner
 from mmgen_lightning.models.gan import ConditionalGAN
@@ -5,5 +6,5 @@ from mmgen_lightning.models.token_transformer import TokenTransformer
 from mmgen_lightning.models.vae import MultimodalVAE
 from mmgen_lightning.models.vqvae import VQVAE
 
-__all__ = ["Captioner", "ConditionalGAN", "GenerativeModule", "MultimodalVAE", "TokenTransformer", "VQVAE",
-           "load_generator"]
+__all__ = ["Aligner", "Captioner", "ConditionalGAN", "GenerativeModule", "MultimodalVAE", "TokenTransformer",
+           "VQVAE", "load_generator"]

@@ -1,0 +1,156 @@
+"""Reference-free scores of a generator from an Aligner: no attributes and no judges needed, so they
+work on a user's own ``ManifestDataModule`` data.
+
+For a direction ``source -> target`` the generator serves, each test item's condition is given to
+the generator and the sample, the condition and the item's real target are embedded by the aligner:
+
+- ``alignment``: the mean cosine of sample and condition (CLIPScore, Hessel et al. 2021, without its
+  rescaling), beside ``real_data``, the mean cosine of the real target and the condition;
+- ``r_precision``: the share of samples whose own condition ranks first among ``pool`` conditions
+  (its own and ``pool - 1`` others of the split drawn at random, seeded), as AttnGAN's R-precision
+  (Xu et al. 2018), beside ``real_data_r_precision``, the same for the real targets (the ceiling
+  this aligner can read: items whose conditions say the same thing cannot be told apart).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import default_collate
+
+from mmgen_lightning.batch import parse_direction
+
+R_PRECISION_POOL = 100
+
+
+def check_pairing(aligner, aligner_path: str | Path, generator, generator_path: str | Path, datamodule,
+                  directions: list[str]) -> None:
+    """Raise a one-line ``ValueError`` naming both checkpoints when the aligner cannot score a direction, or
+    naming the data when it lacks the condition (a manifest without captions for text)."""
+    carried = datamodule.data_spec["modalities"]
+    for direction in directions:
+        sources, target = parse_direction(direction)
+        if len(sources) != 1:
+            raise ValueError(f"direction {direction!r}: alignment scores one condition against the sample")
+        missing = [m for m in (sources[0], target) if m not in aligner.modalities]
+        if missing:
+            role = "target" if missing[0] == target else "condition"
+            raise ValueError(f"--aligner {aligner_path} aligns {', '.join(aligner.modalities)}, which do not include "
+                             f"the {role} {missing[0]!r} of {direction} from --ckpt {generator_path}; train an aligner "
+                             f"on {sources[0]} and {target}")
+        for modality in (sources[0], target):
+            if modality not in carried:
+                where = getattr(datamodule, "manifest", None)
+                if modality == "text" and where is not None:
+                    raise ValueError(f"manifest {where} has no captions (no 'caption' or 'text' column), so "
+                                     f"{direction} from --ckpt {generator_path} cannot be scored by text alignment")
+                raise ValueError(f"direction {direction}: the data carries no {modality!r} "
+                                 f"(it has {', '.join(carried)})")
+
+
+def default_alignment_directions(generator, aligner, datamodule) -> list[str]:
+    """Single-source directions the generator serves and the data carries (the aligner is checked after)."""
+    carried = set(datamodule.data_spec["modalities"]) | {"text"}  # a missing caption column is reported, not skipped
+    return [f"{source}->{target}" for target in generator.output_modalities for source in generator.condition_modalities
+            if source != target and source in carried and generator.serves((source,), target)]
+
+
+def _aligner_inputs(aligner, values: dict[str, Tensor], modality: str, tokenizer) -> dict[str, Tensor]:
+    """The generator's tensors in the aligner's terms: captions re-tokenised by the aligner's tokenizer,
+    images/videos resized to its size."""
+    if modality == "text":
+        if tokenizer is not None and aligner.tokenizer is not None:
+            return {k: v.to(aligner.device) for k, v in aligner.tokenizer.encode(tokenizer.decode(values["text"].cpu())).items()}
+        return {"text": values["text"], "text_mask": values["text_mask"]}
+    value = values[modality].float()
+    if modality in ("image", "video"):
+        size = aligner.spec("image_size") if modality == "image" else aligner.data_spec.get("video_size",
+                                                                                            aligner.spec("image_size"))
+        if value.shape[-1] != size or value.shape[-2] != size:
+            frames = value.flatten(0, 1) if modality == "video" else value
+            frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            value = frames.unflatten(0, value.shape[:2]) if modality == "video" else frames
+    return {modality: value.to(aligner.device)}
+
+
+def r_precision(samples: Tensor, conditions: Tensor, pool: int = R_PRECISION_POOL, seed: int = 0) -> tuple[float, int]:
+    """``(share, pool)``: how often sample ``i`` (``N,D`` unit vectors) is closer to its own condition
+    (``N,D``) than to every one of ``pool - 1`` other conditions drawn at random (ties count against it)."""
+    count = samples.shape[0]
+    pool = min(pool, count)
+    generator = torch.Generator().manual_seed(seed)
+    hits = 0
+    for i in range(count):
+        others = torch.randperm(count - 1, generator=generator)[: pool - 1]
+        others = others + (others >= i).long()
+        own = samples[i] @ conditions[i]
+        hits += int(bool((conditions[others] @ samples[i] < own).all()))
+    return hits / max(count, 1), pool
+
+
+@torch.no_grad()
+def alignment_scores(generator, aligner, datamodule, directions: list[str], split: str = "test",
+                     limit: int | None = None, batch_size: int = 64, seed: int = 0,
+                     pool: int = R_PRECISION_POOL, **sampling: Any) -> list[dict[str, Any]]:
+    """One row per direction: ``alignment``, ``real_data``, ``r_precision``, ``real_data_r_precision``, ``pool``."""
+    from mmgen_lightning.metrics.evaluator import chunk_seed
+
+    dataset = datamodule.dataset(split)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if count < 2:
+        raise ValueError(f"split {split!r} has {count} items; alignment needs at least 2")
+    data_tokenizer = datamodule.tokenizer if "text" in datamodule.data_spec["modalities"] else None
+    rows = []
+    for index, direction in enumerate(directions):
+        (source,), target = parse_direction(direction)
+        keys = [source] + (["text_mask"] if source == "text" else [])
+        embedded: dict[str, list[Tensor]] = {"sample": [], "condition": [], "real": []}
+        for chunk, start in enumerate(range(0, count, batch_size)):
+            batch = default_collate([dataset[i] for i in range(start, min(start + batch_size, count))])
+            batch = {k: v.to(generator.device) for k, v in batch.items() if not k.startswith("_")}
+            size = batch[source].shape[0]
+            with torch.random.fork_rng():
+                torch.manual_seed(chunk_seed(seed, chunk, index))
+                samples = generator.generate({k: batch[k] for k in keys}, num_samples=size, to=target, **sampling)
+            sample_tokenizer = getattr(generator, "tokenizer", None) or data_tokenizer
+            embedded["sample"].append(aligner.embed(_aligner_inputs(aligner, samples, target, sample_tokenizer), target))
+            embedded["condition"].append(aligner.embed(_aligner_inputs(aligner, batch, source, data_tokenizer), source))
+            embedded["real"].append(aligner.embed(_aligner_inputs(aligner, batch, target, data_tokenizer), target))
+        sample, condition, real = (torch.cat(embedded[k]).cpu() for k in ("sample", "condition", "real"))
+        precision, used_pool = r_precision(sample, condition, pool, seed)
+        real_precision, _ = r_precision(real, condition, pool, seed)
+        rows.append({"direction": direction, "samples": int(sample.shape[0]),
+                     "alignment": (sample * condition).sum(1).mean().item(),
+                     "real_data": (real * condition).sum(1).mean().item(),
+                     "r_precision": precision, "real_data_r_precision": real_precision, "pool": used_pool})
+    return rows
+
+
+def alignment_report(generator, generator_path: str | Path, aligner_path: str | Path, datamodule,
+                     directions: list[str] | None = None, split: str = "test", limit: int | None = None,
+                     batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
+    """What ``mmgen evaluate --aligner`` adds to a report: the aligner's file and one row per direction."""
+    from mmgen_lightning.retrieve import load_aligner
+
+    aligner = load_aligner(aligner_path).to(generator.device)
+    directions = directions or default_alignment_directions(generator, aligner, datamodule)
+    if not directions:
+        raise ValueError(f"--ckpt {generator_path}: {type(generator).__name__} serves no conditional direction "
+                         "the aligner could score")
+    check_pairing(aligner, aligner_path, generator, generator_path, datamodule, directions)
+    return {"aligner": str(aligner_path),
+            "rows": alignment_scores(generator, aligner, datamodule, directions, split, limit, batch_size, seed)}
+
+
+def alignment_markdown(section: dict[str, Any]) -> str:
+    """The ``alignment`` section of a report as a Markdown table."""
+    lines = [f"Alignment (aligner {Path(section['aligner']).name}):", "",
+             "| direction | alignment (cosine) | real data | R-precision | real data R-precision | pool |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['direction']} | {r['alignment']:.3f} | {r['real_data']:.3f} | {r['r_precision']:.3f} | "
+              f"{r['real_data_r_precision']:.3f} | {r['pool']} |" for r in section["rows"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,264 @@
+"""Aligner: one encoder per modality and projection heads into one L2-normalised space, trained
+with a symmetric InfoNCE loss over every pair of modalities the batch carries (CLIP, Radford et
+al. 2021, generalised from two modalities to any number, as ImageBind pairs them).
+
+It generates nothing. It serves retrieval in every direction (``mmgen retrieve``) and scores any
+generator's samples against their conditions without attribute judges (``mmgen evaluate --aligner``,
+``metrics/alignment.py``). It is still a :class:`GenerativeModule`: the ``mmgen`` CLI builds every
+model as one (subclass mode), and the base class carries what an aligner needs too, the tokenizer
+and the self-contained checkpoint that :func:`load_generator` rebuilds with ``weights_only=True``.
+Its ``condition_modalities`` and ``output_modalities`` are empty, so :meth:`generate` raises the
+documented ``ValueError``, naming what it serves (no direction) and what to use instead.
+
+The encoders are the project's: the captioner's token encoders for image, audio and video
+(``layers/token_encoders.py``), pooled by a learned attention query, the conditioning text encoder
+(``layers/text.py``) and a label table. Under DDP every process's embeddings are gathered *with
+gradients* (``self.all_gather(sync_grads=True)``, i.e. ``torch.distributed.nn.functional.all_gather``),
+so each query is contrasted with the whole global batch and the loss and gradients are those of one
+process on that batch (see :func:`~mmgen_lightning.losses.symmetric_info_nce`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.retrieval import RetrievalHitRate
+
+from mmgen_lightning.losses import symmetric_info_nce
+from mmgen_lightning.models.base import GenerativeModule
+from mmgen_lightning.models.layers.text import TextEncoder
+from mmgen_lightning.models.layers.token_encoders import AudioTokenEncoder, ImageTokenEncoder, VideoTokenEncoder
+from mmgen_lightning.models.optim import adamw_warmup_cosine
+
+ALIGNABLE = ("image", "text", "audio", "video", "label")
+RECALL_AT = (1, 5, 10)
+
+
+class AttentionPool(nn.Module):
+    """``tokens: B,N,D -> B,D``: one learned query attends over the tokens (as CLIP's attention pool).
+    A mean would let the background tokens of a small object outvote the few that show it."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(0.02 * torch.randn(1, 1, width))
+        self.attention = nn.MultiheadAttention(width, num_heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        pooled, _ = self.attention(self.query.expand(tokens.shape[0], -1, -1), tokens, tokens, need_weights=False)
+        return self.norm(pooled[:, 0])
+
+
+class Aligner(GenerativeModule):
+    """Args:
+        data_spec: sizes from the datamodule (linked by the CLI).
+        modalities: the modalities embedded into the shared space (at least two of ``image``, ``text``,
+            ``audio``, ``video``, ``label``); default: every one the data carries.
+        embed_dim: size of the shared space.
+        width: token size of the encoders.
+        encoder_layers: transformer layers of the image/audio/video encoders (space-time pairs for video).
+        text_layers: transformer layers of the text encoder.
+        num_heads: attention heads everywhere.
+        patch_size: stride of the image/video conv stems: one token per ``p x p`` pixels.
+        n_mels: mel bands of the audio frontend.
+        audio_frames: about how many log-mel frames (audio tokens) a clip gives.
+        glimpse_size: video only: tokenise a window of each frame centred on its centre of brightness
+            (see ``VideoTokenEncoder``).
+        dropout: encoder dropout.
+        temperature: initial softmax temperature ``1 / s`` of the InfoNCE logits; ``s`` is learned
+            (as a log) and clamped to at most ``max_logit_scale``, as CLIP does.
+        max_logit_scale: the clamp of ``s`` (CLIP: 100).
+        lr: peak AdamW learning rate.
+        betas: AdamW's moment decay rates.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms, positions, the scale).
+        warmup_steps: linear warm-up steps, then a cosine to 10% when the trainer knows its length.
+        gallery_size: validation recall ranks each query among blocks of this many items (the
+            retrieval protocol of the benchmarks: 100 held-out items).
+    """
+
+    def __init__(self, data_spec: dict[str, Any] | None = None, modalities: list[str] | None = None,
+                 embed_dim: int = 64, width: int = 64, encoder_layers: int = 2, text_layers: int = 2,
+                 num_heads: int = 4, patch_size: int = 4, n_mels: int = 64, audio_frames: int = 32,
+                 glimpse_size: int | None = None, dropout: float = 0.0, temperature: float = 0.07,
+                 max_logit_scale: float = 100.0, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.98),
+                 weight_decay: float = 0.01, warmup_steps: int = 100, gallery_size: int = 100) -> None:
+        super().__init__(data_spec)
+        self.save_hyperparameters()
+        carried = self.data_spec.get("modalities")
+        if modalities is None:
+            modalities = [m for m in ALIGNABLE if carried is None or m in carried]
+        self.modalities = tuple(modalities)
+        unknown = [m for m in self.modalities if m not in ALIGNABLE]
+        if unknown:
+            raise ValueError(f"modalities: unknown {unknown[0]!r}; allowed: {', '.join(ALIGNABLE)}")
+        missing = [m for m in self.modalities if carried is not None and m not in carried]
+        if missing:
+            raise ValueError(f"modalities: {missing[0]!r} is not carried by the data (the datamodule's modalities "
+                             f"are {', '.join(carried)}){_caption_hint(self.data_spec, missing[0])}")
+        if len(set(self.modalities)) < 2:
+            raise ValueError(f"Aligner needs at least two modalities to align, got {list(self.modalities)}"
+                             f"{_caption_hint(self.data_spec, 'text')}")
+        if not (temperature > 0 and 1 / temperature <= max_logit_scale):
+            raise ValueError(f"temperature must be > 0 with 1/temperature <= max_logit_scale ({max_logit_scale}), "
+                             f"got {temperature}")
+        if gallery_size < 2:
+            raise ValueError(f"gallery_size must be >= 2, got {gallery_size}")
+        # embeds, not generates: no direction, so generate() raises the documented ValueError
+        self.condition_modalities, self.output_modalities = (), ()
+        self.encoders = nn.ModuleDict({m: self._build_encoder(m) for m in self.modalities})
+        self.heads = nn.ModuleDict({m: nn.Linear(width, embed_dim) for m in self.modalities})
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self._val_embeddings: dict[str, list[Tensor]] = {}
+
+    # --- networks -----------------------------------------------------------------------------
+    def _build_encoder(self, modality: str) -> nn.Module:
+        hp = self.hparams
+        shared = {"num_layers": hp.encoder_layers, "num_heads": hp.num_heads, "dropout": hp.dropout}
+        if modality == "text":
+            return TextEncoder(self.spec("vocab_size"), self.spec("max_text_length"), hp.width, hp.width,
+                               hp.text_layers, hp.num_heads)
+        if modality == "label":
+            return nn.Embedding(self.spec("num_classes"), hp.width)
+        if modality == "image":
+            tokens = ImageTokenEncoder(self.spec("image_channels"), self.spec("image_size"), hp.width,
+                                       patch_size=hp.patch_size, **shared)
+        elif modality == "audio":
+            tokens = AudioTokenEncoder(self.spec("sample_rate"), self.spec("audio_length"), hp.width,
+                                       n_mels=hp.n_mels, frames=hp.audio_frames, **shared)
+        else:
+            size = self.data_spec.get("video_size", self.spec("image_size"))
+            tokens = VideoTokenEncoder(self.spec("image_channels"), self.spec("num_frames"), size, hp.width,
+                                       patch_size=hp.patch_size, glimpse_size=hp.glimpse_size, **shared)
+        return nn.Sequential(tokens, AttentionPool(hp.width, hp.num_heads))
+
+    def logit_scale_value(self) -> Tensor:
+        """``s = exp(log s)`` clamped to ``[1, max_logit_scale]`` (no gradient past the clamp, as CLIP)."""
+        return self.logit_scale.clamp(0.0, math.log(self.hparams.max_logit_scale)).exp()
+
+    def embed(self, inputs: Mapping[str, Tensor], modality: str) -> Tensor:
+        """``B,embed_dim`` unit vectors of one modality of ``inputs`` (batch-contract keys: ``image: B,C,H,W``,
+        ``video: B,F,C,H,W``, ``audio: B,T``, all in [-1, 1]; ``text: long B,L`` with ``text_mask``;
+        ``label: long B``)."""
+        if modality not in self.encoders:
+            raise ValueError(f"Aligner embeds {', '.join(self.modalities)}; it was not trained on {modality!r}")
+        encoder = self.encoders[modality]
+        if modality == "text":
+            features = encoder(inputs["text"], inputs["text_mask"])
+        else:
+            features = encoder(inputs[modality])
+        return F.normalize(self.heads[modality](features).float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_captions(self, captions: Sequence[str]) -> Tensor:
+        """Captions (strings, tokenised with the checkpoint's tokenizer) -> ``B,embed_dim`` unit vectors."""
+        if self.tokenizer is None:
+            raise ValueError("this Aligner carries no tokenizer, so it cannot read captions")
+        encoded = {k: v.to(self.device) for k, v in self.tokenizer.encode(list(captions)).items()}
+        return self.embed(encoded, "text")
+
+    def present(self, batch: Mapping[str, Tensor]) -> list[str]:
+        """The model's modalities that ``batch`` carries, in the model's order."""
+        return [m for m in self.modalities if m in batch]
+
+    # --- objective ----------------------------------------------------------------------------
+    def contrastive_loss(self, embeddings: dict[str, Tensor]) -> Tensor:
+        """Mean symmetric InfoNCE over every pair of modalities in ``embeddings`` (each ``B,embed_dim``),
+        every query contrasted with the global batch (all processes' embeddings, with gradients)."""
+        world = self._trainer.world_size if self._trainer is not None else 1
+        gathered, offset = dict(embeddings), 0
+        if world > 1:
+            gathered = {m: self.all_gather(z, sync_grads=True).flatten(0, 1) for m, z in embeddings.items()}
+            offset = self.global_rank * next(iter(embeddings.values())).shape[0]
+        scale = self.logit_scale_value()
+        pairs = list(itertools.combinations(embeddings, 2))
+        return sum(symmetric_info_nce(embeddings[m], embeddings[n], scale, gathered[m], gathered[n], offset)
+                   for m, n in pairs) / len(pairs)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        present = self.present(batch)
+        if len(present) < 2:
+            raise ValueError(f"Aligner: the batch carries {', '.join(present) or 'none'} of the model's modalities "
+                             f"{', '.join(self.modalities)}; at least two are needed")
+        embeddings = {m: self.embed(batch, m) for m in present}
+        loss = self.contrastive_loss(embeddings)
+        if self._logging_step():
+            first, second = present[:2]
+            matched = (embeddings[first] @ embeddings[second].T).argmax(1)
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/logit_scale", self.logit_scale_value())
+            self.log(f"train/batch_accuracy_{first}->{second}",
+                     (matched == torch.arange(len(matched), device=matched.device)).float().mean())
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_embeddings = {}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        present = self.present(batch)
+        embeddings = {m: self.embed(batch, m) for m in present}
+        if len(present) >= 2:
+            self.log("val/loss", self.contrastive_loss(embeddings), sync_dist=True)
+        for m, z in embeddings.items():
+            self._val_embeddings.setdefault(m, []).append(z)
+
+    def on_validation_epoch_end(self) -> None:
+        """Recall@1/5/10 in every direction among blocks of ``gallery_size`` validation items."""
+        embeddings = {m: torch.cat(zs) for m, zs in self._val_embeddings.items()}
+        self._val_embeddings = {}
+        if len(embeddings) < 2 or self.trainer.sanity_checking:
+            return
+        if self.trainer.world_size > 1:  # every process computes the same numbers on every item
+            embeddings = {m: self.all_gather(z).transpose(0, 1).flatten(0, 1) for m, z in embeddings.items()}
+        for query, candidate in itertools.permutations(embeddings, 2):
+            recalls = gallery_recall(embeddings[query], embeddings[candidate], self.hparams.gallery_size)
+            for k, value in recalls.items():
+                self.log(f"val/recall@{k}/{query}->{candidate}", value, rank_zero_only=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adamw_warmup_cosine(self, no_decay=("position", "embed", "query", "logit_scale", "norm"))
+
+    # --- not a generator ----------------------------------------------------------------------
+    def directions(self) -> list[str]:
+        return []
+
+    def generate(self, conditions: Mapping[str, Tensor] | None, num_samples: int,
+                 to: str | Sequence[str] | None = None, **sampling: Any) -> dict[str, Tensor]:
+        """Always raises ``ValueError``: an Aligner serves no generation direction. It embeds
+        its modalities into one space; use :meth:`embed`, ``mmgen retrieve`` or ``mmgen evaluate --aligner``."""
+        raise ValueError(f"Aligner cannot generate: it serves no direction (nothing); it embeds "
+                         f"{', '.join(self.modalities)} into one space for `mmgen retrieve` and "
+                         "`mmgen evaluate --aligner`")
+
+
+def _caption_hint(spec: Mapping[str, Any], modality: str) -> str:
+    if modality == "text" and spec.get("dataset") == "manifest" and "text" not in spec.get("modalities", ()):
+        return "; the manifest has no captions: give each row a 'caption' (or 'text') column for text alignment"
+    return ""
+
+
+@torch.no_grad()
+def gallery_recall(queries: Tensor, candidates: Tensor, gallery_size: int = 100,
+                   ks: Sequence[int] = RECALL_AT, relevant: Tensor | None = None) -> dict[int, float]:
+    """Recall@k of paired rows (``queries, candidates: N,D`` unit vectors), each query ranking the
+    candidates of its block of ``gallery_size`` consecutive rows (the last block may be smaller).
+
+    With ``relevant`` (``bool N,N``, True where candidate ``j`` answers query ``i``, the diagonal
+    included), a query scores a hit when any relevant candidate is in its top k (torchmetrics' hit
+    rate; for one relevant candidate per query it is the recall)."""
+    metrics = {k: RetrievalHitRate(top_k=k, sync_on_compute=False) for k in ks}
+    for start in range(0, queries.shape[0], gallery_size):
+        block = slice(start, start + gallery_size)
+        similarity = queries[block].float() @ candidates[block].float().T  # Q,Q
+        target = (torch.eye(len(similarity), dtype=torch.bool, device=similarity.device) if relevant is None
+                  else relevant[block, block])
+        indexes = torch.arange(start, start + len(similarity), device=similarity.device)
+        for metric in metrics.values():
+            metric.update(similarity.flatten(), target.flatten(),
+                          indexes=indexes.unsqueeze(1).expand_as(similarity).flatten())
+    return {k: metric.compute().item() for k, metric in metrics.items()}
