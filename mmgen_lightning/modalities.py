@@ -135,6 +135,15 @@ def random_shift(pixels: Tensor, max_shift: int, generator: torch.Generator | No
     return picked.permute(0, 3, 1, 2).reshape(pixels.shape)  # advanced indexing put B,H,W first
 
 
+def _pictures(frames: Tensor, size: int) -> Tensor:
+    """``B,F,C,H,W`` in [-1, 1] -> ``B,F,3,size,size`` in [0, 1] (nearest: pixels stay visible)."""
+    pictures = F.interpolate(((frames + 1) / 2).clamp(0, 1).flatten(0, 1), size=(size, size), mode="nearest")
+    pictures = pictures.unflatten(0, frames.shape[:2])
+    if pictures.shape[2] == 1:
+        pictures = pictures.expand(-1, -1, 3, -1, -1)
+    return pictures.cpu()
+
+
 def to_uint8(image: Tensor) -> np.ndarray:
     """``C,H,W`` in [-1, 1] -> ``H,W`` or ``H,W,3`` uint8."""
     array = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
@@ -154,6 +163,8 @@ class Modality:
     #: whether a judge (``metrics/judges.py``) can read samples of it, and their pixels may be shifted
     judgeable: ClassVar[bool] = False
     pixels: ClassVar[bool] = False
+    #: whether a sample is a sequence of frames (``B,F,...``)
+    frames: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -207,6 +218,10 @@ class Modality:
         """Draw a batch of samples in TensorBoard (a ``SummaryWriter``) under ``tag``."""
         raise NotImplementedError(f"{self.name}: no TensorBoard view")
 
+    def pictures(self, values: Tensor, size: int, **options: Any) -> Tensor:
+        """Samples as pictures to draw on: ``B,frames,3,size,size`` in [0, 1]."""
+        raise NotImplementedError(f"{self.name}: not drawn as pictures")
+
 
 class ImageModality(Modality):
     """``image: float B,C,H,W`` in [-1, 1]."""
@@ -249,11 +264,14 @@ class ImageModality(Modality):
         grid = torchvision.utils.make_grid(values.detach().float().cpu(), nrow=8, normalize=True, value_range=(-1, 1))
         writer.add_image(tag, grid, step)
 
+    def pictures(self, values, size, **options):
+        return _pictures(values.float().unsqueeze(1), size)
+
 
 class VideoModality(Modality):
     """``video: float B,F,C,H,W`` in [-1, 1]; frames of side ``size(spec)``."""
 
-    name, ndim, extension, judgeable, pixels = "video", 5, ".gif", True, True
+    name, ndim, extension, judgeable, pixels, frames = "video", 5, ".gif", True, True, True
     fps: ClassVar[int] = 8
 
     @staticmethod
@@ -287,6 +305,9 @@ class VideoModality(Modality):
         frames = values.flatten(0, 1)  # each row of the grid is one clip
         grid = torchvision.utils.make_grid(frames, nrow=values.shape[1], normalize=True, value_range=(-1, 1))
         writer.add_image(tag, grid, step)
+
+    def pictures(self, values, size, **options):
+        return _pictures(values.float(), size)
 
 
 class AudioModality(Modality):
@@ -352,6 +373,17 @@ class AudioModality(Modality):
         rate = (spec or {}).get("sample_rate") or self.default_sample_rate
         for index, clip in enumerate(values.detach().float().cpu()[: self.logged_clips]):
             writer.add_audio(f"{tag}/{index}", clip.clamp(-1, 1)[None], step, sample_rate=rate)
+
+    def pictures(self, values, size, log_mel: nn.Module | None = None, **options):
+        """The log-mel spectrogram (``log_mel``: the frontend the model reads through), low bands at
+        the bottom, each clip scaled to [0, 1]."""
+        if log_mel is None:
+            raise ValueError("audio pictures need the log_mel frontend the model reads through")
+        spectrogram = log_mel(values).float().flip(1)  # B,n_mels,frames, low bands at the bottom
+        low = spectrogram.amin((1, 2), keepdim=True)
+        spectrogram = (spectrogram - low) / (spectrogram.amax((1, 2), keepdim=True) - low).clamp_min(1e-6)
+        pictures = F.interpolate(spectrogram.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)
+        return pictures.unsqueeze(1).expand(-1, -1, 3, -1, -1).cpu()
 
 
 class TextModality(Modality):

@@ -18,6 +18,7 @@ import torchvision
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.tokenizer import EOS_ID, UNK_ID
 
 
@@ -98,7 +99,7 @@ class AttentionMapLogger(L.Callback):
                      for p in positions]
             all_words.append(words)
             frames = canvases[index]
-            if modality == "video":  # a row of frames, then one row per word over every frame
+            if get_modality(modality).frames:  # a row of frames, then one row per word over every frame
                 rows.append(list(frames))
                 rows += [[overlay(frame, maps[index, p - 1, f]) for f, frame in enumerate(frames)] for p in positions]
             else:
@@ -111,25 +112,13 @@ class AttentionMapLogger(L.Callback):
         return torchvision.utils.make_grid(tiles, nrow=columns, padding=2, pad_value=1.0), all_words
 
     def canvases(self, pl_module, modality: str, inputs: Tensor) -> Tensor:
-        """What the maps are drawn on: ``B,frames,3,S,S`` in [0, 1]."""
-        size = (self.tile_size, self.tile_size)
-        if modality == "audio":
-            spectrogram = pl_module.encoder.log_mel(inputs).float().flip(1)  # B,n_mels,frames, low bands at the bottom
-            low = spectrogram.amin((1, 2), keepdim=True)
-            spectrogram = (spectrogram - low) / (spectrogram.amax((1, 2), keepdim=True) - low).clamp_min(1e-6)
-            pictures = F.interpolate(spectrogram.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-            pictures = pictures.unsqueeze(1)
-        else:
-            if modality == "video":  # the glimpses, when the encoder looks at windows of the frames
-                encoder = pl_module.encoder
-                pictures = encoder.windows(inputs.float())[0] if hasattr(encoder, "windows") else inputs.float()
-            else:
-                pictures = inputs.float().unsqueeze(1)  # B,frames,C,H,W
-            pictures = F.interpolate(((pictures + 1) / 2).clamp(0, 1).flatten(0, 1), size=size, mode="nearest")
-            pictures = pictures.unflatten(0, inputs.shape[:2] if modality == "video" else (len(inputs), 1))
-        if pictures.shape[2] == 1:
-            pictures = pictures.expand(-1, -1, 3, -1, -1)
-        return pictures.cpu()
+        """What the maps are drawn on: ``B,frames,3,S,S`` in [0, 1], as the modality draws itself: an
+        image, a video's frames (the glimpses, when the encoder looks at windows of the frames), an
+        audio clip's log-mel spectrogram through the encoder's own frontend."""
+        encoder = pl_module.encoder
+        if hasattr(encoder, "windows"):
+            inputs = encoder.windows(inputs.float())[0]
+        return get_modality(modality).pictures(inputs.float(), self.tile_size, log_mel=getattr(encoder, "log_mel", None))
 
 
 def overlay(canvas: Tensor, heat: Tensor) -> Tensor:

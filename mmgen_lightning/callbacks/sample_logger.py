@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torchvision
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import default_collate
 
 from mmgen_lightning.batch import parse_direction
+from mmgen_lightning.modalities import batch_keys, get_modality
 
 
 class SampleLogger(L.Callback):
@@ -61,30 +61,10 @@ class SampleLogger(L.Callback):
                                          for target in pl_module.output_modalities]
         step = trainer.global_step
         for sources, target in directions:
-            keys = list(sources) + (["text_mask"] if "text" in sources else [])
-            conditions = {key: reference[key] for key in keys}
+            conditions = {key: reference[key] for key in batch_keys(sources)}
             count = next(iter(reference.values())).shape[0]
             samples = pl_module.generate(conditions, num_samples=count, to=target, **self.sampling)
             tag = f"samples/{'+'.join(sources) or 'unconditional'}->{target}"
-            self._log(writer, tag, target, samples[target], conditions, pl_module, step)
-
-    @staticmethod
-    def _log(writer, tag: str, target: str, values: torch.Tensor, conditions, pl_module, step: int) -> None:
-        values = values.detach().float().cpu()
-        if target == "image":
-            grid = torchvision.utils.make_grid(values, nrow=8, normalize=True, value_range=(-1, 1))
-            writer.add_image(tag, grid, step)
-        elif target == "video":
-            frames = values.flatten(0, 1)  # each row of the grid is one clip
-            grid = torchvision.utils.make_grid(frames, nrow=values.shape[1], normalize=True, value_range=(-1, 1))
-            writer.add_image(tag, grid, step)
-        elif target == "audio":
-            rate = pl_module.data_spec.get("sample_rate", 16000)
-            for index, clip in enumerate(values[:4]):
-                writer.add_audio(f"{tag}/{index}", clip.clamp(-1, 1)[None], step, sample_rate=rate)
-        elif target == "text":
-            captions = pl_module.tokenizer.decode(values.long())
-            sources = (pl_module.tokenizer.decode(conditions["text"].cpu()) if "text" in conditions
-                       else [""] * len(captions))
-            lines = [f"| {i} | {src} | {out} |" for i, (src, out) in enumerate(zip(sources, captions))]
-            writer.add_text(tag, "| # | condition | generated |\n|---|---|---|\n" + "\n".join(lines), step)
+            # each modality draws itself: image/video grids, audio clips, caption tables
+            get_modality(target).log(writer, tag, samples[target], step, spec=pl_module.data_spec,
+                                     tokenizer=pl_module.tokenizer, conditions=conditions)
