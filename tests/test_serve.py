@@ -1,0 +1,213 @@
+"""`mmgen serve` without a browser: directions and knobs read from checkpoints, runs that match their
+`mmgen generate` command byte for byte, refused paths and bad uploads, and the page's own handlers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from mmgen_lightning.cli import main as mmgen
+from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+from mmgen_lightning.models import ConditionalGAN, MultimodalVAE, VQVAE
+from mmgen_lightning.serve import (MAX_UPLOAD_MB, Server, UserError, build_app, check_upload, sampling_knobs,
+                                   served_directions)
+
+SPEC = {"dataset": "toy", "image_size": 16, "image_channels": 1, "max_text_length": 6, "sample_rate": 8000,
+        "audio_length": 2000, "num_classes": 4}
+GAN_SIZES = {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}
+
+
+def save(model, path: Path) -> Path:
+    """A checkpoint as `mmgen fit` writes it (weights, hyper-parameters, family, tokenizer)."""
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Untrained tiny checkpoints of three families in one folder: sampling needs no training to be exact."""
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("checkpoints")
+    tokenizer = CaptionTokenizer.train(["class zero one two three"], max_length=6)
+    spec = {**SPEC, "vocab_size": tokenizer.vocab_size}
+    torch.manual_seed(0)
+    vae = MultimodalVAE({**spec, "modalities": ["image", "text", "audio"]}, latent_dim=4, width=8, text_width=16,
+                        n_mels=16)
+    text_gan = ConditionalGAN({**spec, "modalities": ["image", "text"]}, condition="text", **GAN_SIZES)
+    vae.tokenizer = text_gan.tokenizer = tokenizer
+    label_gan = ConditionalGAN({**spec, "modalities": ["image", "label"]}, condition="label", **GAN_SIZES)
+    vqvae = VQVAE({**spec, "modalities": ["image"]}, num_codes=16, code_dim=8, width=16)
+    models = {"vae": vae, "text_gan": text_gan, "label_gan": label_gan, "vqvae": vqvae}
+    return {name: save(model, folder / f"{name}.ckpt") for name, model in models.items()}
+
+
+@pytest.fixture
+def server(checkpoints, tmp_path) -> Server:
+    return Server([checkpoints["vae"].parent], tmp_path / "out")
+
+
+def picture(path: Path, size: int = 16) -> Path:
+    Image.fromarray(np.tile(np.arange(size, dtype=np.uint8) * 16, (size, 1))).save(path)
+    return path
+
+
+def test_directions_and_knobs_are_read_from_each_checkpoint(server, checkpoints):
+    vae, label_gan, vqvae = (server.model(checkpoints[n]) for n in ("vae", "label_gan", "vqvae"))
+    assert served_directions(vae) == [((), "image"), (("text",), "image"), (("audio",), "image"),
+                                      ((), "text"), (("image",), "text"), (("audio",), "text"),
+                                      ((), "audio"), (("text",), "audio"), (("image",), "audio")]
+    assert served_directions(label_gan) == [(("label",), "image")]
+    assert served_directions(vqvae) == [(("image",), "image")]  # reconstruction: its only direction
+    assert set(sampling_knobs(vae)) == {"temperature", "top_k", "truncation"}
+    assert set(sampling_knobs(label_gan)) == {"truncation"}
+    assert sampling_knobs(vqvae) == {}
+    assert sorted(p.name for p in server.checkpoints) == ["label_gan.ckpt", "text_gan.ckpt", "vae.ckpt", "vqvae.ckpt"]
+
+
+def test_a_run_and_its_command_write_the_same_bytes(server, checkpoints, tmp_path):
+    run = server.generate(checkpoints["vae"], "image", {"text": "class one"}, num_samples=3, seed=7, truncation=0.5)
+    assert [p.name for p in run.files] == ["00000_image.png", "00001_image.png", "00002_image.png"]
+    assert all(Image.open(p).size == (16, 16) for p in run.files)
+    rows = [json.loads(line) for line in (run.folder / "manifest.jsonl").read_text().splitlines()]
+    assert rows[0]["condition"] == {"text": "class one"} and rows[0]["seed"] == 7
+    assert run.downloads[-1].name == "manifest.jsonl"
+    assert run.command.startswith(f"mmgen generate --ckpt {checkpoints['vae']} --to image --text 'class one' --num 3")
+    assert "--seed 7" in run.command and "--truncation 0.5" in run.command
+
+    made = {p.name: p.read_bytes() for p in run.files}
+    for path in run.files:
+        path.unlink()
+    mmgen(shlex.split(run.command)[1:])
+    assert {p.name: p.read_bytes() for p in run.files} == made
+    other_seed = server.generate(checkpoints["vae"], "image", {"text": "class one"}, num_samples=3, seed=8,
+                                 truncation=0.5)
+    assert other_seed.folder != run.folder
+    assert [p.read_bytes() for p in other_seed.files] != list(made.values())
+
+
+def test_uploads_and_labels_become_the_commands_conditions(server, checkpoints, tmp_path):
+    image = picture(tmp_path / "my drawing.png")
+    run = server.generate(checkpoints["vae"], "text", {"image": str(image)}, num_samples=2, seed=0, temperature=1.0)
+    kept = server.out_dir / "uploads" / "0000-image.png"
+    assert kept.read_bytes() == image.read_bytes()  # the command names the kept copy, not the temporary upload
+    assert f"--image {kept}" in run.command and len(run.texts) == 2
+    texts = [p.read_text() for p in run.files]
+    mmgen(shlex.split(run.command)[1:])
+    assert [p.read_text() for p in run.files] == texts
+
+    labelled = server.generate(checkpoints["label_gan"], "image", {"label": 2.0}, num_samples=2, seed=1)
+    assert "--label 2 " in labelled.command and len(labelled.files) == 2
+
+    sound = tmp_path / "tone.wav"
+    soundfile.write(sound, 0.5 * np.sin(np.arange(2000) / 8000 * 2 * math.pi * 500), 8000)
+    heard = server.generate(checkpoints["vae"], "image", {"audio": str(sound)}, num_samples=1)
+    assert Image.open(heard.files[0]).size == (16, 16)
+
+
+def test_bad_uploads_are_one_line_and_the_server_goes_on(server, checkpoints, tmp_path):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("these are words, not pixels")
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as handle:  # a sparse 50 MB file: nothing is read before its size is refused
+        handle.truncate(50 * 2**20)
+    nan_wav = tmp_path / "nan.wav"
+    soundfile.write(nan_wav, np.full(2000, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
+    cases = [("image", "text", not_an_image, r"^image: the upload notes\.png cannot be read as an image; choose another file$"),
+             ("image", "text", empty, r"image: the upload empty\.png is empty \(0 bytes\)"),
+             ("image", "text", huge, rf"image: the upload huge\.png is 50\.0 MB; the page takes files up to "
+                                     rf"{MAX_UPLOAD_MB} MB"),
+             ("audio", "image", nan_wav, r"^audio: the upload nan\.wav holds NaN or infinite values; choose another file$")]
+    for kind, target, path, message in cases:
+        with pytest.raises(UserError, match=message) as caught:
+            server.generate(checkpoints["vae"], target, {kind: str(path)}, num_samples=1)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="image: upload a file first"):
+        check_upload(None, "image", server.model(checkpoints["vae"]))
+    with pytest.raises(UserError, match="cannot generate label->image; it serves: image|text|audio->image"):
+        server.generate(checkpoints["vae"], "image", {"label": 1})
+    with pytest.raises(UserError, match="vae.ckpt takes no num_beams; its knobs: temperature, top_k, truncation"):
+        server.generate(checkpoints["vae"], "image", {"text": "class one"}, num_beams=2)
+    with pytest.raises(UserError, match="number of samples: give 1 to 16, got 0"):
+        server.generate(checkpoints["vae"], "image", {"text": "class one"}, num_samples=0)
+    # still serving
+    assert len(server.generate(checkpoints["vae"], "image", {"text": "class two"}, num_samples=2).files) == 2
+
+
+def test_checkpoint_paths_outside_the_given_folders_are_refused(server, checkpoints, tmp_path):
+    folder = checkpoints["vae"].parent
+    outside = save(MultimodalVAE({**SPEC, "modalities": ["image"]}, latent_dim=4, width=8), tmp_path / "else.ckpt")
+    (folder / "link.ckpt").symlink_to(outside)
+    for path in (outside, folder / ".." / tmp_path.name / "else.ckpt", folder / "link.ckpt", "/etc/passwd"):
+        with pytest.raises(UserError, match="refused, it is outside the folders this server was started with"):
+            server.resolve(path)
+    (folder / "link.ckpt").unlink()
+    assert server.resolve(f"{folder}/sub/../vae.ckpt") == checkpoints["vae"]
+    with pytest.raises(UserError, match="no such file"):
+        server.resolve(folder / "missing.ckpt")
+    only_one = Server([checkpoints["vae"]], tmp_path / "out2")
+    assert only_one.checkpoints == [checkpoints["vae"]] and only_one.folders == [folder]
+    with pytest.raises(UserError, match="--ckpt .*nope: no such checkpoint file or folder"):
+        Server([tmp_path / "nope"], tmp_path / "out3")
+
+
+def _handler(app, elem_id: str):
+    """The page's click handler whose outputs include the component ``elem_id``."""
+    for function in app.fns.values():
+        if any(getattr(block, "elem_id", None) == elem_id for block in function.outputs):
+            return function.fn
+    raise AssertionError(f"no handler writes {elem_id}")
+
+
+def test_the_page_has_a_tab_per_direction_and_its_handlers_speak_in_one_line(server, checkpoints):
+    import gradio as gr
+
+    app = build_app(server)
+    tabs = [c["props"].get("label") for c in app.config["components"] if c["type"] == "tabitem"]
+    assert "vae.ckpt (MultimodalVAE)" in tabs and "label_gan.ckpt (ConditionalGAN)" in tabs and "compare" in tabs
+    assert tabs.count("text->image") == 2 and tabs.count("label->image") == 1 and tabs.count("image->image") == 1
+    assert tabs.count("audio->text") == 1 and tabs.count("->image") == 1
+
+    gallery, command, files = _handler(app, "vae-ckpt-text-to-image-gallery")("class three", 2, 0, None, None, 0.0)
+    assert [Image.open(path).size for path, _ in gallery] == [(16, 16), (16, 16)]
+    assert command.startswith("mmgen generate") and files[-1].endswith("manifest.jsonl")
+    with pytest.raises(gr.Error, match="caption"):
+        _handler(app, "vae-ckpt-text-to-image-gallery")("", 2, 0, None, None, None)
+
+    compare = _handler(app, "compare-gallery")
+    with pytest.warns(UserWarning, match=r"skipped \(no text->image or text->video\): vqvae.ckpt"):
+        shown, commands, files = compare("class one", ["vae.ckpt", "text_gan.ckpt", "vqvae.ckpt"], "", 3, 0)
+    assert len(shown.value["value"] if isinstance(shown.value, dict) else shown.value) == 6  # 2 checkpoints x 3
+    assert len(commands.splitlines()) == 2 and "text_gan.ckpt" in commands
+    with pytest.raises(gr.Error, match="refused, it is outside the folders"):
+        compare("class one", [], "/etc/passwd", 1, 0)
+    with pytest.raises(gr.Error, match="type a caption"):
+        compare(" ", ["vae.ckpt"], "", 1, 0)
+
+
+def test_help_stays_fast_and_a_bad_start_is_one_line(tmp_path):
+    code = ("import sys; from mmgen_lightning.cli import main; main(['--help']); "
+            "assert 'gradio' not in sys.modules and 'torch' not in sys.modules, 'heavy import on --help'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and "serve" in result.stdout, result.stderr[-2000:]
+    from mmgen_lightning.serve import main as serve_main
+
+    with pytest.raises(SystemExit, match="mmgen serve: error: --ckpt .*missing.ckpt: no such checkpoint"):
+        serve_main(["--ckpt", str(tmp_path / "missing.ckpt")])
+    with pytest.raises(SystemExit, match="--port must be in 0..65535"):
+        serve_main(["--ckpt", str(tmp_path), "--port", "70000"])
