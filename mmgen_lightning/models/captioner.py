@@ -32,6 +32,7 @@ from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
 from mmgen_lightning.models.layers.token_encoders import (AudioTokenEncoder, ImageTokenEncoder,
                                                           PretrainedImageEncoder, VideoTokenEncoder)
+from mmgen_lightning.modalities import get_modality, random_shift
 from mmgen_lightning.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 CAPTION_MODALITIES = ("image", "audio", "video")
@@ -102,7 +103,7 @@ class Captioner(GenerativeModule):
             raise ValueError(f"modality: unknown {modality!r}; allowed: {', '.join(CAPTION_MODALITIES)}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if shift_augment < 0 or (shift_augment and self.modality == "audio"):
+        if shift_augment < 0 or (shift_augment and not get_modality(self.modality).pixels):
             raise ValueError(f"shift_augment must be >= 0, and 0 for audio; got {shift_augment} for {self.modality!r}")
         if val_num_beams < 1:
             raise ValueError(f"val_num_beams must be >= 1, got {val_num_beams}")
@@ -139,7 +140,7 @@ class Captioner(GenerativeModule):
         if self.modality == "audio":
             return AudioTokenEncoder(self.spec("sample_rate"), self.spec("audio_length"), hp.width, n_mels=hp.n_mels,
                                      frames=hp.audio_frames, **shared)
-        size = self.data_spec.get("video_size", self.spec("image_size"))
+        size = get_modality("video").size(self.data_spec)
         return VideoTokenEncoder(self.spec("image_channels"), self.spec("num_frames"), size, hp.width,
                                  patch_size=hp.patch_size, glimpse_size=hp.glimpse_size, **shared)
 
@@ -341,18 +342,6 @@ class Captioner(GenerativeModule):
         maps = torch.stack(out.cross_attentions).float()  # layers,B,heads,L-1,N
         maps = maps[layer] if layer is not None else maps.mean(0)
         return maps.mean(1)
-
-
-def random_shift(pixels: Tensor, max_shift: int) -> Tensor:
-    """Shift every sample of ``B,...,H,W`` (images or videos in [-1, 1]) by its own offset in
-    ``[-max_shift, max_shift]`` along y and x, filling the uncovered border with -1."""
-    batch, height, width = pixels.shape[0], pixels.shape[-2], pixels.shape[-1]
-    padded = F.pad(pixels, (max_shift,) * 4, value=-1.0).flatten(1, -3)  # B,M,H+2s,W+2s
-    offsets = torch.randint(0, 2 * max_shift + 1, (batch, 2), device=pixels.device)
-    rows = offsets[:, :1] + torch.arange(height, device=pixels.device)  # B,H
-    cols = offsets[:, 1:] + torch.arange(width, device=pixels.device)  # B,W
-    picked = padded[torch.arange(batch, device=pixels.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return picked.permute(0, 3, 1, 2).reshape(pixels.shape)  # advanced indexing put B,H,W first
 
 
 def token_statistics(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

@@ -40,21 +40,10 @@ from mmgen_lightning.models.base import GenerativeModule, load_generator
 from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.token_stream import CODE, TEXT, StreamEmbedding, TokenLayout
 from mmgen_lightning.models.vqvae import VQVAE
+from mmgen_lightning.modalities import get_modality, random_shift
 
 IGNORE_INDEX = -100
 SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "guidance_scale", "use_cache")
-
-
-def random_shift(images: Tensor, max_shift: int) -> Tensor:
-    """Shift each image of ``B,C,H,W`` (in [-1, 1]) by its own offset in ``[-max_shift, max_shift]``
-    along y and x, filling the uncovered border with -1 (the background)."""
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (max_shift,) * 4, value=-1.0)
-    offsets = torch.randint(0, 2 * max_shift + 1, (batch, 2), device=images.device)
-    rows = (offsets[:, :1] + torch.arange(height, device=images.device))[:, None, :, None]  # B,1,H,1
-    cols = (offsets[:, 1:] + torch.arange(width, device=images.device))[:, None, None, :]  # B,1,1,W
-    picked = padded.gather(2, rows.expand(-1, padded.shape[1], -1, padded.shape[3]))
-    return picked.gather(3, cols.expand(-1, padded.shape[1], height, -1))
 
 
 def classifier_free_guidance(conditional: Tensor, unconditional: Tensor, scale: float) -> Tensor:
@@ -106,7 +95,7 @@ class TokenTransformer(GenerativeModule):
         unknown = set(sampling_defaults or {}) - set(SAMPLING_KNOBS)
         if unknown:
             raise ValueError(f"sampling_defaults: unknown knob {sorted(unknown)[0]!r}; allowed: {', '.join(SAMPLING_KNOBS)}")
-        if shift_augment < 0 or (shift_augment and self.modality != "image"):
+        if shift_augment < 0 or (shift_augment and not get_modality(self.modality).pixels):
             raise ValueError(f"shift_augment must be >= 0, and 0 for {self.modality!r}; got {shift_augment}")
         weights = dict(loss_weights or {})
         for name, value in weights.items():
@@ -196,7 +185,7 @@ class TokenTransformer(GenerativeModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         codes_first = torch.rand(len(batch["text"]), device=self.device) < self.hparams.codes_first_fraction
         if self.hparams.shift_augment:
-            batch = {**batch, "image": random_shift(batch["image"], self.hparams.shift_augment)}
+            batch = {**batch, self.modality: random_shift(batch[self.modality], self.hparams.shift_augment)}
         out = self.losses(batch, codes_first)
         if self._logging_step():  # only the batches whose metrics Lightning writes
             self.log("train/loss", out["loss"], prog_bar=True)

@@ -23,9 +23,10 @@ from torchmetrics import Metric
 
 from mmgen_lightning.losses import codebook_perplexity
 from mmgen_lightning.models.base import GenerativeModule
-from mmgen_lightning.models.layers.audio import LOG_FLOOR, LOG_SCALE, LogMel
+from mmgen_lightning.models.layers.audio import LOG_FLOOR, LOG_SCALE
 from mmgen_lightning.models.layers.quantizers import QUANTIZERS, FiniteScalarQuantizer, Quantized, VectorQuantizer
 from mmgen_lightning.models.layers.vq_codecs import GridDecoder, GridEncoder
+from mmgen_lightning.modalities import get_modality
 
 VQ_MODALITIES = ("image", "audio")
 
@@ -90,14 +91,16 @@ class VQVAE(GenerativeModule):
         else:
             self.quantizer = FiniteScalarQuantizer(list(fsq_levels or [8, 5, 5, 5]))
         self.num_codes, dim = self.quantizer.num_codes, self.quantizer.dim
-        if self.modality == "image":
+        # images are coded as a 2-D grid of pixels, audio as a 1-D sequence of log-mel frames
+        self.pixels = get_modality(self.modality).pixels
+        if self.pixels:
             channels, size = self.spec("image_channels"), self.spec("image_size")
             if size % downsample:
                 raise ValueError(f"downsample: {downsample} does not divide image_size {size}")
             self.grid = (size // downsample, size // downsample)
             dims = 2
         else:
-            self.log_mel = LogMel(self.spec("sample_rate"), self.spec("audio_length"), n_mels, frames=audio_frames)
+            self.log_mel = get_modality("audio").log_mel(self.data_spec, n_mels, frames=audio_frames)
             channels, dims = n_mels, 1
             self.grid = (1, math.ceil(self.log_mel.frames / downsample))
         self.encoder = GridEncoder(channels, dim, width, downsample, dims)
@@ -113,7 +116,7 @@ class VQVAE(GenerativeModule):
     def features(self, batch: dict[str, Tensor]) -> Tensor:
         """What the encoder reads and the decoder reconstructs: the image ``B,C,H,W`` in [-1, 1], or
         the scaled log-mel ``B,n_mels,frames`` of ``audio: B,T`` padded to a multiple of ``downsample``."""
-        if self.modality == "image":
+        if self.pixels:
             return batch["image"]
         log_mel = self.log_mel(batch["audio"])
         silence = math.log(LOG_FLOOR) / LOG_SCALE  # the frontend's value for an all-zero frame
@@ -129,7 +132,7 @@ class VQVAE(GenerativeModule):
     def decode_codes(self, codes: Tensor) -> Tensor:
         """Codes ``long B,N`` -> the modality: ``image: B,C,H,W`` in [-1, 1] or ``audio: B,T``."""
         vectors = self.quantizer.lookup(codes.reshape(codes.shape[0], *self.grid))
-        if self.modality == "image":
+        if self.pixels:
             return self.decoder(vectors).float().clamp(-1, 1)
         log_mel = self.decoder(vectors.squeeze(2)).float()[..., : self.log_mel.frames]
         return self.log_mel.invert(log_mel)
