@@ -7,9 +7,10 @@ rates, Heusel et al. 2017), ``toggle_optimizer`` so a player's backward reaches 
 weights, and the generator's samples detached for the discriminator. Per micro-batch:
 
 1. discriminator: ``loss(D(x, y), D(G(z, y), y))`` [+ mismatched pairs ``D(x, y')`` as fakes]
-   [+ ``gamma / 2 * R1`` every ``r1_every`` steps, lazily scaled] [+ ``lambda * GP``];
+   [+ ``gamma / 2 * R1`` every ``r1_every`` steps, lazily scaled] [+ ``lambda * GP``]
+   [+ ``w * InfoNCE(real images, their conditions)`` in the discriminator's own space];
 2. generator, after every ``n_critic`` discriminator steps: ``loss_G(D(G(z, y), y))`` against the
-   discriminator just updated;
+   discriminator just updated [+ ``w * InfoNCE(fake images, their conditions)``];
 3. the EMA copy of the generator (what :meth:`generate` samples from) moves towards ``G``.
 
 Gradient accumulation (``accumulate_grad_batches = k``) makes ``k`` micro-batches one step of a
@@ -33,7 +34,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from mmgen_lightning.losses import (ADVERSARIAL_LOSSES, discriminator_loss, generator_loss, gradient_penalty,
-                                    r1_penalty)
+                                    r1_penalty, symmetric_info_nce)
 from mmgen_lightning.models.base import GenerativeModule
 from mmgen_lightning.models.layers.audio import LogMel
 from mmgen_lightning.models.layers.conditioning import (AudioEmbedder, FeatureEmbedder, LabelEmbedder,
@@ -76,6 +77,13 @@ class ConditionalGAN(GenerativeModule):
         spectral_norm: spectral normalisation on every discriminator layer.
         condition_mismatch: also show the discriminator real samples with shuffled conditions as fakes
             (GAN-CLS, Reed et al. 2016).
+        contrastive_weight: weight ``w`` of the image-condition contrastive terms of XMC-GAN (Zhang et al.
+            2021): the discriminator's features of each real image must pick its own condition among the
+            batch's (symmetric InfoNCE, :func:`~mmgen_lightning.losses.symmetric_info_nce`), and the
+            generator is trained so its fakes do the same. A real/fake score can be won by reading a few
+            words of a caption; picking the one caption out of a batch needs every word. 0: off; images only;
+            negatives come from each process's own batch.
+        contrastive_temperature: the InfoNCE temperature of those terms (XMC-GAN: 0.1).
         n_critic: discriminator steps per generator step.
         accumulate_grad_batches: micro-batches per optimizer step of each player (the Trainer's own
             option does not apply to manual optimization).
@@ -92,7 +100,8 @@ class ConditionalGAN(GenerativeModule):
                  glimpse_size: int | str = "image_size", condition_dim: int = 128, text_width: int = 64,
                  text_layers: int = 1, text_encoder_path: str | None = None, n_mels: int = 64, audio_width: int = 32,
                  loss: str = "hinge", r1_gamma: float = 0.0, r1_every: int = 1, gp_weight: float | None = None,
-                 spectral_norm: bool = True, condition_mismatch: bool = False, n_critic: int = 1,
+                 spectral_norm: bool = True, condition_mismatch: bool = False, contrastive_weight: float = 0.0,
+                 contrastive_temperature: float = 0.1, n_critic: int = 1,
                  accumulate_grad_batches: int = 1, lr_generator: float = 1e-4, lr_discriminator: float = 4e-4,
                  betas: tuple[float, float] = (0.0, 0.9), ema_decay: float = 0.999) -> None:
         super().__init__(data_spec)
@@ -114,6 +123,12 @@ class ConditionalGAN(GenerativeModule):
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if condition_mismatch and condition is None:
             raise ValueError("condition_mismatch needs a condition; got condition=None")
+        if contrastive_weight < 0 or contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_weight must be >= 0 and contrastive_temperature > 0, got "
+                             f"{contrastive_weight} and {contrastive_temperature}")
+        if contrastive_weight and (condition is None or output != "image"):
+            raise ValueError(f"contrastive_weight needs a condition and output='image', got condition={condition!r}, "
+                             f"output={output!r}")
         if text_encoder_path is not None and condition != "text":
             raise ValueError(f"text_encoder_path is only used with condition='text', got condition={condition!r}")
         available = self.data_spec.get("modalities")
@@ -171,6 +186,9 @@ class ConditionalGAN(GenerativeModule):
         width, branches, embedder = hp.discriminator_width or hp.width, None, self.build_embedder()
         if self.output == "image":
             trunk, features = image_trunk(self.spec("image_channels"), self.spec("image_size"), width, hp.spectral_norm)
+            if hp.contrastive_weight:
+                return ProjectionDiscriminator(trunk, features, embedder, hp.condition_dim, hp.spectral_norm,
+                                               contrastive_dim=hp.condition_dim)
         elif hp.discriminator_frames or hp.discriminator_glimpses:
             trunk = ClipAndFramesTrunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(), width,
                                        hp.discriminator_frames, hp.spectral_norm, hp.discriminator_glimpses,
@@ -240,6 +258,10 @@ class ConditionalGAN(GenerativeModule):
         terms = {"loss": discriminator_loss(real_logits, negatives, hp.loss),
                  "d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
         terms["adversarial"] = terms["loss"].detach()
+        if hp.contrastive_weight:  # real images must pick their own caption out of the batch
+            terms["contrastive"] = symmetric_info_nce(*discriminator.contrast(real_features, embedding),
+                                                      1.0 / hp.contrastive_temperature)
+            terms["loss"] = terms["loss"] + hp.contrastive_weight * terms["contrastive"]
         if use_r1:
             terms["r1"] = r1_penalty(real_logits, real)
             terms["loss"] = terms["loss"] + 0.5 * hp.r1_gamma * hp.r1_every * terms["r1"]
@@ -251,9 +273,15 @@ class ConditionalGAN(GenerativeModule):
 
     def generator_terms(self, conditions: dict[str, Tensor], batch_size: int) -> dict[str, Tensor]:
         """The generator's loss on one micro-batch of conditions."""
+        hp, discriminator = self.hparams, self.discriminator
         fake = self.generator(self.latents(batch_size), conditions)
-        logits = self.discriminator(fake, conditions)
-        return {"loss": generator_loss(logits, self.hparams.loss)}
+        features, embedding = discriminator.features(fake), discriminator.embed(conditions)
+        terms = {"loss": generator_loss(discriminator.score(features, embedding), hp.loss)}
+        if hp.contrastive_weight:  # and so must the fakes
+            terms["contrastive"] = symmetric_info_nce(*discriminator.contrast(features, embedding),
+                                                      1.0 / hp.contrastive_temperature)
+            terms["loss"] = terms["loss"] + hp.contrastive_weight * terms["contrastive"]
+        return terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         optimizer_g, optimizer_d = self.optimizers()
@@ -283,6 +311,8 @@ class ConditionalGAN(GenerativeModule):
             self.generator_steps += 1
             self.update_ema()
             metrics["loss_generator"] = g_terms["loss"].detach()
+            if "contrastive" in g_terms:
+                metrics["contrastive_generator"] = g_terms["contrastive"].detach()
         if step_now:
             self._window = []
 
@@ -290,6 +320,8 @@ class ConditionalGAN(GenerativeModule):
             metrics.update({"loss_discriminator": d_terms["adversarial"], "d_real": d_terms["d_real"],
                             "d_fake": d_terms["d_fake"]})
             metrics.update({name: d_terms[name].detach() for name in ("r1", "gp") if name in d_terms})
+            if "contrastive" in d_terms:
+                metrics["contrastive_discriminator"] = d_terms["contrastive"].detach()
             self.log_dict({f"train/{name}": value for name, value in metrics.items() if value is not None})
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

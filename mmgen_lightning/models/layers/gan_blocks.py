@@ -402,6 +402,9 @@ class ProjectionDiscriminator(nn.Module):
             (the clip branch, by the caption's motion words) and leave the other too little to read.
         condition_dim: output size of each embedder.
         spectral_norm: spectral normalisation on the head (the trunk has its own switch).
+        contrastive_dim: with ``> 0``, two heads map ``phi(x)`` and the condition's projection vector into one
+            L2-normalised space of this size (:meth:`contrast`), for an image-condition InfoNCE term inside the
+            discriminator (XMC-GAN, Zhang et al. 2021); 0: no such heads.
         branches: sizes of consecutive feature groups scored apart (a trunk's branches): logits are then
             ``B,K``, one column per group, and every loss is their mean, so each branch must tell real from
             fake on its own. MoCoGAN's separate image and video discriminators: with one summed score the
@@ -410,7 +413,7 @@ class ProjectionDiscriminator(nn.Module):
     """
 
     def __init__(self, trunk: nn.Module, features: int, embedder: nn.Module | None = None, condition_dim: int = 0,
-                 spectral_norm: bool = True, branches: tuple[int, ...] | None = None) -> None:
+                 spectral_norm: bool = True, branches: tuple[int, ...] | None = None, contrastive_dim: int = 0) -> None:
         super().__init__()
         if branches is not None and sum(branches) != features:
             raise ValueError(f"branches {branches} must add up to the trunk's {features} features")
@@ -426,6 +429,12 @@ class ProjectionDiscriminator(nn.Module):
             self.embedder = embedder
             self.projection = (_maybe_sn(nn.Linear(condition_dim, features, bias=False), spectral_norm)
                                if embedder is not None else None)
+        self.contrast_sample = self.contrast_condition = None
+        if contrastive_dim:
+            if embedder is None:
+                raise ValueError("contrastive_dim needs a condition embedder (an unconditional model has no condition)")
+            self.contrast_sample = nn.Linear(features, contrastive_dim)
+            self.contrast_condition = nn.Linear(features, contrastive_dim)
 
     def features(self, x: Tensor) -> Tensor:
         """``phi(x)``: ``B,features``."""
@@ -451,6 +460,15 @@ class ProjectionDiscriminator(nn.Module):
         if embedding is not None:
             terms = terms + features * embedding.to(features.dtype)
         return torch.stack([part.sum(1) for part in terms.split(list(self.branches), dim=1)], dim=1) + self.linear.bias
+
+    def contrast(self, features: Tensor, embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """Unit vectors ``B,contrastive_dim`` of the samples (from ``phi(x)``) and of their conditions (from
+        ``V embed(y)``), rows paired, for an InfoNCE term: the features must then tell *which* caption
+        fits, not only whether an image looks real."""
+        if self.contrast_sample is None:
+            raise ValueError("this discriminator was built without contrastive heads (contrastive_dim=0)")
+        return (F.normalize(self.contrast_sample(features).float(), dim=-1),
+                F.normalize(self.contrast_condition(embedding.to(features.dtype)).float(), dim=-1))
 
     def forward(self, x: Tensor, conditions: dict[str, Tensor] | None = None) -> Tensor:
         return self.score(self.features(x), self.embed(conditions))
