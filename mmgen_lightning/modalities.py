@@ -117,6 +117,14 @@ class DataSpec(Mapping):
     __hash__ = None  # mutable, like the dict it replaces
 
 
+def _need(spec: Mapping[str, Any], key: str) -> Any:
+    """``spec[key]``, or a ``ValueError`` that says where the size should have come from."""
+    if spec.get(key) is None:
+        raise ValueError(f"data_spec has no {key!r} (it is linked from the datamodule's data_spec; "
+                         f"keys present: {sorted(spec)})")
+    return spec[key]
+
+
 # --- preprocessing shared by pixel modalities ---------------------------------------------------
 def random_shift(pixels: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
     """Shift every sample of ``B,...,H,W`` (images or videos in [-1, 1]; a video's frames alike) by
@@ -194,6 +202,13 @@ class Modality:
         """The default decoder ``B,in_dim`` -> this modality's tensor (or its logits / log-mel)."""
         raise NotImplementedError(f"{self.name}: no default decoder")
 
+    def token_encoder(self, spec: Mapping[str, Any], width: int, **options: Any) -> nn.Module:
+        """The default encoder of this modality's tensor -> tokens ``B,N,width`` for cross-attention
+        (with ``num_prefix_tokens`` and the token ``grid``, ``layers/token_encoders.py``). Options a
+        modality has no use for (``patch_size`` for audio, ``n_mels`` for images) are ignored, so a
+        family passes all of its own."""
+        raise NotImplementedError(f"{self.name}: no token encoder")
+
     # --- likelihood ---------------------------------------------------------------------------
     def scored_dimensions(self, batch: Mapping[str, Tensor], **options: Any) -> Tensor:
         """Scalars per sample a likelihood of this modality scores: ``B`` float64 (every element)."""
@@ -231,19 +246,26 @@ class ImageModality(Modality):
     def encoder(self, spec, out_dim, width, **options):
         from mmgen_lightning.models.layers.image import ImageEncoder
 
-        return ImageEncoder(spec["image_channels"], spec["image_size"], out_dim, width)
+        return ImageEncoder(_need(spec, "image_channels"), _need(spec, "image_size"), out_dim, width)
+
+    def token_encoder(self, spec, width, num_layers=2, num_heads=4, dropout=0.0, patch_size: int = 4, **options):
+        """``B,C,H,W`` -> tokens ``B,N,width`` (a patch transformer, ``layers/token_encoders.py``)."""
+        from mmgen_lightning.models.layers.token_encoders import ImageTokenEncoder
+
+        return ImageTokenEncoder(_need(spec, "image_channels"), _need(spec, "image_size"), width, num_layers=num_layers,
+                                 num_heads=num_heads, patch_size=patch_size, dropout=dropout)
 
     def decoder(self, spec, in_dim, width, **options):
         from mmgen_lightning.models.layers.image import ImageDecoder
 
-        return ImageDecoder(in_dim, spec["image_channels"], spec["image_size"], width)
+        return ImageDecoder(in_dim, _need(spec, "image_channels"), _need(spec, "image_size"), width)
 
     def to_data(self, values, spec=None, tokenizer=None):
         return [to_uint8(image) for image in values]
 
     def read(self, path: str | Path, spec: Mapping[str, Any]) -> Tensor:
         """An image file -> ``C,H,W`` in [-1, 1] at ``image_size`` with ``image_channels`` channels."""
-        path, size, channels = Path(path), spec["image_size"], spec["image_channels"]
+        path, size, channels = Path(path), _need(spec, "image_size"), _need(spec, "image_channels")
         try:
             with Image.open(path) as image:
                 image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
@@ -277,17 +299,27 @@ class VideoModality(Modality):
     @staticmethod
     def size(spec: Mapping[str, Any]) -> int:
         """Side of a frame: ``video_size``, or ``image_size`` for data that gives none."""
-        return spec.get("video_size") or spec["image_size"]
+        return spec.get("video_size") or _need(spec, "image_size")
 
     def encoder(self, spec, out_dim, width, **options):
         from mmgen_lightning.models.layers.video import VideoEncoder
 
-        return VideoEncoder(spec["image_channels"], spec["num_frames"], self.size(spec), out_dim, width)
+        return VideoEncoder(_need(spec, "image_channels"), _need(spec, "num_frames"), self.size(spec), out_dim, width)
+
+    def token_encoder(self, spec, width, num_layers=2, num_heads=4, dropout=0.0, patch_size: int = 4,
+                      glimpse_size: int | None = None, **options):
+        """``B,F,C,H,W`` -> space-time tokens ``B,N,width`` (``layers/token_encoders.py``); with
+        ``glimpse_size``, windows of each frame centred on its content."""
+        from mmgen_lightning.models.layers.token_encoders import VideoTokenEncoder
+
+        return VideoTokenEncoder(_need(spec, "image_channels"), _need(spec, "num_frames"), self.size(spec), width,
+                                 num_layers=num_layers, num_heads=num_heads, patch_size=patch_size, dropout=dropout,
+                                 glimpse_size=glimpse_size)
 
     def decoder(self, spec, in_dim, width, **options):
         from mmgen_lightning.models.layers.video import VideoDecoder
 
-        return VideoDecoder(in_dim, spec["image_channels"], spec["num_frames"], self.size(spec), width)
+        return VideoDecoder(in_dim, _need(spec, "image_channels"), _need(spec, "num_frames"), self.size(spec), width)
 
     def to_data(self, values, spec=None, tokenizer=None):
         return [[to_uint8(frame) for frame in clip] for clip in values]
@@ -323,13 +355,21 @@ class AudioModality(Modality):
         """The log-mel frontend ``B,T -> B,n_mels,frames'`` for this data's audio (``layers/audio.py``)."""
         from mmgen_lightning.models.layers.audio import LogMel
 
-        return LogMel(spec["sample_rate"], spec["audio_length"], n_mels, frames=frames)
+        return LogMel(_need(spec, "sample_rate"), _need(spec, "audio_length"), n_mels, frames=frames)
 
     def encoder(self, spec, out_dim, width, n_mels: int = 64, **options):
         """Reads the log-mel spectrogram (``B,n_mels,frames``), not the waveform."""
         from mmgen_lightning.models.layers.audio import AudioEncoder
 
         return AudioEncoder(n_mels, out_dim, width)
+
+    def token_encoder(self, spec, width, num_layers=2, num_heads=4, dropout=0.0, n_mels: int = 64, frames: int = 32,
+                      **options):
+        """``B,T`` -> one token per log-mel frame ``B,N,width`` (``layers/token_encoders.py``)."""
+        from mmgen_lightning.models.layers.token_encoders import AudioTokenEncoder
+
+        return AudioTokenEncoder(_need(spec, "sample_rate"), _need(spec, "audio_length"), width, num_layers=num_layers,
+                                 num_heads=num_heads, n_mels=n_mels, frames=frames, dropout=dropout)
 
     def decoder(self, spec, in_dim, width, n_mels: int = 64, frames: int = 32, **options):
         """Decodes to the log-mel spectrogram of :meth:`log_mel` with the same ``n_mels``/``frames``."""
@@ -351,7 +391,7 @@ class AudioModality(Modality):
     def read(self, path: str | Path, spec: Mapping[str, Any]) -> Tensor:
         """A WAV/FLAC file -> mono ``T`` in [-1, 1], resampled to ``sample_rate`` and cut or
         zero-padded to ``audio_length``."""
-        path, sample_rate, length = Path(path), spec["sample_rate"], spec["audio_length"]
+        path, sample_rate, length = Path(path), _need(spec, "sample_rate"), _need(spec, "audio_length")
         try:
             waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
         except (RuntimeError, soundfile.LibsndfileError) as error:
@@ -366,7 +406,7 @@ class AudioModality(Modality):
         """``T`` in [-1, 1] -> a 16-bit PCM WAV at the spec's ``sample_rate``."""
         if spec is None or spec.get("sample_rate") is None:
             raise ValueError("write_samples: sample_rate is required to write audio")
-        soundfile.write(str(path), value.float().clamp(-1, 1).cpu().numpy(), spec["sample_rate"], subtype="PCM_16")
+        soundfile.write(str(path), value.float().clamp(-1, 1).cpu().numpy(), _need(spec, "sample_rate"), subtype="PCM_16")
         return {}
 
     def log(self, writer, tag, values, step, spec=None, tokenizer=None, conditions=None):
@@ -399,12 +439,12 @@ class TextModality(Modality):
     def encoder(self, spec, out_dim, width, **options):
         from mmgen_lightning.models.layers.text import TextEncoder
 
-        return TextEncoder(spec["vocab_size"], spec["max_text_length"], out_dim, width)
+        return TextEncoder(_need(spec, "vocab_size"), _need(spec, "max_text_length"), out_dim, width)
 
     def decoder(self, spec, in_dim, width, **options):
         from mmgen_lightning.models.layers.text import GRUTextDecoder
 
-        return GRUTextDecoder(spec["vocab_size"], in_dim, width)
+        return GRUTextDecoder(_need(spec, "vocab_size"), in_dim, width)
 
     def scored_dimensions(self, batch, **options):
         """Real tokens after ``[BOS]`` (the ones a likelihood predicts)."""
@@ -434,11 +474,11 @@ class LabelModality(Modality):
     name, ndim, floating, extension = "label", 1, False, ".txt"
 
     def encoder(self, spec, out_dim, width, **options):
-        return nn.Embedding(spec["num_classes"], out_dim)
+        return nn.Embedding(_need(spec, "num_classes"), out_dim)
 
     def decoder(self, spec, in_dim, width, hidden: int = 64, **options):
         """Logits ``B,num_classes``."""
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, spec["num_classes"]))
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, _need(spec, "num_classes")))
 
     def scored_dimensions(self, batch, **options):
         label = batch[self.name]

@@ -30,8 +30,7 @@ from transformers import GenerationConfig, GPT2Config
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
 from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
-from mmgen_lightning.models.layers.token_encoders import (AudioTokenEncoder, ImageTokenEncoder,
-                                                          PretrainedImageEncoder, VideoTokenEncoder)
+from mmgen_lightning.models.layers.token_encoders import PretrainedImageEncoder
 from mmgen_lightning.modalities import get_modality, random_shift
 from mmgen_lightning.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -133,16 +132,9 @@ class Captioner(GenerativeModule):
                                              hp.image_encoder_config)
             self.hparams["image_encoder_config"] = encoder.config_dict  # the checkpoint rebuilds it alone
             return encoder
-        shared = {"num_layers": hp.encoder_layers, "num_heads": hp.num_heads, "dropout": hp.dropout}
-        if self.modality == "image":
-            return ImageTokenEncoder(self.spec("image_channels"), self.spec("image_size"), hp.width,
-                                     patch_size=hp.patch_size, **shared)
-        if self.modality == "audio":
-            return AudioTokenEncoder(self.spec("sample_rate"), self.spec("audio_length"), hp.width, n_mels=hp.n_mels,
-                                     frames=hp.audio_frames, **shared)
-        size = get_modality("video").size(self.data_spec)
-        return VideoTokenEncoder(self.spec("image_channels"), self.spec("num_frames"), size, hp.width,
-                                 patch_size=hp.patch_size, glimpse_size=hp.glimpse_size, **shared)
+        return get_modality(self.modality).token_encoder(
+            self.data_spec, hp.width, num_layers=hp.encoder_layers, num_heads=hp.num_heads, dropout=hp.dropout,
+            patch_size=hp.patch_size, glimpse_size=hp.glimpse_size, n_mels=hp.n_mels, frames=hp.audio_frames)
 
     def _build_decoder(self) -> ConditionedGPT2:
         hp = self.hparams
