@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmgen_lightning.batch import check_modalities
 from mmgen_lightning.errors import UsageError
+from mmgen_lightning.modalities import DataSpec
 from mmgen_lightning.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -88,6 +89,11 @@ class MultimodalDataModule(L.LightningDataModule):
                 "vocab_size": self.tokenizer.vocab_size, "max_text_length": self.max_text_length}
         spec.update(self.source_spec())
         return spec
+
+    @property
+    def spec(self) -> DataSpec:
+        """:attr:`data_spec` typed (``dm.spec.image_size``); models hold it so too."""
+        return DataSpec.from_dict(self.data_spec)
 
     def dataset(self, split: str) -> Dataset:
         if split not in SPLITS:
