@@ -78,11 +78,12 @@ class DataSpec(Mapping):
             return data
         data = dict(data or {})
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
+        # a size given as None stays a key (in ``extra``), so the Mapping view equals the dict it came from
+        known = {k: v for k, v in data.items() if k in names and v is not None}
         for key in ("modalities", "attribute_names", "attribute_sizes"):
-            if known.get(key) is not None:
+            if key in known:
                 known[key] = list(known[key])
-        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        return cls(**known, extra={k: v for k, v in data.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
         """The set fields and the extras as a plain ``dict`` (what checkpoints and YAML hold)."""

@@ -30,6 +30,10 @@ def test_data_spec_is_typed_and_reads_like_the_dict_it_came_from():
     with pytest.raises(KeyError):
         spec["video_size"]
     assert type(spec.to_dict()) is dict and DataSpec.from_dict(spec) is spec
+    given_none = DataSpec.from_dict({"num_classes": None, "image_size": 16})
+    assert given_none.num_classes is None and given_none == {"num_classes": None, "image_size": 16}
+    assert "num_classes" in given_none and given_none["num_classes"] is None
+    assert {**spec, "image_size": 32}["image_size"] == 32 and (spec | {"image_size": 32})["image_size"] == 32
 
 
 def test_checks_name_the_key_and_what_is_wrong():
