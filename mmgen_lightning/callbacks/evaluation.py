@@ -17,9 +17,10 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from mmgen_lightning.metrics.evaluator import JUDGEABLE, Evaluator, default_directions, flatten, matrix_markdown
+from mmgen_lightning.metrics.evaluator import Evaluator, default_directions, flatten, matrix_markdown
 from mmgen_lightning.metrics.features import InceptionFeatures
 from mmgen_lightning.metrics.judges import get_judge, judged_attributes
+from mmgen_lightning.modalities import JUDGEABLE
 
 
 class EvaluationCallback(L.Callback):
