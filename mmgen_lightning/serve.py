@@ -322,7 +322,7 @@ def build_app(server: Server):
         parts: dict[str, Any] = {}
         if target in ("image", "video"):
             parts["gallery"] = gr.Gallery(label=f"{target} samples" + (" (animated GIF)" if target == "video" else ""),
-                                          columns=4, height="auto", elem_id=f"{prefix}-gallery")
+                                          columns=4, height=420, object_fit="contain", elem_id=f"{prefix}-gallery")
         elif target == "audio":
             with gr.Row():
                 parts["players"] = [gr.Audio(label=f"sample {i + 1}", visible=i == 0, type="filepath",
@@ -336,7 +336,7 @@ def build_app(server: Server):
     def show(run: Run, parts: dict[str, Any]) -> list[Any]:
         values: list[Any] = []
         if "gallery" in parts:
-            values.append([(str(p), f"seed {i}") for i, p in enumerate(run.files)])
+            values.append([(str(p), f"sample {i + 1}") for i, p in enumerate(run.files)])
         if "players" in parts:
             values += [gr.Audio(value=str(run.files[i]), visible=True) if i < len(run.files) else
                        gr.Audio(value=None, visible=False) for i in range(MAX_SAMPLES)]
@@ -414,7 +414,8 @@ def build_app(server: Server):
                     seed = gr.Number(value=0, precision=0, label="seed")
                 button = gr.Button("Compare", variant="primary", elem_id="compare-generate")
             with gr.Column():
-                gallery = gr.Gallery(label="side by side", columns=4, height="auto", elem_id="compare-gallery")
+                gallery = gr.Gallery(label="side by side", columns=4, height=420, object_fit="contain",
+                                     elem_id="compare-gallery")
                 command = gr.Textbox(label="reproduce with", lines=3, buttons=["copy"], elem_id="compare-command")
                 files = gr.File(label="download", file_count="multiple", elem_id="compare-files")
 
@@ -462,8 +463,12 @@ def build_app(server: Server):
                         gr.Markdown(f"**Cannot load**: {error}")
                     continue
                 with gr.Tab(f"{server.label(checkpoint)} ({type(model).__name__})"):
+                    directions = served_directions(model)
+                    if not directions:
+                        gr.Markdown(f"{type(model).__name__} generates nothing `mmgen generate` can ask for "
+                                    f"(it serves: {', '.join(model.directions()) or 'no direction'}).")
                     with gr.Tabs():
-                        for sources, target in served_directions(model):
+                        for sources, target in directions:
                             with gr.Tab(direction_name(sources, target)):
                                 direction_tab(checkpoint, model, sources, target)
             with gr.Tab("compare", elem_id="compare-tab"):
