@@ -97,6 +97,19 @@ def test_random_shift_moves_each_sample_by_its_own_offset_and_fills_with_backgro
         assert any(torch.equal(moved[i], padded[i, :, :, dy:dy + 6, dx:dx + 6]) for dy in range(5) for dx in range(5))
 
 
+def test_random_shift_on_the_global_rng_keeps_one_bright_pixel_within_bounds():
+    torch.manual_seed(0)
+    images = torch.full((64, 1, 8, 8), -1.0)
+    images[:, :, 3, 4] = 1.0  # one bright pixel per image
+    shifted = random_shift(images, 2)
+    positions = (shifted[:, 0] == 1.0).flatten(1).float().argmax(1)
+    rows, cols = positions // 8, positions % 8
+    assert ((shifted == 1.0).flatten(1).sum(1) == 1).all() and (shifted[shifted != 1.0] == -1.0).all()
+    assert ((rows - 3).abs() <= 2).all() and ((cols - 4).abs() <= 2).all()
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # offsets differ between images
+    assert torch.equal(random_shift(images, 0), images)
+
+
 def test_files_written_by_a_modality_read_back(tmp_path):
     image = torch.rand(3, 16, 16) * 2 - 1
     generate.save_image(image, tmp_path / "a.png")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmgen_lightning.datamodules.shapes import ShapesDataModule
-from mmgen_lightning.metrics.judges import get_judge, held_out_accuracy, judge_key, judge_path, random_shift
+from mmgen_lightning.metrics.judges import get_judge, held_out_accuracy, judge_key, judge_path
 
 
 def test_digits_image_judge_reads_held_out_digits(digits, digits_judge):
@@ -50,15 +50,6 @@ def test_training_a_judge_leaves_the_global_random_state_alone(judge_cache):
     state = torch.random.get_rng_state()
     train_judge(shapes, "image", recipe=Recipe(steps=2, max_items=64))
     assert torch.equal(torch.random.get_rng_state(), state)
-
-
-def test_random_shift_moves_each_sample_and_fills_with_background():
-    images = -torch.ones(64, 1, 5, 5)
-    images[:, :, 2, 2] = 1.0
-    shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
-    assert (shifted == 1).sum((1, 2, 3)).eq(1).all()  # one bright pixel each, moved at most one step
-    positions = {tuple(p) for p in (shifted[:, 0] == 1).nonzero()[:, 1:].tolist()}
-    assert len(positions) > 1 and all(1 <= r <= 3 and 1 <= c <= 3 for r, c in positions)
 
 
 def test_no_judge_for_an_unknown_dataset_or_modality(toy_datamodule):

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from mmgen_lightning.models.base import load_generator
-from mmgen_lightning.models.layers.token_stream import CODE, SPECIAL, TEXT, TokenLayout
-from mmgen_lightning.models.token_transformer import TokenTransformer, classifier_free_guidance, random_shift
+from mmgen_lightning.models.token_transformer import TokenTransformer, classifier_free_guidance
 from mmgen_lightning.models.vqvae import VQVAE
 from tests.conftest import WORDS, ToyDataModule, fit
 
@@ -44,27 +43,6 @@ def conditions(datamodule, count=4):
     return {key: torch.stack([item[key] for item in items]) for key in ("image", "text", "text_mask", "attributes")}
 
 
-# --- layout -----------------------------------------------------------------------------------------
-def test_stream_layout_round_trips_in_both_orders():
-    layout = TokenLayout(text_vocab_size=10, num_codes=7, text_length=5, grid=(2, 3))
-    text = torch.tensor([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0], [1, 7, 8, 9, 2]])
-    codes = torch.randint(0, 7, (3, 6))
-    codes_first = torch.tensor([False, True, True])
-    ids = layout.build(text, codes, codes_first)
-    assert ids.shape == (3, layout.length) == (3, 5 + 6 + 2)
-    back_text, back_codes = layout.split(ids, codes_first)
-    assert torch.equal(back_text, text) and torch.equal(back_codes, codes)
-    assert ids[0].tolist() == [1, 4, 5, 2, 0, layout.sep_image_id, *(codes[0] + 10).tolist(), 2]
-    assert ids[1].tolist() == [1, *(codes[1] + 10).tolist(), layout.sep_text_id, 6, 2, 0, 0, 2]
-    role, index = layout.roles(codes_first)
-    assert ((ids >= 10) & (ids < 17)).eq(role == CODE).all()  # codes sit exactly in the code slots
-    assert (role[1] == TEXT).sum() == 4 and (role == SPECIAL).sum(1).tolist() == [3, 3, 3]
-    assert index[0][role[0] == CODE].tolist() == list(range(6)) and index[1][role[1] == TEXT].tolist() == [1, 2, 3, 4]
-    for row, first in enumerate(codes_first.tolist()):  # the sampling prefix is the stream up to the separator
-        prefix = layout.prefix(codes[row:row + 1] if first else text[row:row + 1], first)
-        assert torch.equal(prefix[0], ids[row, : prefix.shape[1]])
-
-
 def test_condition_dropout_nulls_whole_conditions_and_is_not_scored(datamodule, vqvae_path):
     model = tiny(datamodule, vqvae_path, condition_dropout=0.5)
     batch = conditions(datamodule, 8)
@@ -97,19 +75,6 @@ def test_changing_a_later_slot_leaves_earlier_logits_alone(datamodule, vqvae_pat
         after, _ = model(changed, codes_first)
     assert torch.allclose(before[:, :9], after[:, :9], atol=1e-6)
     assert not torch.allclose(before[:, 9:], after[:, 9:])
-
-
-def test_shift_augment_moves_each_image_by_its_own_offset_within_bounds():
-    torch.manual_seed(0)
-    images = torch.full((64, 1, 8, 8), -1.0)
-    images[:, :, 3, 4] = 1.0  # one bright pixel per image
-    shifted = random_shift(images, 2)
-    positions = (shifted[:, 0] == 1.0).flatten(1).float().argmax(1)
-    rows, cols = positions // 8, positions % 8
-    assert ((shifted == 1.0).flatten(1).sum(1) == 1).all() and (shifted[shifted != 1.0] == -1.0).all()
-    assert ((rows - 3).abs() <= 2).all() and ((cols - 4).abs() <= 2).all()
-    assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # offsets differ between images
-    assert torch.equal(random_shift(images, 0), images)
 
 
 # --- sampling ---------------------------------------------------------------------------------------
