@@ -1,9 +1,22 @@
-"""Train a MultimodalVAE recipe within its wall-clock budget, then score it with `mmgen evaluate`.
+"""Train a MultimodalVAE recipe within its wall-clock budget, then score it with `mmgen evaluate`, and (on
+digits) the per-class diversity and precision/recall of its conditional samples.
 
-    python benchmarks/vae_quality.py [--config configs/vae/digits.yaml] [--skip-fit]
+    python benchmarks/vae_quality.py [--config configs/vae/digits.yaml] [--seed S] [--set fusion=mopoe ...]
+                                     [--tag NAME] [--skip-fit]
 
-Writes benchmarks/results/vae_<name>.json (+ .md) with the training time, steps and the
-coherence of every direction, each read by a judge trained only on the real training split.
+With no ``--seed``/``--set``/``--tag`` the recipe runs as written and the result is
+benchmarks/results/vae_<config name>.json (+ .md); otherwise the run is
+``vae_<config name>_<tag>_seed<S>.json`` and trains from a copy of the recipe that differs only in the
+seed, the given ``model.init_args`` and its output folders (same ``max_time``). Each report holds the
+training time, steps and the coherence of every direction, each read by a judge trained only on the
+real training split.
+
+Diversity (digits only, text->image and audio->image): ``--per-class`` samples of each digit, each
+conditioned on a test item of that digit (cycled); per digit, the mean pairwise L2 distance between
+its samples at the data's 8x8 resolution (area-downsampled; the real images go through the same
+operator) divided by the same for the real training images of that digit; reported per digit and
+as the mean over digits. The same samples give the judge's coherence and precision/recall/density/
+coverage (k = 5) in the judge's feature space against as many real training images.
 """
 
 from __future__ import annotations
@@ -17,37 +30,140 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
+from torch.utils.data import DataLoader
 
-from mmgen_lightning.metrics.report import evaluate, markdown
+from mmgen_lightning.metrics.judges import get_judge
+from mmgen_lightning.metrics.quality import PrecisionRecall
+from mmgen_lightning.metrics.report import evaluate, load_datamodule, markdown
+from mmgen_lightning.models.base import load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
+DIVERSITY_DIRECTIONS = ("text->image", "audio->image")
+DATA_RESOLUTION = 8  # the digits' scans are 8x8; the datamodule upsamples them
+
+
+def split_tensors(datamodule, split: str) -> dict[str, torch.Tensor]:
+    batches = list(DataLoader(datamodule.dataset(split), batch_size=512))
+    return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
+
+
+def pairwise_spread(images: torch.Tensor) -> float:
+    """Mean pairwise L2 distance of ``N,C,H,W`` images after area-downsampling to 8x8."""
+    small = F.interpolate(images.float(), size=(DATA_RESOLUTION, DATA_RESOLUTION), mode="area")
+    return torch.pdist(small.flatten(1)).mean().item()
+
+
+@torch.no_grad()
+def class_diversity(model, datamodule, per_class: int, seed: int) -> dict:
+    """Per-digit diversity, coherence and precision/recall of ``DIVERSITY_DIRECTIONS`` (see the module doc)."""
+    judge = get_judge(datamodule, "image", seed=0)
+    test, train = split_tensors(datamodule, "test"), split_tensors(datamodule, "train")
+    test_digits, train_digits = test["attributes"][:, 0], train["attributes"][:, 0]
+    digits = sorted(set(test_digits.tolist()))
+    generator = torch.Generator().manual_seed(seed)
+    real_rows = torch.randperm(len(train_digits), generator=generator)[:per_class * len(digits)]
+    real_features, _ = judge.features_and_logits(train["image"][real_rows])
+    real_spread = {d: pairwise_spread(train["image"][train_digits == d]) for d in digits}
+    result = {}
+    for index, direction in enumerate(DIVERSITY_DIRECTIONS):
+        source = direction.split("->")[0]
+        if source not in model.condition_modalities or source not in test:
+            continue
+        keys = [source] + (["text_mask"] if source == "text" else [])
+        ratios, correct, samples = {}, 0, []
+        for digit in digits:
+            rows = (test_digits == digit).nonzero().squeeze(1)
+            rows = rows[torch.arange(per_class) % len(rows)]
+            torch.manual_seed(seed * 1000 + index * 100 + digit)
+            images = model.generate({k: test[k][rows] for k in keys}, per_class, to="image")["image"]
+            ratios[str(digit)] = pairwise_spread(images) / real_spread[digit]
+            correct += (judge.predict(images)[:, 0].cpu() == digit).sum().item()
+            samples.append(images)
+        metric = PrecisionRecall(nearest_k=5)
+        metric.update(real_features, real=True)
+        metric.update(judge.features_and_logits(torch.cat(samples))[0], real=False)
+        result[direction] = {"samples": per_class * len(digits), "coherence": correct / (per_class * len(digits)),
+                             "diversity_vs_real": sum(ratios.values()) / len(ratios), "diversity_per_digit": ratios,
+                             **{k: v.item() for k, v in metric.compute().items()}}
+    return result
+
+
+def diversity_markdown(diversity: dict) -> str:
+    lines = ["| direction | samples | coherence | diversity / real | precision | recall | density | coverage |",
+             "|---|---|---|---|---|---|---|---|"]
+    for direction, row in diversity.items():
+        lines.append(f"| {direction} | {row['samples']} | {row['coherence']:.3f} | {row['diversity_vs_real']:.3f} | "
+                     f"{row['precision']:.3f} | {row['recall']:.3f} | {row['density']:.3f} | {row['coverage']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_config(config_path: str, seed: int | None, overrides: list[str], tag: str | None,
+               max_time: str | None = None) -> tuple[Path, str, Path]:
+    """The config to train (a copy when anything is overridden), its result name and checkpoint folder."""
+    config = yaml.safe_load((ROOT / config_path).read_text())
+    name = Path(config_path).stem
+    if seed is None and not overrides and tag is None and max_time is None:
+        return ROOT / config_path, f"vae_{name}", ROOT / config["trainer"]["callbacks"][0]["init_args"]["dirpath"]
+    seed = config.get("seed_everything", 0) if seed is None else seed
+    run = f"{name}_{tag or 'run'}_seed{seed}"
+    folder = ROOT / "runs" / "vae_quality" / run
+    config["seed_everything"] = seed
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if not key or not value:
+            raise SystemExit(f"--set: give KEY=VALUE (a model.init_args key), got {override!r}")
+        config["model"]["init_args"][key] = yaml.safe_load(value)
+    trainer = config["trainer"]
+    if max_time is not None:
+        trainer["max_time"] = max_time
+    trainer["default_root_dir"] = str(folder)
+    if isinstance(trainer.get("logger"), dict):
+        trainer["logger"]["init_args"].update(save_dir=str(folder), name="logs")
+    trainer["callbacks"][0]["init_args"]["dirpath"] = str(folder / "checkpoints")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder / "config.yaml", f"vae_{run}", folder / "checkpoints"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/vae/digits.yaml")
+    parser.add_argument("--seed", type=int, default=None, help="seed_everything of the run (default: the recipe's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model.init_args entry (YAML value), e.g. fusion=mopoe")
+    parser.add_argument("--tag", default=None, help="names the run's result file")
+    parser.add_argument("--max-time", default=None, help="a shorter budget than the recipe's, for prototypes "
+                                                        "(DD:HH:MM:SS)")
+    parser.add_argument("--per-class", type=int, default=50, help="samples per digit of the diversity table")
     parser.add_argument("--skip-fit", action="store_true", help="evaluate the existing last.ckpt")
     args = parser.parse_args()
-    config = yaml.safe_load((ROOT / args.config).read_text())
-    ckpt_dir = Path(config["trainer"]["callbacks"][0]["init_args"]["dirpath"])
-    name = Path(args.config).stem
+    config, name, ckpt_dir = run_config(args.config, args.seed, args.set, args.tag, args.max_time)
     train_seconds = None
     if not args.skip_fit:
         started = time.time()
-        subprocess.run([sys.executable, "-m", "mmgen_lightning.cli", "fit", "--config", args.config,
+        subprocess.run([sys.executable, "-m", "mmgen_lightning.cli", "fit", "--config", str(config),
                         "--trainer.enable_progress_bar", "false"], check=True, cwd=ROOT)
         train_seconds = round(time.time() - started, 1)
-    ckpt = ROOT / ckpt_dir / "last.ckpt"
+    ckpt = ckpt_dir / "last.ckpt"
     steps = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     report = evaluate(ckpt)
-    report.update({"config": args.config, "train_seconds_including_startup": train_seconds, "steps": steps,
-                   "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-                   "torch": torch.__version__})
-    out = ROOT / "benchmarks" / "results" / f"vae_{name}.json"
+    text = markdown(report)
+    model, datamodule = load_generator(ckpt), load_datamodule(ckpt)
+    if datamodule.data_spec["dataset"] == "digits":
+        report["diversity"] = class_diversity(model, datamodule, args.per_class, seed=0)
+        text += "\nPer-digit diversity (mean pairwise L2 at 8x8 / the real digits'), with coherence and " \
+                "precision/recall of the same samples:\n\n" + diversity_markdown(report["diversity"])
+    command = " ".join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
+    report.update({"command": command, "config": args.config, "fusion": model.hparams.fusion,
+                   "private_dim": model.hparams.private_dim, "train_seconds_including_startup": train_seconds,
+                   "steps": steps, "machine": f"{platform.processor() or platform.machine()}, "
+                                              f"{torch.get_num_threads()} threads", "torch": torch.__version__})
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    out.with_suffix(".md").write_text(text)
+    print(text)
     print(f"trained {steps} steps in {train_seconds} s; wrote {out}")
 
 

@@ -52,6 +52,13 @@ def reparameterize(mu: Tensor, logvar: Tensor, scale: float = 1.0) -> Tensor:
     return mu + scale * torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
 
+def log_mean_exp(log_p: Tensor, dim: int = 0) -> Tensor:
+    """``log (1/K) sum_k exp(log_p_k)`` over ``dim`` (size ``K``), computed stably: with ``log_p_k =
+    log p(x | w_k)``, ``w_k ~ r``, it is the ``K``-sample importance bound on ``log E_r p(x | w)`` (Burda et
+    al. 2016), which never decreases with ``K``, where the plain mean is Jensen's bound, the ``K = 1`` case."""
+    return torch.logsumexp(log_p, dim) - math.log(log_p.shape[dim])
+
+
 # --- likelihoods ------------------------------------------------------------------------------
 LIKELIHOODS = ("laplace", "gaussian")
 

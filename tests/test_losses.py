@@ -5,7 +5,7 @@ import math
 import torch
 
 from mmgen_lightning.losses import (continuous_log_likelihood, gaussian_log_density, kl_standard_normal, kl_weight,
-                                    mixture_log_density, product_of_experts, reparameterize)
+                                    log_mean_exp, mixture_log_density, product_of_experts, reparameterize)
 
 
 def test_gaussian_log_density_matches_torch_distributions():

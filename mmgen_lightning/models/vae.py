@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgen_lightning.losses import (LIKELIHOODS, continuous_log_likelihood, gaussian_log_density, kl_standard_normal,
-                                    kl_weight, mixture_log_density, product_of_experts, reparameterize)
+                                    kl_weight, log_mean_exp, mixture_log_density, product_of_experts, reparameterize)
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
 from mmgen_lightning.models.layers.audio import AudioEncoder, LogMel, MelDecoder
 from mmgen_lightning.models.layers.image import ImageDecoder, ImageEncoder
@@ -46,6 +46,14 @@ class MultimodalVAE(GenerativeModule):
         private_prior_scale: scale ``s`` of the auxiliary prior ``r(w_n) = N(0, s^2 I)`` that cross-modal
             reconstruction and sampling draw the target's private latent from.
         learn_private_prior_scale: learn ``s`` (one per modality) instead of keeping it fixed.
+        cross_samples: draws ``K`` of ``w_n ~ r`` where a term reconstructs ``x_n`` without encoding it; the
+            term scores ``log 1/K sum_k p(x_n | z, w_n^k)``, MMVAE+'s importance-weighted cross-reconstruction
+            (a bound on ``log E_r p(x_n | z, w_n)`` that rewards samples which vary as ``x_n`` does, where
+            ``K = 1``, the plain ELBO, penalises every variation ``w_n`` makes).
+        cross_mean_weight: ``a`` in ``(1 - a) log 1/K sum_k p_k + a 1/K sum_k log p_k``, the cross-reconstruction
+            score with ``K > 1`` (both are bounds on ``log E_r p``, so is their mix): the mean of logs costs
+            every draw of ``w_n`` that changes what ``x_n`` shares with the other modalities (the digit), where
+            the log-mean only costs the draws that all miss.
         width: base channel width of the conv encoders/decoders.
         text_width: width of the text encoder and GRU decoder.
         likelihood: ``laplace`` or ``gaussian`` for image, audio (log-mel) and video.
@@ -61,7 +69,8 @@ class MultimodalVAE(GenerativeModule):
 
     def __init__(self, data_spec: dict[str, Any] | None = None, modalities: list[str] | None = None,
                  fusion: str = "mopoe", latent_dim: int = 32, private_dim: int | dict[str, int] = 0,
-                 private_prior_scale: float = 1.0, learn_private_prior_scale: bool = False,
+                 private_prior_scale: float = 1.0, learn_private_prior_scale: bool = False, cross_samples: int = 1,
+                 cross_mean_weight: float = 0.0,
                  width: int = 32, text_width: int = 128,
                  likelihood: str = "laplace", learn_scale: bool = True, init_scale: float = 0.1,
                  likelihood_weights: dict[str, float] | None = None, beta: float = 1.0,
@@ -88,6 +97,10 @@ class MultimodalVAE(GenerativeModule):
         self.private_dims = self._private_dims(private_dim)
         if fusion == "mmvae_plus" and not any(self.private_dims.values()):
             raise ValueError("private_dim: fusion 'mmvae_plus' needs a private latent (private_dim > 0)")
+        if cross_samples < 1:
+            raise ValueError(f"cross_samples must be >= 1, got {cross_samples}")
+        if not 0 <= cross_mean_weight <= 1:
+            raise ValueError(f"cross_mean_weight must be in [0, 1], got {cross_mean_weight}")
         if not private_prior_scale > 0:
             raise ValueError(f"private_prior_scale must be > 0, got {private_prior_scale}")
         self.private = [m for m in self.modalities if self.private_dims[m] > 0]
@@ -220,7 +233,8 @@ class MultimodalVAE(GenerativeModule):
 
     def decoder_code(self, name: str, z: Tensor, privates: dict[str, Gaussian], encoded: Tensor | None,
                      scale: float = 1.0) -> Tensor:
-        """The decoder's input ``[z, w_name]``: ``...,latent_dim + private_dim`` (``z`` itself without one).
+        """The decoder's input ``[z, w_name]``: ``...,latent_dim + private_dim`` (``z`` itself without one);
+        ``z`` may carry leading sample dims ``K,B,D`` (one posterior draw of ``w`` serves them all).
 
         ``w_name`` comes from the posterior ``q(w_name|x_name)`` in the rows where ``encoded`` (``...``,
         bool or 0/1) is set, from the auxiliary prior ``r`` elsewhere (everywhere when ``encoded`` is None).
@@ -230,8 +244,7 @@ class MultimodalVAE(GenerativeModule):
         w = self.private_prior_sample(name, tuple(z.shape[:-1]), z.device, scale)
         if encoded is not None and name in privates:
             mu, logvar = privates[name]
-            posterior = reparameterize(mu.expand_as(w), logvar.expand_as(w), scale)
-            w = torch.where(encoded.bool().unsqueeze(-1), posterior, w)
+            w = torch.where(encoded.bool().unsqueeze(-1), reparameterize(mu, logvar, scale), w)
         return torch.cat([z, w], dim=-1)
 
     # --- likelihoods --------------------------------------------------------------------------
@@ -289,9 +302,14 @@ class MultimodalVAE(GenerativeModule):
         per_modality = {}
         for index, name in enumerate(self.modalities):
             users = [i for i, (_, targets, _) in enumerate(terms) if name in targets]
-            # a term that does not encode x_name reconstructs it with w_name ~ r (MMVAE+'s cross terms)
-            codes = torch.cat([self.decoder_code(name, zs[i], privates, terms[i][2][index]) for i in users])
-            log_p = self.reconstruction_log_prob(name, batch, codes).view(len(users), batch_size)
+            # a term that does not encode x_name reconstructs it with w_name ~ r (MMVAE+'s cross terms),
+            # K draws of it (the K copies of an encoded row are one posterior draw, so they score log p itself)
+            draws = self.hparams.cross_samples if name in privates else 1
+            codes = torch.cat([self.decoder_code(name, zs[i].expand(draws, *zs[i].shape), privates,
+                                                 terms[i][2][index]) for i in users], dim=1)  # K,U*B,D
+            log_p = self.reconstruction_log_prob(name, batch, codes.flatten(0, 1)).view(draws, len(users), batch_size)
+            mean_weight = self.hparams.cross_mean_weight
+            log_p = (1 - mean_weight) * log_mean_exp(log_p, 0) + mean_weight * log_p.mean(0)
             weight = self.weights[name] if weighted else 1.0
             reconstruction[users] += weight * log_p
             per_modality[name] = log_p.mean()

@@ -1,5 +1,5 @@
-"""MultimodalVAE: every fusion trains, the IWAE bound behaves, cross-modal generation learns,
-and the same code runs under bf16-mixed and 2-process DDP."""
+"""MultimodalVAE: every fusion trains, the IWAE bound behaves, cross-modal generation learns, private
+latents (MMVAE+) vary the samples of one condition, and the same code runs under bf16-mixed and 2-process DDP."""
 
 import math
 
@@ -7,8 +7,22 @@ import lightning as L
 import pytest
 import torch
 
+from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.vae import MultimodalVAE
 from tests.conftest import ToyDataModule, fit_two_ranks_in_subprocess
+
+
+class VariedToyDataModule(ToyDataModule):
+    """The toy with a within-class factor no caption states: each square's brightness is drawn uniformly,
+    so the images of one class differ as real digits of one class do."""
+
+    def build_split(self, split):
+        items = super().build_split(split)
+        generator = torch.Generator().manual_seed(("train", "val", "test").index(split))
+        for item in items.items:
+            ink = 0.2 + 0.8 * torch.rand((), generator=generator)
+            item["image"] = ((item["image"] + 1) * ink - 1).clamp(-1, 1)
+        return items
 
 
 def fit(model, datamodule, **trainer_kwargs):
@@ -18,26 +32,40 @@ def fit(model, datamodule, **trainer_kwargs):
     return trainer
 
 
-@pytest.mark.parametrize("fusion", ["poe", "moe", "mopoe"])
-def test_every_fusion_lowers_its_loss(fusion):
+@pytest.mark.parametrize("fusion, private_dim", [("poe", 0), ("moe", 0), ("mopoe", 0), ("mmvae_plus", 2),
+                                                  ("poe", 2), ("mopoe", {"image": 2, "label": 1})])
+def test_every_fusion_lowers_its_loss(fusion, private_dim):
     torch.manual_seed(0)
-    datamodule = ToyDataModule(modalities=["image", "text", "label"])
-    model = MultimodalVAE(datamodule.data_spec, fusion=fusion, latent_dim=4, width=8, text_width=16, lr=3e-3)
+    datamodule = ToyDataModule(modalities=["image", "text", "label"], size=32)
+    model = MultimodalVAE(datamodule.data_spec, fusion=fusion, private_dim=private_dim, cross_samples=2, latent_dim=4,
+                          width=8, text_width=16, lr=3e-3)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     before = model.elbo_terms(batch, 1.0)["loss"].item()
-    fit(model, datamodule, max_steps=40)
+    fit(model, datamodule, max_steps=40, limit_val_batches=0)
     after = model.elbo_terms(batch, 1.0)["loss"].item()
     assert after < before - 0.3 * abs(before), (before, after)
 
 
 @pytest.fixture(scope="module")
-def trained_toy_vae():
-    torch.manual_seed(0)
-    datamodule = ToyDataModule(modalities=["image", "text"], size=128)
-    model = MultimodalVAE(datamodule.data_spec, latent_dim=8, width=8, text_width=32, lr=3e-3)
-    fit(model, datamodule, max_epochs=12, limit_val_batches=0)
-    return model.eval(), datamodule
+def trained_toys():
+    """MoPoE with a shared latent only, and with a private image latent (8 draws of it from ``r`` in each
+    reconstruction of the image from the caption alone), trained alike on the varied toy."""
+    datamodule = VariedToyDataModule(modalities=["image", "text"], size=128)
+    models = {}
+    for name, private_dim in (("shared", 0), ("private", {"image": 2})):
+        torch.manual_seed(0)
+        model = MultimodalVAE(datamodule.data_spec, fusion="mopoe", private_dim=private_dim, cross_samples=8,
+                              latent_dim=8, width=8, text_width=32, lr=3e-3)
+        fit(model, datamodule, max_epochs=12, limit_val_batches=0)
+        models[name] = model.eval()
+    return models, datamodule
+
+
+@pytest.fixture(params=["shared", "private"])
+def trained_toy_vae(request, trained_toys):
+    models, datamodule = trained_toys
+    return models[request.param], datamodule
 
 
 def test_iwae_bound_is_above_elbo_and_grows_with_k(trained_toy_vae):
@@ -166,3 +194,81 @@ def test_ddp_two_cpu_processes(tmp_path):
     }
     fit_two_ranks_in_subprocess(config, tmp_path)
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+
+
+def class_spread(images):
+    """Mean pairwise L2 distance between images ``N,C,H,W``."""
+    flat = images.flatten(1)
+    return torch.pdist(flat).mean().item()
+
+
+def test_private_latents_vary_the_samples_of_one_condition(trained_toys):
+    models, _ = trained_toys
+    caption = models["shared"].tokenizer.encode(["class two"])
+    spreads = {}
+    for name, model in models.items():
+        torch.manual_seed(0)
+        images = model.generate(caption, num_samples=64, to="image")["image"]
+        quadrant = images[:, 0, 8:, :8].mean((1, 2)) - images[:, 0, :8, :].mean((1, 2))
+        assert (quadrant > 0).float().mean() > 0.9, name  # still the asked class
+        spreads[name] = class_spread(images)
+    # the real squares of one class differ in brightness; the private latent carries it to the samples
+    assert spreads["private"] > 1.5 * spreads["shared"], spreads
+
+
+def test_cross_modal_sampling_draws_the_targets_private_latent_from_the_auxiliary_prior():
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16)
+    model = MultimodalVAE(datamodule.data_spec, fusion="mmvae_plus", private_dim=3, private_prior_scale=4.0,
+                          latent_dim=4, width=8, text_width=16)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    codes = []
+    model.decoders["image"].register_forward_pre_hook(lambda module, inputs: codes.append(inputs[0]))
+    count = 512
+    model.generate({"text": batch["text"][:1], "text_mask": batch["text_mask"][:1]}, count, to="image")
+    model.generate({}, count, to="image")
+    model.generate({"image": batch["image"][:1]}, count, to="image", truncation=0.0)
+    cross, unconditional, reconstruction = (code[:, 4:] for code in codes)
+    assert all(code.shape == (count, 7) for code in codes)
+    assert abs(cross.std().item() - 4.0) < 0.4  # r(w) = N(0, 4^2 I)
+    assert abs(unconditional.std().item() - 1.0) < 0.1  # p(w) = N(0, I)
+    _, privates = model.encode_with_private({"image": batch["image"][:1]}, ["image"])
+    assert torch.allclose(reconstruction, privates["image"][0].expand(count, -1))  # the posterior mean
+
+
+def test_private_prior_scale_is_learned_when_asked():
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16)
+    model = MultimodalVAE(datamodule.data_spec, fusion="mmvae_plus", private_dim=2, learn_private_prior_scale=True,
+                          latent_dim=4, width=8, text_width=16)
+    datamodule.setup("fit")
+    model.elbo_terms(next(iter(datamodule.train_dataloader())), 1.0)["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.private_prior_log_scales.values())
+
+
+def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
+    models, datamodule = trained_toys
+    model = models["private"]
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        max_steps=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    loaded = load_generator(tmp_path / "model.ckpt")
+    assert loaded.private_dims == {"image": 2, "text": 0} and loaded.hparams.cross_samples == 8
+    caption = model.tokenizer.encode(["class one"])
+    samples = []
+    for candidate in (model, loaded):
+        torch.manual_seed(3)
+        samples.append(candidate.generate(caption, 8, to="image")["image"])
+    assert torch.equal(*samples)
+
+
+@pytest.mark.parametrize("arguments, message", [({"fusion": "mmvae_plus"}, "needs a private latent"),
+                                                ({"private_dim": {"audio": 2}}, "not one of the modalities"),
+                                                ({"private_dim": -1}, ">= 0"),
+                                                ({"private_prior_scale": 0.0}, "must be > 0")])
+def test_bad_private_latent_options_say_what_is_wrong(arguments, message):
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16)
+    with pytest.raises(ValueError, match=message):
+        MultimodalVAE(datamodule.data_spec, latent_dim=4, width=8, text_width=16, **arguments)
