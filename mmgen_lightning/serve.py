@@ -201,11 +201,9 @@ class Server:
         return self._models[path]
 
     def label(self, path: Path) -> str:
-        """A short unique name for a checkpoint: its path below the folder all of them share."""
-        if len(self.checkpoints) == 1:
-            return path.name
-        common = Path(os.path.commonpath(self.checkpoints))
-        return str(path.relative_to(common)) if path != common else path.name
+        """A short unique name for a checkpoint: its path below the folder all the allowed ones share."""
+        common = Path(os.path.commonpath([*self.folders, *self.checkpoints]))
+        return str(path.relative_to(common)) if path.is_relative_to(common) and path != common else str(path)
 
     # --- generation ------------------------------------------------------------------------------
     def generate(self, checkpoint: str | os.PathLike, target: str, conditions: dict[str, Any],
@@ -294,6 +292,8 @@ KNOB_HELP = {"steps": "sampling steps", "guidance_scale": "classifier-free guida
              "truncation": "latent noise scale / truncation"}
 
 
+#: the gallery's own buttons, without "share" (it posts to Hugging Face): the page is local
+LOCAL_BUTTONS = ["download", "download_all", "fullscreen"]
 MISSING = {"text": "caption: type a caption first", "image": "image: upload an image first",
            "audio": "sound: upload or record one first", "label": "label: pick one first"}
 
@@ -322,11 +322,13 @@ def build_app(server: Server):
         parts: dict[str, Any] = {}
         if target in ("image", "video"):
             parts["gallery"] = gr.Gallery(label=f"{target} samples" + (" (animated GIF)" if target == "video" else ""),
-                                          columns=4, height=420, object_fit="contain", elem_id=f"{prefix}-gallery")
+                                          columns=4, height=420, object_fit="contain", buttons=LOCAL_BUTTONS,
+                                          elem_id=f"{prefix}-gallery")
         elif target == "audio":
             with gr.Row():
                 parts["players"] = [gr.Audio(label=f"sample {i + 1}", visible=i == 0, type="filepath",
-                                             elem_id=f"{prefix}-audio-{i}") for i in range(MAX_SAMPLES)]
+                                             buttons=["download"], elem_id=f"{prefix}-audio-{i}")
+                                    for i in range(MAX_SAMPLES)]
         else:
             parts["text"] = gr.Textbox(label=f"{target} samples", lines=4, elem_id=f"{prefix}-text-out")
         parts["command"] = gr.Textbox(label="reproduce with", lines=2, buttons=["copy"], elem_id=f"{prefix}-command")
@@ -338,8 +340,8 @@ def build_app(server: Server):
         if "gallery" in parts:
             values.append([(str(p), f"sample {i + 1}") for i, p in enumerate(run.files)])
         if "players" in parts:
-            values += [gr.Audio(value=str(run.files[i]), visible=True) if i < len(run.files) else
-                       gr.Audio(value=None, visible=False) for i in range(MAX_SAMPLES)]
+            values += [gr.update(value=str(run.files[i]), visible=True) if i < len(run.files) else
+                       gr.update(value=None, visible=False) for i in range(MAX_SAMPLES)]
         if "text" in parts:
             values.append("\n".join(f"{i + 1}. {t}" for i, t in enumerate(run.texts)))
         return values + [run.command, [str(p) for p in run.downloads]]
@@ -358,10 +360,11 @@ def build_app(server: Server):
                                                  elem_id=f"{prefix}-caption"))
                     elif source == "image":
                         inputs.append(ImageUpload(label="image", type="filepath", sources=["upload"],
-                                               elem_id=f"{prefix}-image"))
+                                                  buttons=["fullscreen"], elem_id=f"{prefix}-image"))
                     elif source == "audio":
                         inputs.append(gr.Audio(label="sound (WAV/FLAC, or record)", type="filepath",
-                                               sources=["upload", "microphone"], elem_id=f"{prefix}-audio"))
+                                               sources=["upload", "microphone"], buttons=["download"],
+                                               elem_id=f"{prefix}-audio"))
                     elif source == "label":
                         classes = int(model.data_spec.get("num_classes", 10))
                         inputs.append(gr.Dropdown(label="label", choices=list(range(classes)), value=0,
@@ -415,7 +418,7 @@ def build_app(server: Server):
                 button = gr.Button("Compare", variant="primary", elem_id="compare-generate")
             with gr.Column():
                 gallery = gr.Gallery(label="side by side", columns=4, height=420, object_fit="contain",
-                                     elem_id="compare-gallery")
+                                     buttons=LOCAL_BUTTONS, elem_id="compare-gallery")
                 command = gr.Textbox(label="reproduce with", lines=3, buttons=["copy"], elem_id="compare-command")
                 files = gr.File(label="download", file_count="multiple", elem_id="compare-files")
 
@@ -482,7 +485,8 @@ def serve_parser() -> argparse.ArgumentParser:
         "A local web page to try checkpoints: one tab per direction each checkpoint serves, a compare tab, "
         "downloads and the `mmgen generate` command of every sample. Needs `pip install mmgen-lightning[serve]`."))
     parser.add_argument("--ckpt", action="append", required=True,
-                        help="checkpoint file, or a folder of *.ckpt (repeatable); the page loads only from these folders")
+                        help="checkpoint file, or a folder of *.ckpt (repeatable); the page loads checkpoints "
+                             "only from these folders")
     parser.add_argument("--port", type=int, default=7860, help="TCP port (0 = a free one)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; the default is this machine only (0.0.0.0 opens it to the network)")

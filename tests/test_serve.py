@@ -127,11 +127,13 @@ def test_bad_uploads_are_one_line_and_the_server_goes_on(server, checkpoints, tm
         handle.truncate(50 * 2**20)
     nan_wav = tmp_path / "nan.wav"
     soundfile.write(nan_wav, np.full(2000, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
-    cases = [("image", "text", not_an_image, r"^image: the upload notes\.png cannot be read as an image; choose another file$"),
+    cases = [("image", "text", not_an_image, r"^image: the upload notes\.png cannot be read as an image; choose "
+                                             r"another file$"),
              ("image", "text", empty, r"image: the upload empty\.png is empty \(0 bytes\)"),
              ("image", "text", huge, rf"image: the upload huge\.png is 50\.0 MB; the page takes files up to "
                                      rf"{MAX_UPLOAD_MB} MB"),
-             ("audio", "image", nan_wav, r"^audio: the upload nan\.wav holds NaN or infinite values; choose another file$")]
+             ("audio", "image", nan_wav, r"^audio: the upload nan\.wav holds NaN or infinite values; choose another "
+                                         r"file$")]
     for kind, target, path, message in cases:
         with pytest.raises(UserError, match=message) as caught:
             server.generate(checkpoints["vae"], target, {kind: str(path)}, num_samples=1)
@@ -187,6 +189,11 @@ def test_the_page_has_a_tab_per_direction_and_its_handlers_speak_in_one_line(ser
     assert command.startswith("mmgen generate") and files[-1].endswith("manifest.jsonl")
     with pytest.raises(gr.Error, match="caption"):
         _handler(app, "vae-ckpt-text-to-image-gallery")("", 2, 0, None, None, None)
+
+    *players, command, files = _handler(app, "vae-ckpt-text-to-audio-audio-0")("class one", 2, 3, None, None, None)
+    shown_players = [p["value"] for p in players if p["visible"]]
+    assert len(players) == 16 and len(shown_players) == 2 and "--seed 3" in command
+    assert all((soundfile.info(p).samplerate, soundfile.info(p).frames) == (8000, 2000) for p in shown_players)
 
     compare = _handler(app, "compare-gallery")
     with pytest.warns(UserWarning, match=r"skipped \(no text->image or text->video\): vqvae.ckpt"):
