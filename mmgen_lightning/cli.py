@@ -134,7 +134,7 @@ def _checkpoint_family(path: str | Path) -> str | None:
 
 def lightning_main(args: Sequence[str]) -> None:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     import mmgen_lightning.datamodules  # noqa: F401 - registers the built-in sources for class_path
     import mmgen_lightning.models  # noqa: F401 - registers the families for class_path
@@ -144,6 +144,20 @@ def lightning_main(args: Sequence[str]) -> None:
     from mmgen_lightning.models.base import GenerativeModule
 
     command = args[0] if args else "fit"
+
+    class SaveConfigBesideTheUsers(SaveConfigCallback):
+        """Lightning's saving of the run's config to its log folder, except over a config file the run was
+        started from: with the logger off the log folder is ``default_root_dir``, often that file's folder."""
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            given = {os.path.abspath(str(path)) for path in (self.config.get("config") or [])}
+            target = os.path.abspath(os.path.join(trainer.log_dir or ".", self.config_filename))
+            if target in given:
+                self.config_filename = f"{Path(self.config_filename).stem}.run.yaml"
+                if trainer.is_global_zero:
+                    warn(command, f"{target} is this run's --config: the resolved config is saved beside it as "
+                                  f"{self.config_filename}")
+            super().setup(trainer, pl_module, stage)
 
     class MMGenCLI(LightningCLI):
         def init_parser(self, **kwargs: Any):
@@ -162,6 +176,13 @@ def lightning_main(args: Sequence[str]) -> None:
                 (LearningRateMonitor,) if trainer.get("logger") is False else ())
             self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"]
                                                   if not isinstance(c, unwanted)]
+
+        def _set_seed(self) -> None:
+            seed = self._get(self.config, "seed_everything")
+            if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:
+                raise UsageError(f"seed {seed} is out of range", "seed_everything", "give a whole number in "
+                                 "[0, 2**32 - 1], true for a random one, or false for none")
+            super()._set_seed()
 
         def _parse_ckpt_path(self) -> None:
             # LightningCLI reads the checkpoint's hyper-parameters into the model's config here: an unreadable
@@ -215,8 +236,10 @@ def lightning_main(args: Sequence[str]) -> None:
     # main(argv) passes the console script's own sys.argv[1:] as args; LightningCLI would warn that both are given
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     MMGenCLI(GenerativeModule, MultimodalDataModule, subclass_mode_model=True, subclass_mode_data=True,
-             args=list(args), save_config_kwargs={"overwrite": True},
-             trainer_defaults={"callbacks": callbacks, "plugins": [AtomicCheckpointIO()]})
+             args=list(args), save_config_callback=SaveConfigBesideTheUsers, save_config_kwargs={"overwrite": True},
+             # a class path, not an instance: the config saved with the run must parse again
+             trainer_defaults={"callbacks": callbacks,
+                               "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"}]})
 
 
 # --- generate --------------------------------------------------------------------------------
@@ -297,9 +320,6 @@ def _conditions(args, model) -> tuple[dict[str, Any], list[dict]]:
     """Read the repeated condition flags into a batch of ``k`` rows and their manifest entries, with the
     same readers (and checks) as training from a manifest; warns about what the model will not see."""
     import torch
-    from PIL import Image
-
-    from mmgen_lightning.datamodules.manifest import read_audio, read_image
 
     given = {name: getattr(args, name) for name in ("text", "image", "audio", "label") if getattr(args, name)}
     rows = len(next(iter(given.values()))) if given else 1
@@ -312,6 +332,10 @@ def _conditions(args, model) -> tuple[dict[str, Any], list[dict]]:
             for problem in model.tokenizer.problems(text):
                 warn("generate", f"--text {_short(text)}: {problem}")
         conditions.update(model.tokenizer.encode(given["text"]))
+    if "image" in given or "audio" in given:  # the datamodules package imports litdata: only when needed
+        from PIL import Image
+
+        from mmgen_lightning.datamodules.manifest import read_audio, read_image
     readers = {"image": lambda p: read_image(p, model.spec("image_size"), model.spec("image_channels")),
                "audio": lambda p: read_audio(p, model.spec("sample_rate"), model.spec("audio_length"))}
     for name in ("image", "audio"):

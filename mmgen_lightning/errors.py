@@ -104,8 +104,10 @@ def user_error(error: BaseException) -> tuple[int, str] | None:
     if found is None:
         found = next((e for e in reversed(chain) if isinstance(e, USER_FACING) and raised_on_purpose(e)), None)
     if found is None:
-        # a command-line value jsonargparse refused before building anything: a usage error
-        found = next((e for e in chain if isinstance(e, argparse.ArgumentError)), None)
+        # a command-line value jsonargparse refused before building anything, or a Trainer setting Lightning
+        # refused (MisconfigurationException: an accelerator this machine lacks, ...): usage errors
+        found = next((e for e in chain if isinstance(e, argparse.ArgumentError)
+                      or type(e).__name__ == "MisconfigurationException"), None)
         if found is None:
             return None
         return 2, one_line(str(found), drop=("Given value", "Subtypes:"))

@@ -332,20 +332,42 @@ def test_shard_decoding_errors_stop_with_the_line(world, capsys, tmp_path):
     assert "cannot decode the image" in line
 
 
+def test_shard_refuses_a_decompression_bomb_naming_the_limit(world, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # inherited by the forked shard writer
+    rows = [{"image": str(world["files"] / "picture.png"), "caption": "a"}] * 2
+    assert_error(shard(world, "--data.split_fractions", "[1.0, 0.0, 0.0]", manifest=write_manifest(tmp_path, rows)),
+                 1, ["picture.png", "decompression bomb", "MAX_IMAGE_PIXELS = 100"], capsys, world)
+
+
+def test_manifest_captions_cut_by_the_context_are_reported_once(world, tmp_path, caplog):
+    from mmgen_lightning.datamodules.manifest import ManifestDataModule
+
+    image = str(world["files"] / "picture.png")
+    rows = [{"image": image, "caption": "a red circle"}] * 3 + [{"image": image, "caption": "word " * 40}]
+    data = ManifestDataModule(str(write_manifest(tmp_path, rows)), image_size=16, max_text_length=8,
+                              split_fractions=(1.0, 0.0, 0.0))
+    with caplog.at_level("WARNING"):
+        data.tokenizer, data.tokenizer
+    assert [r.getMessage() for r in caplog.records if "longer than max_text_length" in r.getMessage()] == [
+        f"{data.manifest}: 1 of 4 captions are longer than max_text_length=8 allows (6 tokens; the longest has 40) "
+        "and are cut; raise max_text_length to keep them whole"]
+
+
 # --- fit ---------------------------------------------------------------------------------------
-def fit_config(tmp_path: Path, data: dict, model: dict | None = None, **trainer) -> Path:
+def fit_config(tmp_path: Path, data: dict, model: dict | None = None, name: str = "config.yaml", **trainer) -> Path:
     import yaml
 
     config = {"seed_everything": 0,
               "trainer": {"max_steps": 2, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
                           "logger": False, "limit_val_batches": 0, "enable_model_summary": False,
+                          "default_root_dir": str(tmp_path),
                           "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                          "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}],
                           **trainer},
               "model": model or {"class_path": "mmgen_lightning.models.MultimodalVAE",
                                  "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
               "data": data}
-    path = tmp_path / "config.yaml"
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -373,12 +395,28 @@ def test_fit_bad_inputs(world, capsys, tmp_path):
                  ["VQVAE", "MultimodalVAE", "--ckpt_path"], capsys, world)
     assert_error(["fit", "--config", good, "--ckpt_path", str(files / "garbage.ckpt")], 1, ["garbage.ckpt"],
                  capsys, world)
+    assert_error(["fit", "--config", good, "--seed_everything", "-1"], 2, ["seed -1", "seed_everything"], capsys,
+                 world)
+    assert_error(["fit", "--config", good, "--data.init_args.seed", "-1"], 2, ["seed must be in"], capsys, world)
+    streaming = {"class_path": "mmgen_lightning.datamodules.StreamingDataModule",
+                 "init_args": {"input_dir": str(tmp_path / "no_shards")}}
+    assert_error(["fit", "--config", str(fit_config(tmp_path, streaming, name="streaming.yaml"))], 2, ["no_shards", "mmgen shard"], capsys,
+                 world)
+    assert_error(["validate", "--config", good, "--ckpt_path", str(world["vqvae"])], 1,
+                 ["VQVAE", "MultimodalVAE"], capsys, world)
+    assert_error(["test", "--config", good, "--ckpt_path", str(tmp_path / "none.ckpt")], 1,
+                 ["checkpoint not found", "none.ckpt"], capsys, world)
+    if not torch.cuda.is_available():
+        assert_error(["fit", "--config", good, "--trainer.accelerator", "gpu"], 2, ["gpu"], capsys, world)
     assert_error(["fitt"], 2, ["unknown subcommand 'fitt'", "allowed: fit"], capsys, world, command="")
 
 
 def test_fit_into_a_folder_holding_a_run_keeps_it_and_says_where_the_new_one_went(world, capsys, tmp_path):
     config = str(fit_config(tmp_path, manifest_data(world["manifest"])))
+    written = Path(config).read_text()
     assert run(["fit", "--config", config], capsys)[0] == 0
+    # with the logger off the run's folder is the config's: the resolved config goes beside it, not over it
+    assert Path(config).read_text() == written and (tmp_path / "config.run.yaml").is_file()
     first = checksums(tmp_path / "ckpt")
     status, _, err = run(["fit", "--config", config], capsys)
     assert status == 0, err

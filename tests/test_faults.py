@@ -114,3 +114,10 @@ def test_loading_refuses_arbitrary_pickles_and_truncated_files(tmp_path, toy_dat
     model = FAMILIES["vae"](toy_datamodule.data_spec)
     with pytest.raises(ValueError, match=r"evil.ckpt: refusing"):
         trainer(tmp_path, []).fit(model, datamodule=toy_datamodule, ckpt_path=str(evil))
+
+
+def test_a_non_finite_loss_is_reported_as_one_line_by_the_command():
+    from mmgen_lightning.errors import user_error
+
+    error = NonFiniteLossError("the training loss is not finite ([nan] on rank 0, ...); resume from it")
+    assert user_error(error) == (1, "the training loss is not finite ([nan] on rank 0, ...); resume from it")

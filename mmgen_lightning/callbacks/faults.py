@@ -21,12 +21,15 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 from torch import Tensor
 
+from mmgen_lightning.errors import MMGenError
+
 log = logging.getLogger(__name__)
 RANDOM_STATE_KEY = "random_state"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training stopped because a loss was NaN or Inf; the message names the checkpoint of the last finite state."""
+class NonFiniteLossError(MMGenError, RuntimeError):
+    """Training stopped because a loss was NaN or Inf; the message names the checkpoint of the last finite state
+    (``mmgen fit`` prints it as one line, exit status 1)."""
 
 
 def _checkpoint_folder(trainer: L.Trainer) -> str:

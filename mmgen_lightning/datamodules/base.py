@@ -51,6 +51,8 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not 0 <= seed < 2**32:  # numpy's generators, which split and shuffle the rows, take no other seeds
+            raise ValueError(f"seed must be in [0, 2**32 - 1], got {seed}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
