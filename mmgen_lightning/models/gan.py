@@ -30,6 +30,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
@@ -84,6 +85,11 @@ class ConditionalGAN(GenerativeModule):
             words of a caption; picking the one caption out of a batch needs every word. 0: off; images only;
             negatives come from each process's own batch.
         contrastive_temperature: the InfoNCE temperature of those terms (XMC-GAN: 0.1).
+        aligner_path: an :class:`~mmgen_lightning.models.aligner.Aligner` checkpoint of the condition and the
+            output, used frozen during training only (never saved with the GAN): with ``aligner_weight > 0`` the
+            generator also minimises the aligner's InfoNCE between its fakes and their conditions, a critic that
+            already reads every attribute of a caption (as Lafite and GALIP lean on CLIP).
+        aligner_weight: weight of that term (0: off).
         n_critic: discriminator steps per generator step.
         accumulate_grad_batches: micro-batches per optimizer step of each player (the Trainer's own
             option does not apply to manual optimization).
@@ -103,7 +109,8 @@ class ConditionalGAN(GenerativeModule):
                  spectral_norm: bool = True, condition_mismatch: bool = False, contrastive_weight: float = 0.0,
                  contrastive_temperature: float = 0.1, n_critic: int = 1,
                  accumulate_grad_batches: int = 1, lr_generator: float = 1e-4, lr_discriminator: float = 4e-4,
-                 betas: tuple[float, float] = (0.0, 0.9), ema_decay: float = 0.999) -> None:
+                 betas: tuple[float, float] = (0.0, 0.9), ema_decay: float = 0.999, aligner_path: str | None = None,
+                 aligner_weight: float = 0.0) -> None:
         super().__init__(data_spec)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -140,6 +147,10 @@ class ConditionalGAN(GenerativeModule):
         self.condition_modalities = (condition,) if condition else ()
         self.output_modalities = (output,)
         self.gp_weight = (10.0 if loss == "wgan_gp" else 0.0) if gp_weight is None else float(gp_weight)
+        if aligner_weight < 0 or (aligner_weight > 0 and (not aligner_path or condition is None)):
+            raise ValueError(f"aligner_weight must be >= 0, and > 0 needs aligner_path and a condition; got "
+                             f"aligner_weight={aligner_weight}, aligner_path={aligner_path!r}, condition={condition!r}")
+        self._aligner: list[nn.Module] = []  # a list, so the frozen critic is neither a submodule nor saved
 
         self.text_encoder = PretrainedTextEncoder(text_encoder_path) if text_encoder_path else None
         self.log_mel = (LogMel(self.spec("sample_rate"), self.spec("audio_length"), n_mels)
@@ -281,7 +292,26 @@ class ConditionalGAN(GenerativeModule):
             terms["contrastive"] = symmetric_info_nce(*discriminator.contrast(features, embedding),
                                                       1.0 / hp.contrastive_temperature)
             terms["loss"] = terms["loss"] + hp.contrastive_weight * terms["contrastive"]
+        if hp.aligner_weight:
+            terms["aligner"] = self.aligner_term(fake, conditions)
+            terms["loss"] = terms["loss"] + hp.aligner_weight * terms["aligner"]
         return terms
+
+    def aligner_term(self, fake: Tensor, conditions: dict[str, Tensor]) -> Tensor:
+        """The frozen aligner's symmetric InfoNCE of fakes ``B,C,H,W`` (resized to its image size) and their
+        conditions, at its own learned temperature; gradients reach the generator through the fakes only."""
+        aligner = self._aligner[0]
+        size = aligner.spec("image_size")
+        if fake.shape[-1] != size:
+            fake = F.interpolate(fake.float(), size=(size, size), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            if self.condition == "text" and aligner.tokenizer is not None and self.tokenizer is not None:
+                captions = self.tokenizer.decode(conditions["text"].cpu())
+                condition = aligner.embed_captions(captions)
+            else:
+                condition = aligner.embed(conditions, self.condition)
+        return symmetric_info_nce(aligner.embed({self.output: fake}, self.output), condition,
+                                  aligner.logit_scale_value().detach())
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         optimizer_g, optimizer_d = self.optimizers()
@@ -313,6 +343,8 @@ class ConditionalGAN(GenerativeModule):
             metrics["loss_generator"] = g_terms["loss"].detach()
             if "contrastive" in g_terms:
                 metrics["contrastive_generator"] = g_terms["contrastive"].detach()
+            if "aligner" in g_terms:
+                metrics["aligner_generator"] = g_terms["aligner"].detach()
         if step_now:
             self._window = []
 
@@ -382,6 +414,16 @@ class ConditionalGAN(GenerativeModule):
                              f"{type(self.trainer.strategy).__name__} is not supported; use strategy='ddp' "
                              "(any start method) or a single device")
         self._window = []
+        if self.hparams.aligner_weight and not self._aligner:
+            from mmgen_lightning.models.base import load_generator
+
+            aligner = load_generator(self.hparams.aligner_path)
+            missing = [m for m in (self.condition, self.output) if m not in getattr(aligner, "modalities", ())]
+            if missing:
+                raise ValueError(f"aligner_path {self.hparams.aligner_path}: an {type(aligner).__name__} that does not "
+                                 f"align the GAN's {missing[0]!r}; give an Aligner of {self.condition} and {self.output}")
+            # a frozen critic outside the module tree: moved here once, as the metrics move their judges
+            self._aligner.append(aligner.requires_grad_(False).eval().to(self.device))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -428,3 +428,36 @@ def test_contrastive_term_makes_the_discriminator_pick_each_image_caption_and_re
         conditions, 16)
     with pytest.raises(ValueError, match="contrastive_weight needs a condition and output='image'"):
         ConditionalGAN(datamodule.data_spec, condition=None, contrastive_weight=1.0, **TINY)
+
+
+def test_frozen_aligner_guides_the_generator_and_stays_out_of_the_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mmgen_lightning.models.aligner import Aligner
+
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text", "label"], size=16, batch_size=8)
+    tiny_aligner = {"embed_dim": 8, "width": 16, "encoder_layers": 1, "text_layers": 1, "num_heads": 2}
+    for name, modalities in (("aligner", ["image", "text"]), ("label_aligner", ["image", "label"])):
+        fit(Aligner(datamodule.data_spec, modalities=modalities, **tiny_aligner), datamodule, max_steps=1,
+            limit_val_batches=0, default_root_dir=str(tmp_path),
+            callbacks=[ModelCheckpoint(dirpath=str(tmp_path / name), save_last=True)], enable_checkpointing=True)
+    model = ConditionalGAN(datamodule.data_spec, condition="text", aligner_path=str(tmp_path / "aligner" / "last.ckpt"),
+                           aligner_weight=1.0, **TINY)
+    fit(model, datamodule, max_steps=2, limit_val_batches=0, default_root_dir=str(tmp_path), enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "gan"), save_last=True)])
+    batch = next(iter(DataLoader(datamodule.dataset("val"), batch_size=8)))
+    terms = model.generator_terms(model.condition_inputs(batch), 8)
+    assert "aligner" in terms and torch.isfinite(terms["aligner"])
+    model.generator.zero_grad()
+    terms["aligner"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    assert all(p.grad is None for p in model._aligner[0].parameters())  # frozen
+    assert not any("aligner" in key for key in model.state_dict())
+    (tmp_path / "aligner" / "last.ckpt").unlink()  # the GAN's checkpoint does not need it to load
+    assert load_generator(tmp_path / "gan" / "last.ckpt").generate(
+        {k: batch[k][:1] for k in ("text", "text_mask")}, 2)["image"].shape == (2, 1, 16, 16)
+    wrong = ConditionalGAN(datamodule.data_spec, condition="text", aligner_weight=1.0,
+                           aligner_path=str(tmp_path / "label_aligner" / "last.ckpt"), **TINY)
+    with pytest.raises(ValueError, match="label_aligner/last.ckpt: an Aligner that does not align the GAN's 'text'"):
+        fit(wrong, datamodule, max_steps=1, limit_val_batches=0)
