@@ -496,6 +496,13 @@ def serve_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> None:
+    """``mmgen serve``: start the page and serve until interrupted."""
+    start(argv).block_thread()
+
+
+def start(argv: Sequence[str]):
+    """Check the arguments, build the page and start serving it in the background; returns the Gradio
+    app (its ``local_url``; ``close()`` stops it)."""
     args = serve_parser().parse_args(list(argv))
     if not 0 <= args.port <= 65535:
         raise SystemExit(f"mmgen serve: error: --port must be in 0..65535, got {args.port}")
@@ -520,7 +527,7 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit(f"mmgen serve: error: cannot listen on {args.host}:{args.port} ({error}): "
                          f"give another --port") from error
     print(f"mmgen serve: {app.local_url} (Ctrl-C stops it)", flush=True)
-    app.block_thread()
+    return app
 
 
 def _free_port(host: str) -> int:

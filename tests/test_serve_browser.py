@@ -1,24 +1,20 @@
 """`mmgen serve` end to end in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium):
-the real command starts the server on 127.0.0.1, the browser types a caption, clicks Generate and finds
-images of the model's size; a bad upload shows its one-line message and the page keeps working.
+the command's own start-up serves the page on 127.0.0.1 (in this process, so torch and Gradio are not
+imported twice), the browser types a caption, clicks Generate and finds images of the model's size; bad
+uploads show their one-line messages and the page keeps working.
 
 Only loopback is reached: the server listens on 127.0.0.1, the browser resolves no other host, and every
 wait is bounded."""
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mmgen_lightning.serve import start
 from tests.test_serve import checkpoints  # noqa: F401 - the tiny checkpoints fixture
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -26,31 +22,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()
     "no headless browser: install Debian's chromium and chromium-driver (`make test` does it where it runs "
     "apt-get as root)"))
 
-START_TIMEOUT_S = 180  # importing torch and Gradio on a busy 2-core machine
 WAIT_S = 90
-
-
-def start_server(checkpoint_paths: list[Path], out: Path) -> tuple[subprocess.Popen, str]:
-    """``mmgen serve`` on 127.0.0.1 with a free port, as a user starts it; returns the process and its URL."""
-    command = [sys.executable, "-m", "mmgen_lightning.cli", "serve", "--port", "0", "--out", str(out)]
-    for path in checkpoint_paths:
-        command += ["--ckpt", str(path)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    seen, deadline = [], time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        found = re.search(r"mmgen serve: (http://127\.0\.0\.1:\d+)/?", line)
-        if found:
-            return process, found.group(1)
-    process.kill()
-    raise AssertionError(f"mmgen serve did not start within {START_TIMEOUT_S} s:\n{''.join(seen)[-3000:]}")
 
 
 def chromium(width: int = 1400, height: int = 1000):
@@ -71,21 +43,19 @@ def chromium(width: int = 1400, height: int = 1000):
 
 @pytest.fixture
 def page(checkpoints, tmp_path) -> Iterator[tuple[object, str]]:  # noqa: F811 - pytest fixture by name
-    process, url = start_server([checkpoints["vae"]], tmp_path / "out")
+    """`mmgen serve --ckpt vae.ckpt --port 0` (everything `main` does but block), and Chromium on its page."""
+    app = start(["--ckpt", str(checkpoints["vae"]), "--port", "0", "--out", str(tmp_path / "out")])
     driver = None
     try:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/?", app.local_url), app.local_url  # loopback by default
         driver = chromium()
         driver.set_page_load_timeout(WAIT_S)
-        driver.get(url)
-        yield driver, url
+        driver.get(app.local_url)
+        yield driver, app.local_url
     finally:
         if driver is not None:
             driver.quit()
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        app.close()
 
 
 def open_tab(driver, name: str) -> None:
