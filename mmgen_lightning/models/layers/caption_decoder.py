@@ -4,7 +4,7 @@ per-caption condition vector added to every input embedding.
 Why the vector: with cross-attention alone, the only road from the condition to a word runs
 through several freshly initialised projections in a row (value, output, MLP, tied embedding),
 so training first learns the caption grammar and only much later, if at all within a CPU
-budget, starts to read the condition (measured on moving digits: no grounding in 500 steps).
+budget, starts to read the condition.
 A summary of the condition added to the token embeddings is one matrix away from the words, as
 in Show, Attend and Tell (Xu et al. 2015), whose LSTM starts from the mean annotation vector;
 cross-attention then learns *where* to look. The projection that makes the vector starts at
