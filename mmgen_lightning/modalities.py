@@ -400,8 +400,12 @@ class AudioModality(Modality):
         audio = torch.from_numpy(waveform.mean(axis=1))
         if file_rate != sample_rate:
             audio = AF.resample(audio, file_rate, sample_rate)
-        audio = audio[:length]
-        return F.pad(audio, (0, length - audio.shape[0])).clamp(-1, 1)
+        return self.fit_length(audio, length).clamp(-1, 1)
+
+    @staticmethod
+    def fit_length(audio: Tensor, length: int) -> Tensor:
+        """Cut or zero-pad ``...,T`` audio to ``length`` samples (the crop every clip gets)."""
+        return F.pad(audio[..., :length], (0, max(0, length - audio.shape[-1])))
 
     def write(self, value, path, spec=None):
         """``T`` in [-1, 1] -> a 16-bit PCM WAV at the spec's ``sample_rate``."""

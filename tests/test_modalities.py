@@ -118,6 +118,9 @@ def test_files_written_by_a_modality_read_back(tmp_path):
     get_modality("audio").write(audio, tmp_path / "a.wav", SPEC)
     assert (get_modality("audio").read(tmp_path / "a.wav", SPEC) - audio).abs().max() < 1e-3
     assert generate.load_audio(tmp_path / "a.wav", 8000, 100).shape == (100,)  # cut to the length asked
+    padded = generate.load_audio(tmp_path / "a.wav", 8000, 5000)  # zero-padded to the length asked
+    assert padded.shape == (5000,) and (padded[4000:] == 0).all()
+    assert get_modality("audio").fit_length(torch.ones(2, 3), 5).tolist() == [[1, 1, 1, 0, 0]] * 2
     generate.save_video(torch.rand(4, 1, 16, 16) * 2 - 1, tmp_path / "v.gif")
     assert (tmp_path / "v.gif").stat().st_size > 0
     assert get_modality("label").write(torch.tensor(2), tmp_path / "l.txt") == {"label": 2}

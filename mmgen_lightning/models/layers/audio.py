@@ -7,7 +7,6 @@ scaled log-mel energies, which is what encoders read and what audio likelihoods 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import torchaudio.transforms as T
 from torch import Tensor, nn
 
@@ -86,8 +85,3 @@ class MelDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         sequence = self.project(z).view(z.shape[0], self.channels, self.steps)
         return self.net(sequence)[:, :, : self.frames]
-
-
-def fit_length(audio: Tensor, length: int) -> Tensor:
-    """Cut or zero-pad ``B,T`` audio to ``length`` samples."""
-    return F.pad(audio[..., :length], (0, max(0, length - audio.shape[-1])))
