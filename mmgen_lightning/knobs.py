@@ -22,6 +22,10 @@ from mmgen_lightning.errors import UsageError
 SEED_LIMIT = 2**63  # torch and numpy generators take seeds in [0, 2**63)
 
 
+class UnknownKnobError(UsageError, TypeError):
+    """A keyword ``sample`` does not take: a ``TypeError``, as Python's own, but saying which knobs it takes."""
+
+
 @dataclass(frozen=True)
 class Knob:
     """One sampling keyword argument.
@@ -121,10 +125,13 @@ def sampling_knobs(model_or_class: Any) -> dict[str, Knob] | None:
     return knobs
 
 
-def check_sampling(model_or_class: Any, sampling: Mapping[str, Any], flag_style: bool = False) -> None:
+def check_sampling(model_or_class: Any, sampling: Mapping[str, Any], flag_style: bool = False,
+                   shared_ranges: bool = True) -> None:
     """Raise :class:`UsageError` for a knob the family does not take or a value out of its range.
 
-    ``flag_style`` names knobs as command-line flags (``--top_k``) instead of keyword arguments.
+    ``flag_style`` names knobs as command-line flags (``--top_k``) instead of keyword arguments. Ranges are
+    the family's declared ``sampling_knobs``; with ``shared_ranges`` also :data:`KNOWN_KNOBS`' for knobs it
+    does not declare (``mmgen generate`` does; ``generate()`` leaves those to the family's own checks and words).
     """
     family = (model_or_class if isinstance(model_or_class, type) else type(model_or_class)).__name__
     accepted = sampling_knobs(model_or_class)
@@ -132,12 +139,14 @@ def check_sampling(model_or_class: Any, sampling: Mapping[str, Any], flag_style:
         where = f"--{name}" if flag_style else f"{name}={value!r}"
         if accepted is not None and name not in accepted:
             offered = f"{family}'s knobs are: {', '.join(accepted)}" if accepted else f"{family} takes no knobs"
-            raise UsageError(f"{family} has no sampling knob {name!r}", where, f"drop it; {offered}")
-        knob = (accepted or {}).get(name) or KNOWN_KNOBS.get(name)
+            raise UnknownKnobError(f"unexpected keyword argument {name!r}: {family} has no sampling knob {name!r}",
+                                   where, f"drop it; {offered}")
+        declared = getattr(model_or_class, "sampling_knobs", None) or {}
+        knob = declared.get(name) or (((accepted or {}).get(name) or KNOWN_KNOBS.get(name)) if shared_ranges else None)
         problem = knob.problem(value) if knob is not None else None
         if problem:
             raise UsageError(f"{name} {problem}, got {value!r}", where,
                              f"give {name} as {knob.describe()}" + (f" ({knob.help})" if knob.help else ""))
 
 
-__all__ = ["KNOWN_KNOBS", "Knob", "SEED_LIMIT", "check_sampling", "sampling_knobs"]
+__all__ = ["KNOWN_KNOBS", "Knob", "SEED_LIMIT", "UnknownKnobError", "check_sampling", "sampling_knobs"]

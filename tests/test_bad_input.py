@@ -447,3 +447,19 @@ def test_debug_shows_the_traceback_and_a_real_bug_keeps_its_stack(world, capsys,
 def test_the_corpus_is_wide(world):
     """Printed for the issue's note: bad inputs tried per command (the tests above, run in this module)."""
     print("bad inputs tried per command:", CORPUS)
+
+
+def test_the_python_api_names_the_knobs_a_family_takes(world):
+    from mmgen_lightning.knobs import Knob, UnknownKnobError
+    from mmgen_lightning.models.base import load_generator
+
+    model = load_generator(world["vae"])
+    with pytest.raises(UnknownKnobError, match=r"'steps': MultimodalVAE has no sampling knob .* knobs are: "
+                                               r"truncation, temperature, top_k, griffin_lim_iterations"):
+        model.generate({}, num_samples=1, to="image", steps=3)
+    assert isinstance(UnknownKnobError("x"), TypeError)  # what Python itself would raise
+    # a family's own declaration is checked by generate() itself, with its range
+    model.sampling_knobs = {"truncation": Knob(float, 0, 2, help="latent noise scale")}
+    with pytest.raises(ValueError, match=r"truncation must be float in \[0, 2\], got 3"):
+        model.generate({}, num_samples=1, to="image", truncation=3.0)
+    assert model.generate({}, num_samples=1, to="image", truncation=0.5)["image"].shape[0] == 1

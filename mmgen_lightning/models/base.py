@@ -116,7 +116,7 @@ class GenerativeModule(L.LightningModule):
                                  f"give 1 (shared) or num_samples={num_samples}")
             conditions[key] = value.to(self.device).expand(num_samples, *value.shape[1:])
         targets = self.check_direction(conditions, to)
-        check_sampling(self, sampling)  # an unknown knob or a value out of range, before anything is drawn
+        check_sampling(self, sampling, shared_ranges=False)  # an unknown knob (or declared range), before drawing
         was_training = self.training
         self.eval()
         try:
