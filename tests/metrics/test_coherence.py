@@ -39,3 +39,25 @@ def test_attribute_agreement_counts_each_attribute_and_all_at_once():
     scores = metric.compute()
     assert scores["accuracy"].item() == pytest.approx(1 / 3)
     assert scores["per_attribute"].tolist() == pytest.approx([2 / 3, 2 / 3])
+
+
+def test_a_datamodule_describes_its_own_attributes_and_metrics_name_no_dataset():
+    from mmgen_lightning.datamodules.attributes import AttributeReading
+    from mmgen_lightning.metrics.coherence import read_attributes
+    from tests.conftest import WORDS, ToyDataModule
+
+    class Described(ToyDataModule):
+        attribute_reading = AttributeReading(
+            judged={"image": ("digit",)},
+            parse_caption=lambda text: {"digit": WORDS.index(text.split()[-1])} if text.split()[-1] in WORDS else None)
+
+    described = Described(modalities=["image", "text", "label"])
+    assert compared_attributes(described, "text->image") == ["digit"]
+    assert compared_attributes(described, "image->text") == ["digit"]
+    with pytest.raises(ValueError, match="no attribute is observable on both sides"):  # no judge reads audio here
+        coherence(RealData(), Described(modalities=["image", "audio"]), "image->audio", {}, split="test")
+    captions = described.tokenizer.encode(["class two", "class zero", "class cat"])
+    read = read_attributes(captions, "text", described.data_spec, {}, described.tokenizer,
+                           described.attribute_reading)
+    assert read.tolist() == [[2], [0], [-1]]  # the datamodule's own parser; -1 where it reads nothing
+    assert compared_attributes(ToyDataModule(modalities=["image", "text"]), "text->image") == []  # nothing declared
