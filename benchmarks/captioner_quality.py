@@ -4,7 +4,7 @@
 
 The recipe trains with `mmgen fit` (its `max_time` is the budget). The test split is never seen in
 training or in model selection (`last.ckpt` is scored). Each test input gets one greedy caption; the
-datamodule's own `parse_caption` reads the attributes it states, which are compared with the
+datamodule's caption parser (its `AttributeReading`) reads the attributes it states, which are compared with the
 ground-truth `attributes`. Scored attributes: the model's `scored_attributes`, else every attribute
 the reference captions state.
 
@@ -30,6 +30,7 @@ import yaml
 from torch.utils.data import DataLoader
 from torchmetrics.text import BLEUScore, CHRFScore
 
+from mmgen_lightning.datamodules.attributes import describe
 from mmgen_lightning.models.base import CHECKPOINT_KEY, load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def main() -> None:
     model = load_generator(ckpt)
     datamodule, module = rebuild_datamodule(ckpt)
     started = time.time()
-    report = score(model, datamodule, module.parse_caption)
+    report = score(model, datamodule, describe(datamodule).parse_caption)
     report = {"config": args.config, "modality": model.modality, "dataset": model.spec("dataset"),
               "train_seconds_including_startup": train_seconds, "max_time": config["trainer"].get("max_time"),
               "steps": checkpoint["global_step"], "epochs": checkpoint["epoch"] + 1,

@@ -38,6 +38,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from mmgen_lightning.datamodules.attributes import describe
 from mmgen_lightning.metrics.judges import get_judge, judged_attributes
 from mmgen_lightning.models.base import CHECKPOINT_KEY, load_generator
 
@@ -196,7 +197,7 @@ def main() -> None:
         "stage1": score_stage1(model.vqvae, datamodule, judge),
         "text_to_image": {"samples": "one per test caption",
                           "by_sampling": score_text_to_image(model, test, judge, settings, args.seed)},
-        "image_to_text": score_image_to_text(model, test, judge, module.parse_caption),
+        "image_to_text": score_image_to_text(model, test, judge, describe(datamodule).parse_caption),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by several jobs; "
                    f"trained and scored with {args.threads} torch thread(s), which is conservative: a quiet "
                    "2-core machine gets more steps in the same max_time",
