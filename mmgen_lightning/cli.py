@@ -264,10 +264,11 @@ def generate_parser() -> ArgumentParser:
     parser.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64,
                         help="samples per generate() call (>= 1)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    knobs = parser.add_argument_group("sampling knobs", "passed to the family's sample(); each family takes some "
+                                                        "of them, and names its own when given another")
     for knob in CLI_KNOBS:
         spec = KNOWN_KNOBS[knob]
-        parser.add_argument(f"--{knob}", type=spec.kind, default=None,
-                            help=f"sampling knob, {spec.describe()}: {spec.help} (families that take it)")
+        knobs.add_argument(f"--{knob}", type=spec.kind, default=None, help=f"{spec.describe()}: {spec.help}")
     return parser
 
 
