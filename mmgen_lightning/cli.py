@@ -405,11 +405,13 @@ def generate_main(argv: Sequence[str]) -> None:
     out = Path(args.out)
     if args.overwrite:
         _clear_earlier_run(out)
-    # every condition row repeated --num times, generated in chunks of --batch_size
-    repeat = torch.arange(len(described)).repeat_interleave(args.num)
+    # every condition row repeated --num times, generated in chunks of --batch_size (indices made per chunk,
+    # so a large --num costs time, not memory)
+    total = len(described) * args.num
     torch.manual_seed(args.seed)
     written = 0
-    for chunk in repeat.split(args.batch_size):
+    for start in range(0, total, args.batch_size):
+        chunk = torch.arange(start, min(start + args.batch_size, total)) // args.num
         batch = {key: value[chunk] for key, value in conditions.items()}
         samples = model.generate(batch, num_samples=len(chunk), to=args.to, **sampling)
         texts = model.tokenizer.decode(samples["text"]) if args.to == "text" else None
@@ -442,6 +444,18 @@ def shard_parser():
     return parser
 
 
+def _check_chunk_bytes(value: str | int) -> None:
+    """litdata reads --chunk_bytes only inside its writer processes; a value it cannot read is named here."""
+    from litdata.utilities.format import _convert_bytes_to_int  # litdata's own parser of "64MB"
+
+    try:
+        size = value if isinstance(value, int) else _convert_bytes_to_int(str(value))
+    except ValueError as error:
+        raise UsageError(f"cannot read {value!r} as a size ({error})", "--chunk_bytes", "give e.g. 64MB or 1GB") from error
+    if size < 1:
+        raise UsageError(f"a chunk must hold at least one byte, got {value!r}", "--chunk_bytes", "give e.g. 64MB")
+
+
 def shard_main(argv: Sequence[str]) -> None:
     argv = [a for a in argv]
     if "--overwrite" in argv:  # a plain switch, as in generate and evaluate
@@ -450,6 +464,7 @@ def shard_main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}", "--workers", "give 1 or more")
+    _check_chunk_bytes(args.chunk_bytes)
     out = check_output_folder(args.out, overwrite=args.overwrite)
     created = not out.exists()
 

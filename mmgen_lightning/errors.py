@@ -135,5 +135,5 @@ def report(command: str, error: BaseException, debug: bool = False) -> int | Non
     return code
 
 
-__all__ = ["ArgumentParser", "CheckpointError", "InputError", "MMGenError", "UsageError", "raised_on_purpose",
+__all__ = ["ArgumentParser", "CheckpointError", "InputError", "MMGenError", "UsageError", "one_line", "raised_on_purpose",
            "report", "user_error"]

@@ -260,11 +260,15 @@ EVALUATE_CASES = [  # (extra, exit status, words)
     (["--batch-size", "-2"], 2, ["--batch_size"]), (["--seed", "-5"], 2, ["--seed"]),
     (["--split", "nope"], 2, ["--split"]), (["--config", "missing.yaml"], 2, ["--config missing.yaml"]),
     (["--nope"], 2, ["--nope"]),
+    (["--config", "broken.yaml"], 2, ["--config", "broken.yaml", "not a YAML mapping"]),
 ]
 
 
 @pytest.mark.parametrize("extra,code,names", EVALUATE_CASES, ids=[" ".join(e) for e, _, _ in EVALUATE_CASES])
-def test_evaluate_bad_options_fail_at_once(world, capsys, extra, code, names):
+def test_evaluate_bad_options_fail_at_once(world, capsys, extra, code, names, monkeypatch):
+    monkeypatch.chdir(world["files"])  # relative --config paths
+    (world["root"] / "broken.yaml").write_text("data: [unclosed\n")
+    extra = [str(world["root"] / e) if e == "broken.yaml" else e for e in extra]
     assert_error(evaluate(world, *extra), code, names, capsys, world)
     assert not (world["root"] / "report.json").exists()
 
@@ -306,6 +310,7 @@ def test_shard_bad_inputs(world, capsys, tmp_path):
     assert_error(shard(world, out=files / "shards"), 2, ["shards already holds", "--overwrite"], capsys, world)
     assert_error(shard(world, out=files / "notes.txt"), 2, ["is a file"], capsys, world)
     assert_error(shard(world, "--workers", "0"), 2, ["--workers"], capsys, world)
+    assert_error(shard(world, "--chunk_bytes", "abc"), 2, ["--chunk_bytes", "'abc'"], capsys, world)
     assert_error(shard(world, "--data.nope", "1"), 2, ["nope"], capsys, world)
     assert_error(shard(world, manifest=tmp_path / "none.jsonl"), 1, ["none.jsonl"], capsys, world)
     image = str(files / "picture.png")

@@ -24,7 +24,7 @@ from mmgen_lightning.metrics.evaluator import JUDGEABLE, Evaluator, default_dire
 from mmgen_lightning.metrics.features import InceptionFeatures
 from mmgen_lightning.metrics.judges import get_judge, judge_path, judged_attributes
 from mmgen_lightning.batch import parse_direction
-from mmgen_lightning.errors import ArgumentParser, CheckpointError, UsageError
+from mmgen_lightning.errors import ArgumentParser, CheckpointError, UsageError, one_line
 from mmgen_lightning.models.base import CHECKPOINT_KEY, load_generator
 
 
@@ -38,7 +38,11 @@ def _import(class_path: str, what: str):
 def load_datamodule(ckpt: str | Path, config: str | Path | None = None):
     """The checkpoint's datamodule, from ``--config``'s ``data`` section or the checkpoint itself."""
     if config is not None:
-        data = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+        try:
+            data = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+        except (yaml.YAMLError, AttributeError) as error:  # AttributeError: the YAML is not a mapping
+            raise UsageError(f"not a YAML mapping with a data section ({one_line(str(error))})", f"--config {config}",
+                             "give the config the model was trained with") from error
         if not data or "class_path" not in data:
             raise ValueError(f"{config}: no 'data.class_path' section")
         return _import(data["class_path"], f"{config}: data.class_path")(**data.get("init_args", {}))
