@@ -154,3 +154,60 @@ def alignment_markdown(section: dict[str, Any]) -> str:
     lines += [f"| {r['direction']} | {r['alignment']:.3f} | {r['real_data']:.3f} | {r['r_precision']:.3f} | "
               f"{r['real_data_r_precision']:.3f} | {r['pool']} |" for r in section["rows"]]
     return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def retrieval_report(aligner, ckpt: str | Path, datamodule, split: str = "test", limit: int | None = None,
+                     batch_size: int = 64, gallery: int = R_PRECISION_POOL) -> dict[str, Any]:
+    """What ``mmgen evaluate --ckpt ALIGNER`` reports: recall@1/5/10 in every direction between the aligner's
+    modalities that the data carries, each query ranking the items of its block of ``gallery`` consecutive
+    items; on data with attributes also ``relevant_hit@k``, where any item stating/showing the same
+    compared attributes counts (a caption cannot single out one of several items that fit it)."""
+    from mmgen_lightning.metrics.coherence import compared_attributes
+    from mmgen_lightning.models.aligner import gallery_recall
+
+    spec = datamodule.data_spec
+    modalities = [m for m in aligner.modalities if m in spec["modalities"]]
+    if len(modalities) < 2:
+        raise ValueError(f"--ckpt {ckpt}: the data carries {', '.join(spec['modalities'])}, fewer than two of the "
+                         f"aligner's modalities ({', '.join(aligner.modalities)})")
+    dataset = datamodule.dataset(split)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    embedded: dict[str, list[Tensor]] = {m: [] for m in modalities}
+    attributes = []
+    for start in range(0, count, batch_size):
+        batch = default_collate([dataset[i] for i in range(start, min(start + batch_size, count))])
+        batch = {k: v.to(aligner.device) for k, v in batch.items() if not k.startswith("_")}
+        for m in modalities:
+            embedded[m].append(aligner.embed(batch, m).cpu())
+        if "attributes" in batch:
+            attributes.append(batch["attributes"].cpu())
+    vectors = {m: torch.cat(zs) for m, zs in embedded.items()}
+    rows = []
+    for query in modalities:
+        for candidate in modalities:
+            if query == candidate:
+                continue
+            direction = f"{query}->{candidate}"
+            row: dict[str, Any] = {"direction": direction, "samples": count, "gallery": min(gallery, count)}
+            row.update({f"recall@{k}": v for k, v in gallery_recall(vectors[query], vectors[candidate], gallery).items()})
+            compared = compared_attributes(datamodule, direction) if attributes and "attribute_names" in spec else []
+            if compared:
+                names = list(spec["attribute_names"])
+                key = torch.cat(attributes)[:, [names.index(n) for n in compared]]
+                relevant = (key[:, None, :] == key[None, :, :]).all(-1)
+                hits = gallery_recall(vectors[query], vectors[candidate], gallery, relevant=relevant)
+                row.update({"compared_attributes": compared, **{f"relevant_hit@{k}": v for k, v in hits.items()}})
+            rows.append(row)
+    return {"checkpoint": str(ckpt), "family": type(aligner).__name__, "dataset": spec["dataset"], "split": split,
+            "samples": count, "retrieval": rows}
+
+
+def retrieval_markdown(rows: list[dict[str, Any]]) -> str:
+    """The ``retrieval`` rows of an aligner's report as a Markdown table."""
+    lines = ["| direction | recall@1 | recall@5 | recall@10 | relevant hit@1 | gallery |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        hit = r.get("relevant_hit@1")
+        lines.append(f"| {r['direction']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | "
+                     f"{'' if hit is None else f'{hit:.3f}'} | {r['gallery']} |")
+    return "\n".join(lines) + "\n"

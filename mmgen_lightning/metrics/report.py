@@ -74,6 +74,11 @@ def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "t
     model = load_generator(ckpt)
     datamodule = load_datamodule(ckpt, config)
     spec = datamodule.data_spec
+    if hasattr(model, "embed_captions"):  # an Aligner generates nothing: its report is retrieval recall
+        from mmgen_lightning.metrics.alignment import retrieval_report
+
+        return {**retrieval_report(model, ckpt, datamodule, split, limit, batch_size),
+                "seconds": round(time.time() - started, 1)}
     check_directions(model, spec, directions or [])
     alignment = None
     if aligner is not None:  # needs no attributes or judges, so it also scores a user's own manifest
@@ -205,6 +210,10 @@ def markdown(report: dict[str, Any]) -> str:
                   ""]
     if report.get("not_measured"):
         lines += [f"Not measured: {report['not_measured']}.", ""]
+    if report.get("retrieval"):
+        from mmgen_lightning.metrics.alignment import retrieval_markdown
+
+        lines.append(retrieval_markdown(report["retrieval"]))
     if report.get("alignment"):
         from mmgen_lightning.metrics.alignment import alignment_markdown
 

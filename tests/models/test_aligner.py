@@ -204,6 +204,11 @@ def test_evaluate_with_an_aligner_scores_a_generator_on_a_manifest(manifest_file
     assert -1 <= row["alignment"] <= 1 and -1 <= row["real_data"] <= 1
     assert 0 <= row["r_precision"] <= 1 and 0 <= row["real_data_r_precision"] <= 1
     assert "R-precision" in out.with_suffix(".md").read_text()
+    # the aligner's own report: recall in both directions
+    main(["evaluate", "--ckpt", manifest_files["aligner"], "--out", str(tmp_path / "aligner.json")])
+    rows = {r["direction"]: r for r in json.loads((tmp_path / "aligner.json").read_text())["retrieval"]}
+    assert set(rows) == {"image->text", "text->image"} and rows["text->image"]["gallery"] == 3
+    assert rows["text->image"]["recall@10"] == 1.0 and 0 <= rows["text->image"]["recall@1"] <= 1
 
 
 def test_bad_pairings_stop_with_one_line_naming_both(manifest_files, tmp_path, capsys):
