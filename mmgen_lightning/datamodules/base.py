@@ -118,14 +118,16 @@ class MultimodalDataModule(L.LightningDataModule):
         self.check_train_rows()
         return self._loader("train", shuffle=True)
 
-    def check_train_rows(self) -> None:
+    def check_train_rows(self, rows: int | None = None) -> None:
         """Training drops the last partial batch, so a train split smaller than one batch per process
-        would train nothing and end without a word; refuse it, naming both numbers."""
-        dataset = self.dataset("train")
-        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-            return  # streamed: litdata knows its own length per rank
+        would train nothing and end without a word; refuse it, naming both numbers. ``rows``: the
+        split's size when its dataset has no ``len`` (a stream)."""
+        if rows is None:
+            dataset = self.dataset("train")
+            if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+                return
+            rows = len(dataset)
         processes = self.trainer.world_size if self.trainer is not None else 1
-        rows = len(dataset)
         if rows // processes < self.batch_size:
             per = f" ({rows // processes} per process for {processes} processes)" if processes > 1 else ""
             raise UsageError(f"the train split has {rows} rows{per}, fewer than one batch of batch_size="

@@ -190,6 +190,9 @@ class StreamingDataModule(MultimodalDataModule):
     def source_spec(self) -> dict[str, Any]:
         return dict(self.meta["spec"])
 
+    def check_train_rows(self, rows: int | None = None) -> None:
+        super().check_train_rows(self.meta["splits"]["train"]["written"])  # a stream has no len before it runs
+
     def build_split(self, split: str) -> Dataset:
         if not self.meta["splits"][split]["written"]:  # no chunks were written: the split is empty
             return []
