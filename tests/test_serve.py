@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from mmgen_lightning.cli import main as mmgen
 from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
@@ -47,10 +47,12 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     vae = MultimodalVAE({**spec, "modalities": ["image", "text", "audio"]}, latent_dim=4, width=8, text_width=16,
                         n_mels=16)
     text_gan = ConditionalGAN({**spec, "modalities": ["image", "text"]}, condition="text", **GAN_SIZES)
-    vae.tokenizer = text_gan.tokenizer = tokenizer
+    video_gan = ConditionalGAN({**spec, "modalities": ["video", "text"], "num_frames": 4, "video_size": 16},
+                               condition="text", output="video", **GAN_SIZES)
+    vae.tokenizer = text_gan.tokenizer = video_gan.tokenizer = tokenizer
     label_gan = ConditionalGAN({**spec, "modalities": ["image", "label"]}, condition="label", **GAN_SIZES)
     vqvae = VQVAE({**spec, "modalities": ["image"]}, num_codes=16, code_dim=8, width=16)
-    models = {"vae": vae, "text_gan": text_gan, "label_gan": label_gan, "vqvae": vqvae}
+    models = {"vae": vae, "text_gan": text_gan, "video_gan": video_gan, "label_gan": label_gan, "vqvae": vqvae}
     return {name: save(model, folder / f"{name}.ckpt") for name, model in models.items()}
 
 
@@ -74,7 +76,9 @@ def test_directions_and_knobs_are_read_from_each_checkpoint(server, checkpoints)
     assert set(sampling_knobs(vae)) == {"temperature", "top_k", "truncation"}
     assert set(sampling_knobs(label_gan)) == {"truncation"}
     assert sampling_knobs(vqvae) == {}
-    assert sorted(p.name for p in server.checkpoints) == ["label_gan.ckpt", "text_gan.ckpt", "vae.ckpt", "vqvae.ckpt"]
+    assert served_directions(server.model(checkpoints["video_gan"])) == [(("text",), "video")]
+    assert sorted(p.name for p in server.checkpoints) == ["label_gan.ckpt", "text_gan.ckpt", "vae.ckpt",
+                                                          "video_gan.ckpt", "vqvae.ckpt"]
 
 
 def test_a_run_and_its_command_write_the_same_bytes(server, checkpoints, tmp_path):
@@ -194,6 +198,13 @@ def test_the_page_has_a_tab_per_direction_and_its_handlers_speak_in_one_line(ser
     shown_players = [p["value"] for p in players if p["visible"]]
     assert len(players) == 16 and len(shown_players) == 2 and "--seed 3" in command
     assert all((soundfile.info(p).samplerate, soundfile.info(p).frames) == (8000, 2000) for p in shown_players)
+
+    clips, command, files = _handler(app, "video-gan-ckpt-text-to-video-gallery")("class two", 2, 0, None)
+    assert len(clips) == 2 and "--to video" in command
+    for path, _ in clips:  # looping GIFs of 4 frames at 8 fps (PIL merges equal frames, adding their durations)
+        with Image.open(path) as clip:
+            durations = [frame.info["duration"] for frame in ImageSequence.Iterator(clip)]
+            assert (clip.format, clip.size, clip.info["loop"], sum(durations)) == ("GIF", (16, 16), 0, 500)
 
     compare = _handler(app, "compare-gallery")
     with pytest.warns(UserWarning, match=r"skipped \(no text->image or text->video\): vqvae.ckpt"):
