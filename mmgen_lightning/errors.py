@@ -110,7 +110,7 @@ def user_error(error: BaseException) -> tuple[int, str] | None:
                       or type(e).__name__ == "MisconfigurationException"), None)
         if found is None:
             return None
-        return 2, one_line(str(found), drop=("Given value", "Subtypes:"))
+        return 2, one_line(str(found), drop=JSONARGPARSE_NOISE)
     code = found.exit_code if isinstance(found, MMGenError) else getattr(error, "mmgen_exit_code", 1)
     message = str(found) if not isinstance(found, KeyError) or isinstance(found, MMGenError) else \
         str(found.args[0]) if found.args else repr(found)
@@ -118,10 +118,17 @@ def user_error(error: BaseException) -> tuple[int, str] | None:
     return code, one_line(message + (f": {advice}" if advice else ""))
 
 
+#: lines of jsonargparse's Union errors that say nothing about the value given
+JSONARGPARSE_NOISE = ("Given value", "Subtypes:", "Errors:", "Does not validate against any of the Union subtypes",
+                      "Expected a <class 'NoneType'>", "Subclass types expect one of", "a class path (str)",
+                      "a dict with ")
+
+
 def one_line(message: str, drop: tuple[str, ...] = ()) -> str:
     """A possibly multi-line message as one line (lines joined by '; ', those starting with ``drop`` left out)."""
     lines = [re.sub(r"^\s*-\s+", "", line).strip() for line in message.splitlines()]  # jsonargparse's bullets
-    return "; ".join(line for line in lines if line and not line.startswith(drop))
+    text = "; ".join(line for line in lines if line and not line.startswith(drop))
+    return text.replace(":; ", ": ")
 
 
 def report(command: str, error: BaseException, debug: bool = False) -> int | None:
