@@ -394,8 +394,10 @@ def generate_main(argv: Sequence[str]) -> None:
     sources = tuple(name for name in ("text", "image", "audio", "label") if getattr(args, name))
     if not model.serves(sources, args.to):
         given = "+".join(sources) or "(no condition)"
+        served = ", ".join(model.directions())
         raise UsageError(f"{type(model).__name__} cannot generate {given}->{args.to}", f"--to {args.to}",
-                         f"it serves: {', '.join(model.directions())}")
+                         f"it serves: {served}" if served else "it generates nothing (an Aligner scores and retrieves: "
+                         "use `mmgen retrieve`, or `mmgen evaluate --aligner` to score another model)")
     conditions, described = _conditions(args, model)
 
     import torch

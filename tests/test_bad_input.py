@@ -155,6 +155,19 @@ def test_generate_usage_errors(world, capsys, extra, names):
     assert not (world["root"] / "new").exists()  # refused before anything was written
 
 
+def test_generate_from_an_aligner_says_it_generates_nothing(world, capsys, tmp_path):
+    from mmgen_lightning.models.aligner import Aligner
+
+    toy = ToyDataModule(["image", "text"], size=8)
+    model = Aligner(toy.data_spec, embed_dim=8, width=16, encoder_layers=1, text_layers=1, num_heads=2)
+    trainer = L.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "aligner.ckpt")
+    assert_error(generate(world, "--text", "class one", ckpt=str(tmp_path / "aligner.ckpt")), 2,
+                 ["Aligner cannot generate text->image", "generates nothing", "mmgen retrieve"], capsys, world)
+
+
 def test_generate_refuses_a_direction_and_a_knob_the_family_lacks(world, capsys):
     assert_error(generate(world, to="video"), 2, ["MultimodalVAE cannot generate", "->video", "it serves"], capsys,
                  world)
