@@ -174,7 +174,11 @@ def main() -> None:
     torch.manual_seed(0)
     metrics = video_metrics(model, datamodule, args.repeats) if model.output == "video" else \
         image_metrics(model, datamodule, args.repeats)
-    report = {"config": args.config, "train_seconds_including_startup": train_seconds,
+    command = (f"OMP_NUM_THREADS=1 python benchmarks/gan_quality.py --config {args.config}"
+               + (" --skip-fit" if args.skip_fit else "") + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
+               + (f" --out {args.out}" if args.out else "")
+               + (" --fit-args " + " ".join(args.fit_args) if args.fit_args else ""))
+    report = {"command": command, "config": args.config, "train_seconds_including_startup": train_seconds,
               "max_time": config["trainer"].get("max_time"), "fit_args": args.fit_args,
               "discriminator_steps": stored.get("gan_steps", {}).get("discriminator"),
               "generator_steps": stored.get("gan_steps", {}).get("generator"), "epochs": stored.get("epoch"),
