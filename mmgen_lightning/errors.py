@@ -104,6 +104,10 @@ def user_error(error: BaseException) -> tuple[int, str] | None:
     if found is None:
         found = next((e for e in reversed(chain) if isinstance(e, USER_FACING) and raised_on_purpose(e)), None)
     if found is None:
+        relayed = _relayed(chain)
+        if relayed is not None:
+            return relayed
+    if found is None:
         # a command-line value jsonargparse refused before building anything, or a Trainer setting Lightning
         # refused (MisconfigurationException: an accelerator this machine lacks, ...): usage errors
         found = next((e for e in chain if isinstance(e, argparse.ArgumentError)
@@ -122,6 +126,24 @@ def user_error(error: BaseException) -> tuple[int, str] | None:
 JSONARGPARSE_NOISE = ("Given value", "Subtypes:", "Errors:", "Does not validate against any of the Union subtypes",
                       "Expected a <class 'NoneType'>", "Subclass types expect one of", "a class path (str)",
                       "a dict with ")
+
+
+#: the last line of a traceback formatted in another process, when the error was one of ours
+_RELAYED = re.compile(r"^mmgen_lightning\.[\w.]+\.(\w+): (.+)$", re.MULTILINE)
+
+
+def _relayed(chain: list[BaseException]) -> tuple[int, str] | None:
+    """An error of ours raised in a worker process (DataLoader workers, litdata writers), which the parent
+    re-raises as a RuntimeError holding the worker's formatted traceback: its own message, not the stack."""
+    for error in chain:
+        text = str(error)
+        if "Traceback (most recent call last)" not in text:
+            continue
+        found = _RELAYED.findall(text)
+        if found:
+            kind, message = found[-1]
+            return (2 if kind == "UsageError" else 1), one_line(message)
+    return None
 
 
 def one_line(message: str, drop: tuple[str, ...] = ()) -> str:

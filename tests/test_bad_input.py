@@ -429,6 +429,17 @@ def test_fit_bad_inputs(world, capsys, tmp_path):
     assert_error(["fitt"], 2, ["unknown subcommand 'fitt'", "allowed: fit"], capsys, world, command="")
 
 
+def test_fit_names_a_bad_file_found_in_a_loader_worker(world, capsys, tmp_path):
+    """A file that fails to decode in a DataLoader worker process is reported by its row, not the worker's stack."""
+    image, broken = str(world["files"] / "picture.png"), str(world["files"] / "text.png")
+    rows = [{"image": image, "caption": "a red circle", "split": "train"}] * 3 + [
+        {"image": broken, "caption": "a blue square", "split": "train"}]
+    data = manifest_data(write_manifest(tmp_path, rows), num_workers=1, batch_size=4)
+    line = assert_error(["fit", "--config", str(fit_config(tmp_path, data))], 1,
+                        ["rows.jsonl line 4", "text.png", "cannot decode the image"], capsys, world)
+    assert "Traceback" not in line and "worker" not in line
+
+
 def test_fit_into_a_folder_holding_a_run_keeps_it_and_says_where_the_new_one_went(world, capsys, tmp_path):
     config = str(fit_config(tmp_path, manifest_data(world["manifest"])))
     written = Path(config).read_text()
