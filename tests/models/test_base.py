@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mmgen_lightning.batch import check_batch
+from mmgen_lightning.modalities import DataSpec
 from mmgen_lightning.tokenizer import CaptionTokenizer
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.vae import MultimodalVAE
@@ -67,6 +68,9 @@ def test_checkpoint_round_trip_is_self_contained(tmp_path):
     expected = model.generate({"image": z_image}, 2, to="text", truncation=0.0)["text"]
     torch.manual_seed(0)
     assert torch.equal(loaded.generate({"image": z_image}, 2, to="text", truncation=0.0)["text"], expected)
+    # the model holds its spec typed; the checkpoint holds the plain dict it came from (weights_only loads it)
+    assert isinstance(loaded.data_spec, DataSpec) and loaded.data_spec.image_size == 16 and loaded.data_spec == SPEC
+    assert type(checkpoint["hyper_parameters"]["data_spec"]) is dict
 
 
 def test_load_generator_refuses_foreign_and_broken_checkpoints(tmp_path):
