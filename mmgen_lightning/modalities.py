@@ -4,13 +4,13 @@ A modality is not a string to branch on. Each :class:`Modality` owns, for its te
 contract (``batch.py``):
 
 - ``check``: dtype and rank of its tensor, with an error naming the key;
-- preprocessing: ``AudioModality.log_mel`` (the log-mel frontend), ``random_shift`` of images and
-  videos, ``VideoModality.size`` (the frame side);
-- ``encoder`` / ``decoder``: the default networks, sized from the :class:`DataSpec`;
+- preprocessing: ``AudioModality.log_mel`` (the log-mel frontend), ``AudioModality.fit_length``
+  (the crop of a clip), ``random_shift`` of images and videos, ``VideoModality.size`` (the frame side);
+- ``encoder`` / ``decoder`` / ``token_encoder``: the default networks, sized from the :class:`DataSpec`;
 - ``scored_dimensions``: how many scalars a likelihood of it scores per sample;
 - ``to_data``: post-processing back to data (uint8 pixels, waveforms, captions, class indices);
 - ``read`` / ``write``: the files ``mmgen generate`` reads as conditions and writes as outputs;
-- ``log``: how a sample is drawn in TensorBoard.
+- ``log`` / ``pictures``: how a sample is drawn in TensorBoard.
 
 Families, metrics and callbacks ask ``get_modality(name)`` instead of writing ``if name == "audio"``.
 Adding a modality: subclass :class:`Modality`, fill in what applies, and add it to ``REGISTRY``.
@@ -169,8 +169,9 @@ class Modality:
     ndim: ClassVar[int] = 0
     #: file extension ``generate`` writes
     extension: ClassVar[str] = ""
-    #: whether a judge (``metrics/judges.py``) can read samples of it, and their pixels may be shifted
+    #: whether a judge (``metrics/judges.py``) reads samples of it
     judgeable: ClassVar[bool] = False
+    #: whether a sample is pixels (``...,C,H,W``), which ``random_shift`` may move
     pixels: ClassVar[bool] = False
     #: whether a sample is a sequence of frames (``B,F,...``)
     frames: ClassVar[bool] = False
