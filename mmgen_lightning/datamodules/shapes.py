@@ -283,7 +283,7 @@ class ShapesDataModule(MultimodalDataModule):
 
     Args:
         modalities: which of ``image``, ``text``, ``audio``, ``video``, ``label`` each batch carries.
-        image_size: side of images and video frames in pixels: 16, 32 or 64.
+        image_size: side of images and video frames in pixels: 16, 32, 64, 128 or 256.
         num_frames: frames per video (>= 2).
         sample_rate: audio samples per second: 8000 or 16000.
         audio_seconds: length of each audio clip in seconds (> 0).
@@ -299,7 +299,7 @@ class ShapesDataModule(MultimodalDataModule):
 
     available_modalities = ("image", "text", "audio", "video", "label")
     name = "shapes"
-    image_sizes = (16, 32, 64)
+    image_sizes = (16, 32, 64, 128, 256)
     sample_rates = (8000, 16000)
 
     def __init__(self, modalities: list[str] | None = None, image_size: int = 32, num_frames: int = 8,

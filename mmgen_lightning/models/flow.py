@@ -76,6 +76,9 @@ class FlowMatching(GenerativeModule):
         num_heads: attention heads.
         patch_size: one DiT token per ``p x p`` pixels (latent cells).
         mlp_ratio: MLP hidden size over ``width``.
+        stem_channels: channels of a 3x3 convolution before the patch embedding (0: DiT's linear patches).
+        head_channels: channels per pixel the output layer unpatchifies, turned into the output by a 3x3
+            convolution (0: DiT's linear output).
         condition_layers: transformer layers of the condition encoder (text, audio, image, video).
         condition_patch_size: stride of the image/video condition encoders' conv stem.
         n_mels: mel bands of an audio condition or an audio output.
@@ -101,7 +104,8 @@ class FlowMatching(GenerativeModule):
     def __init__(self, data_spec: dict[str, Any] | None = None, condition: str | None = "text", output: str = "image",
                  space: str = "pixel", vqvae_checkpoint: str | None = None, vqvae_config: dict[str, Any] | None = None,
                  latent_scale: float | None = None, width: int = 128, depth: int = 4, num_heads: int = 4,
-                 patch_size: int = 4, mlp_ratio: float = 4.0, condition_layers: int = 2, condition_patch_size: int = 4,
+                 patch_size: int = 4, mlp_ratio: float = 4.0, stem_channels: int = 0, head_channels: int = 0,
+                 condition_layers: int = 2, condition_patch_size: int = 4,
                  n_mels: int = 32, audio_frames: int = 32, cond_drop: float = 0.1, time_density: str = "logit_normal",
                  logit_normal_mean: float = 0.0, logit_normal_std: float = 1.0, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, warmup_steps: int = 100,
@@ -144,7 +148,8 @@ class FlowMatching(GenerativeModule):
         self.register_buffer("latent_std", torch.tensor(float(latent_scale or 1.0)))
         channels, size = self.target_shape()
         self.network = DiT(channels, size, patch_size, width, depth, num_heads, mlp_ratio,
-                           cross_attention=condition is not None)
+                           cross_attention=condition is not None, stem_channels=stem_channels,
+                           head_channels=head_channels)
         self.embedder = ConditionTokens(self._condition_encoder(), width, cond_drop) if condition else None
 
     # --- networks -----------------------------------------------------------------------------

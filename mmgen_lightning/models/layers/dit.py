@@ -176,21 +176,33 @@ class DiT(nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP hidden size over ``D``.
         cross_attention: give every block a cross-attention to condition tokens.
+        stem_channels: above 0, a 3x3 convolution with this many channels at full resolution comes before
+            the patch embedding (early convolutions help small transformers see edges, Xiao et al. 2021).
+        head_channels: above 0, the output layer unpatchifies this many channels per pixel and a 3x3
+            convolution turns them into the output, so edges stay continuous across patch borders.
     """
 
     def __init__(self, channels: int, size: tuple[int, int], patch_size: int = 4, width: int = 128, depth: int = 4,
-                 num_heads: int = 4, mlp_ratio: float = 4.0, cross_attention: bool = True) -> None:
+                 num_heads: int = 4, mlp_ratio: float = 4.0, cross_attention: bool = True, stem_channels: int = 0,
+                 head_channels: int = 0) -> None:
         super().__init__()
         self.channels, self.size, self.patch_size = channels, tuple(size), patch_size
         self.grid = tuple(math.ceil(s / patch_size) for s in self.size)  # (h, w) tokens
-        self.patch = nn.Conv2d(channels, width, patch_size, stride=patch_size)
+        if stem_channels:
+            self.patch = nn.Sequential(nn.Conv2d(channels, stem_channels, 3, padding=1), nn.SiLU(),
+                                       nn.Conv2d(stem_channels, width, patch_size, stride=patch_size))
+        else:
+            self.patch = nn.Conv2d(channels, width, patch_size, stride=patch_size)
+        self.out_channels = head_channels or channels
         self.register_buffer("position", sincos_2d(width, self.grid), persistent=False)
         self.time = TimestepEmbedder(width)
         self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio, cross_attention) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.final = nn.Linear(width, patch_size * patch_size * channels)
-        for layer in (self.final_modulation[-1], self.final):  # the network starts by predicting v = 0
+        self.final = nn.Linear(width, patch_size * patch_size * self.out_channels)
+        self.head = nn.Conv2d(head_channels, channels, 3, padding=1) if head_channels else None
+        zeroed = [self.final_modulation[-1], self.head if self.head is not None else self.final]
+        for layer in zeroed:  # the network starts by predicting v = 0
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -208,9 +220,12 @@ class DiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, c, context, context_mask)
         shift, scale = self.final_modulation(c).chunk(2, -1)
-        out = self.final(modulate(self.final_norm(tokens), shift, scale))  # B,h*w,p*p*C
-        out = out.view(-1, rows, cols, p, p, self.channels).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(-1, self.channels, rows * p, cols * p)[..., :height, :width]
+        out = self.final(modulate(self.final_norm(tokens), shift, scale))  # B,h*w,p*p*C'
+        out = out.view(-1, rows, cols, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)
+        out = out.reshape(-1, self.out_channels, rows * p, cols * p)
+        if self.head is not None:
+            out = self.head(out)
+        return out[..., :height, :width]
 
     def keep_cross_attention(self, keep: bool) -> None:
         """Make every cross-attention keep (or stop keeping) its weights."""

@@ -1,4 +1,4 @@
-"""Convolutional image encoder/decoder for ``B,C,H,W`` images in [-1, 1], sizes 16-64 px."""
+"""Convolutional image encoder/decoder for ``B,C,H,W`` images in [-1, 1], sizes 16-256 px."""
 
 from __future__ import annotations
 
@@ -7,10 +7,18 @@ import math
 from torch import Tensor, nn
 
 
+IMAGE_SIZES = (16, 32, 64, 128, 256)
+MAX_WIDTH_DOUBLINGS = 3  # channels stop growing at 8x width (reached at 64 px), so 128-256 px stay affordable
+
+
 def _num_downsamples(image_size: int) -> int:
-    if image_size not in (16, 32, 64):
-        raise ValueError(f"image_size must be one of 16, 32, 64, got {image_size}")
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"image_size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {image_size}")
     return int(math.log2(image_size // 4))  # down to a 4x4 feature map
+
+
+def _channels(width: int, level: int) -> int:
+    return width * 2 ** min(level, MAX_WIDTH_DOUBLINGS)
 
 
 class ImageEncoder(nn.Module):
@@ -21,7 +29,7 @@ class ImageEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_channels = channels
         for level in range(_num_downsamples(image_size)):
-            out_channels = width * 2**level
+            out_channels = _channels(width, level)
             layers += [nn.Conv2d(in_channels, out_channels, 4, 2, 1), nn.GroupNorm(8, out_channels), nn.SiLU()]
             in_channels = out_channels
         self.features = nn.Sequential(*layers, nn.Flatten())
@@ -37,12 +45,12 @@ class ImageDecoder(nn.Module):
     def __init__(self, in_dim: int, channels: int, image_size: int, width: int = 32) -> None:
         super().__init__()
         levels = _num_downsamples(image_size)
-        self.base_channels = width * 2 ** (levels - 1)
+        self.base_channels = _channels(width, levels - 1)
         self.project = nn.Sequential(nn.Linear(in_dim, self.base_channels * 16), nn.SiLU())
         layers: list[nn.Module] = []
         in_channels = self.base_channels
         for level in reversed(range(levels - 1)):
-            out_channels = width * 2**level
+            out_channels = _channels(width, level)
             layers += [nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1), nn.GroupNorm(8, out_channels), nn.SiLU()]
             in_channels = out_channels
         layers.append(nn.ConvTranspose2d(in_channels, channels, 4, 2, 1))
