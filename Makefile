@@ -18,13 +18,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mmgen fit --config configs/quickstart.yaml
-	$(VENV)/bin/mmgen generate --ckpt runs/quickstart/checkpoints/last.ckpt --to image \
+	$(VENV)/bin/mmgen fit --config configs/flow/shapes.yaml
+	$(VENV)/bin/mmgen generate --ckpt runs/flow_shapes/checkpoints/last.ckpt --to image \
 		--text "a red circle on the left moving up" --text "a large blue square at the top moving down" \
-		--num 8 --out outputs/quickstart/text_to_image
-	$(VENV)/bin/mmgen generate --ckpt runs/quickstart/checkpoints/last.ckpt --to text \
-		--num 8 --out outputs/quickstart/unconditional_text
-	@echo "samples in outputs/quickstart, dashboards: $(VENV)/bin/tensorboard --logdir runs"
+		--num 8 --out outputs/flow_shapes/text_to_image
+	@echo "samples in outputs/flow_shapes, dashboards: $(VENV)/bin/tensorboard --logdir runs"
 
 # Debian's Chromium + ChromeDriver for tests/test_serve_browser.py, installed when missing where apt-get runs
 # as root (CI's fresh Debian machine); elsewhere that one test is skipped and says why.

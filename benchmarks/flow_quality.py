@@ -104,7 +104,7 @@ def main() -> None:
     checkpoint_dir = Path(config["trainer"]["callbacks"][0]["init_args"]["dirpath"])
     name = Path(args.config).stem
     train_seconds = None
-    command = f"python benchmarks/flow_quality.py --config {args.config}" + (" --skip-fit" if args.skip_fit else "")
+    command = "python benchmarks/flow_quality.py " + " ".join(sys.argv[1:])
     if not args.skip_fit:
         shutil.rmtree(ROOT / checkpoint_dir, ignore_errors=True)  # fresh: no last-v1.ckpt beside an old last.ckpt
         started = time.time()
