@@ -3,6 +3,7 @@ digits) the per-class diversity and precision/recall of its conditional samples.
 
     python benchmarks/vae_quality.py [--config configs/vae/digits.yaml] [--seed S] [--set fusion=mopoe ...]
                                      [--tag NAME] [--skip-fit]
+    python benchmarks/vae_quality.py --summarize digits mopoe mopoe_private   # the runs side by side
 
 With no ``--seed``/``--set``/``--tag`` the recipe runs as written and the result is
 benchmarks/results/vae_<config name>.json (+ .md); otherwise the run is
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -127,6 +129,44 @@ def run_config(config_path: str, seed: int | None, overrides: list[str], tag: st
     return folder / "config.yaml", f"vae_{run}", folder / "checkpoints"
 
 
+def summarize(name: str, tags: list[str]) -> tuple[dict, str]:
+    """Every seed of each tagged run of ``name`` (``vae_<name>_<tag>_seed<S>.json``), side by side, with
+    the mean over seeds: the diversity table's columns on digits, text->image coherence per attribute else."""
+    results = ROOT / "benchmarks" / "results"
+    rows, lines = [], []
+    for tag in tags:
+        for path in sorted(results.glob(f"vae_{name}_{tag}_seed*.json")):
+            report = json.loads(path.read_text())
+            row = {"tag": tag, "seed": int(path.stem.rsplit("seed", 1)[1]), "steps": report["steps"],
+                   "fusion": report["fusion"], "private_dim": report["private_dim"], "file": path.name}
+            for direction, scores in report.get("diversity", {}).items():
+                row.update({f"{direction} {k}": v for k, v in scores.items() if k != "diversity_per_digit"})
+            for coherence in report["coherence"]:
+                if coherence["direction"] == "text->image":
+                    row.update({f"text->image test coherence {a}": coherence[f"accuracy_{a}"]
+                                for a in coherence["attributes"]})
+            rows.append(row)
+    if not rows:
+        raise SystemExit(f"--summarize: no benchmarks/results/vae_{name}_<tag>_seed*.json for tags {tags}")
+    columns = [k for k in rows[0] if isinstance(rows[0][k], float)]
+    means = []
+    for tag in tags:
+        mine = [r for r in rows if r["tag"] == tag]
+        if mine:
+            means.append({"tag": tag, "seeds": [r["seed"] for r in mine],
+                          "steps": [r["steps"] for r in mine],
+                          **{c: sum(r[c] for r in mine) / len(mine) for c in columns if all(c in r for r in mine)}})
+    lines.append("| run | seed | steps | " + " | ".join(columns) + " |")
+    lines.append("|---" * (len(columns) + 3) + "|")
+    for row in rows:
+        lines.append(f"| {row['tag']} | {row['seed']} | {row['steps']} | "
+                     + " | ".join(f"{row.get(c, float('nan')):.3f}" for c in columns) + " |")
+    for mean in means:
+        lines.append(f"| **{mean['tag']} mean** | {len(mean['seeds'])} seeds | {sum(mean['steps']) / len(mean['steps']):.0f} | "
+                     + " | ".join(f"{mean.get(c, float('nan')):.3f}" for c in columns) + " |")
+    return {"runs": rows, "means": means}, "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/vae/digits.yaml")
@@ -138,7 +178,19 @@ def main() -> None:
                                                         "(DD:HH:MM:SS)")
     parser.add_argument("--per-class", type=int, default=50, help="samples per digit of the diversity table")
     parser.add_argument("--skip-fit", action="store_true", help="evaluate the existing last.ckpt")
+    parser.add_argument("--summarize", nargs="+", metavar=("NAME", "TAG"), default=None,
+                        help="only tabulate the finished runs: NAME (config stem) then the tags to compare")
     args = parser.parse_args()
+    if args.summarize:
+        if len(args.summarize) < 2:
+            raise SystemExit("--summarize: give the config name, then at least one tag")
+        summary, table = summarize(args.summarize[0], args.summarize[1:])
+        summary["command"] = shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
+        out = ROOT / "benchmarks" / "results" / f"vae_{args.summarize[0]}_comparison.json"
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table)
+        print(table)
+        return
     config, name, ckpt_dir = run_config(args.config, args.seed, args.set, args.tag, args.max_time)
     train_seconds = None
     if not args.skip_fit:
@@ -155,7 +207,7 @@ def main() -> None:
         report["diversity"] = class_diversity(model, datamodule, args.per_class, seed=0)
         text += "\nPer-digit diversity (mean pairwise L2 at 8x8 / the real digits'), with coherence and " \
                 "precision/recall of the same samples:\n\n" + diversity_markdown(report["diversity"])
-    command = " ".join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
     report.update({"command": command, "config": args.config, "fusion": model.hparams.fusion,
                    "private_dim": model.hparams.private_dim, "train_seconds_including_startup": train_seconds,
                    "steps": steps, "machine": f"{platform.processor() or platform.machine()}, "

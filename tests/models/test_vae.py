@@ -267,7 +267,9 @@ def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
 @pytest.mark.parametrize("arguments, message", [({"fusion": "mmvae_plus"}, "needs a private latent"),
                                                 ({"private_dim": {"audio": 2}}, "not one of the modalities"),
                                                 ({"private_dim": -1}, ">= 0"),
-                                                ({"private_prior_scale": 0.0}, "must be > 0")])
+                                                ({"private_prior_scale": 0.0}, "must be > 0"),
+                                                ({"cross_samples": 0}, "must be >= 1"),
+                                                ({"cross_mean_weight": 1.5}, r"in \[0, 1\]")])
 def test_bad_private_latent_options_say_what_is_wrong(arguments, message):
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
     with pytest.raises(ValueError, match=message):
