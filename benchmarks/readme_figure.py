@@ -1,6 +1,8 @@
 """Draw the README's sample figure from a checkpoint: text -> image rows and image -> text pairs.
 
     python benchmarks/readme_figure.py --ckpt runs/quickstart/checkpoints/last.ckpt --out docs/quickstart_samples.png
+    python benchmarks/readme_figure.py --ckpt runs/flow_shapes/checkpoints/last.ckpt --out docs/flow_shapes_samples.png \
+        --captions "a large red circle on the left" ...   # a text -> image model: rows only
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ def main() -> None:
     for caption in captions:
         images = model.generate(model.tokenizer.encode([caption]), args.per_row, to="image")["image"]
         rows.append((caption, [tile(image) for image in images]))
+    captions_too = model.serves(("image",), "text")  # the image -> text block only for models that caption
     references = torch.stack([val[i]["image"] for i in range(4, 4 + args.per_row)])
-    generated = model.tokenizer.decode(model.generate({"image": references}, len(references), to="text")["text"])
+    generated = model.tokenizer.decode(model.generate({"image": references}, len(references), to="text")["text"]) \
+        if captions_too else []
     side = rows[0][1][0].width
     label_width, pad = 330, 6
     width = label_width + args.per_row * (side + pad)
-    height = (len(rows) + 1) * (side + pad) + 3 * 18 + 40
+    height = (len(rows) + (1 if captions_too else 0)) * (side + pad) + (3 * 18 + 40 if captions_too else 24)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 2), "text -> image", fill="black")
@@ -55,9 +59,10 @@ def main() -> None:
         for column, image in enumerate(images):
             canvas.paste(image, (label_width + column * (side + pad), y))
         y += side + pad
-    draw.text((pad, y + 4), "image -> text", fill="black")
-    y += 22
-    for column, (image, text) in enumerate(zip(references, generated)):
+    if captions_too:
+        draw.text((pad, y + 4), "image -> text", fill="black")
+        y += 22
+    for column, (image, _) in enumerate(zip(references, generated)):
         x = label_width + column * (side + pad)
         canvas.paste(tile(image), (x, y))
     for line, column in enumerate(range(len(generated))):
