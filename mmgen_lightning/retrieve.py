@@ -1,7 +1,7 @@
 """``mmgen retrieve``: rank a manifest's files (or captions) by their cosine to a query in an Aligner's space.
 
-    mmgen retrieve --ckpt ALIGNER --query-text "a red circle" --index data.jsonl --top 5 [--out hits.jsonl]
-    mmgen retrieve --ckpt ALIGNER --query-image photo.png --index data.jsonl --target text
+    mmgen retrieve --ckpt ALIGNER --query_text "a red circle" --index data.jsonl --top 5 [--out hits.jsonl]
+    mmgen retrieve --ckpt ALIGNER --query_image photo.png --index data.jsonl --target text
 
 The index is a manifest in the format of ``ManifestDataModule`` (JSONL or CSV; paths relative to its
 folder); its files are read by the same readers training uses, sized by the aligner's checkpoint.
@@ -30,9 +30,10 @@ def parser() -> ArgumentParser:
         "checkpoint; prints the top K and optionally writes them as JSON lines."))
     parser.add_argument("--ckpt", required=True, help="Aligner checkpoint written by `mmgen fit`")
     query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--query-text", help="a caption")
-    query.add_argument("--query-image", help="an image file")
-    query.add_argument("--query-audio", help="a WAV/FLAC file")
+    # underscores as every mmgen command spells its flags; the dashed spelling is kept as an alias
+    query.add_argument("--query_text", "--query-text", dest="query_text", help="a caption")
+    query.add_argument("--query_image", "--query-image", dest="query_image", help="an image file")
+    query.add_argument("--query_audio", "--query-audio", dest="query_audio", help="a WAV/FLAC file")
     parser.add_argument("--index", required=True, help="manifest (.jsonl/.csv) whose rows are ranked")
     parser.add_argument("--target", default=None, choices=["image", "text", "audio", "video"],
                         help="what of each row is ranked (default: the first file column the aligner embeds that is "
@@ -40,7 +41,8 @@ def parser() -> ArgumentParser:
     parser.add_argument("--top", type=int, default=10, help="how many results (K)")
     parser.add_argument("--out", default=None, help="write the results here as JSON lines")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows embedded at once")
+    parser.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64,
+                        help="rows embedded at once")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     return parser
 
@@ -64,12 +66,12 @@ def embed_query(model, args) -> tuple[str, torch.Tensor]:
 
     kind = next(k for k in QUERY_KINDS if getattr(args, f"query_{k}") is not None)
     if kind not in model.modalities:
-        raise ValueError(f"--query-{kind}: {args.ckpt} aligns {', '.join(model.modalities)}, not {kind}")
+        raise ValueError(f"--query_{kind}: {args.ckpt} aligns {', '.join(model.modalities)}, not {kind}")
     if kind == "text":
         return kind, model.embed_captions([args.query_text])
     path = Path(getattr(args, f"query_{kind}"))
     if not path.is_file():
-        raise FileNotFoundError(f"--query-{kind}: file not found: {path}")
+        raise FileNotFoundError(f"--query_{kind}: file not found: {path}")
     if kind == "image":
         value = load_image(path, model.spec("image_size"), model.spec("image_channels"))
     else:
@@ -131,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Errors are raised for ``cli.main`` to report as one line (:mod:`mmgen_lightning.errors`)."""
     args = parser().parse_args(argv)
     if args.top < 1 or args.batch_size < 1:
-        raise UsageError("--top and --batch-size must be >= 1", f"--top {args.top}, --batch-size {args.batch_size}")
+        raise UsageError("--top and --batch_size must be >= 1", f"--top {args.top}, --batch_size {args.batch_size}")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists", "--out", "pass --overwrite to replace it, or give another path")
