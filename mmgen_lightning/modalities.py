@@ -31,7 +31,6 @@ import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
 from PIL import Image
 from torch import Tensor, nn
 
@@ -266,16 +265,16 @@ class ImageModality(Modality):
         return [to_uint8(image) for image in values]
 
     def read(self, path: str | Path, spec: Mapping[str, Any]) -> Tensor:
-        """An image file -> ``C,H,W`` in [-1, 1] at ``image_size`` with ``image_channels`` channels."""
-        path, size, channels = Path(path), _need(spec, "image_size"), _need(spec, "image_channels")
+        """An image file -> ``C,H,W`` in [-1, 1] at ``image_size`` with ``image_channels`` channels, read
+        exactly as training reads a manifest's images (shorter side resized, centre-cropped; broken
+        files and decompression bombs refused), so a condition file means what a training image meant."""
+        from mmgen_lightning.datamodules.manifest import read_image
+
+        path = Path(path)
         try:
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
-                array = np.asarray(image, dtype=np.float32)
+            return read_image(path, _need(spec, "image_size"), _need(spec, "image_channels"))
         except (OSError, ValueError) as error:
-            raise ValueError(f"--image {path}: cannot read it as an image ({error})") from error
-        tensor = torch.from_numpy(array / 127.5 - 1.0)
-        return tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
+            raise ValueError(f"--image {path}: {error}") from error
 
     def write(self, value, path, spec=None):
         """``C,H,W`` in [-1, 1] -> an 8-bit PNG (grey or RGB)."""
@@ -392,16 +391,15 @@ class AudioModality(Modality):
 
     def read(self, path: str | Path, spec: Mapping[str, Any]) -> Tensor:
         """A WAV/FLAC file -> mono ``T`` in [-1, 1], resampled to ``sample_rate`` and cut or
-        zero-padded to ``audio_length``."""
-        path, sample_rate, length = Path(path), _need(spec, "sample_rate"), _need(spec, "audio_length")
+        zero-padded to ``audio_length``, read exactly as training reads a manifest's audio (empty,
+        undecodable and NaN/Inf files refused)."""
+        from mmgen_lightning.datamodules.manifest import read_audio
+
+        path = Path(path)
         try:
-            waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        except (RuntimeError, soundfile.LibsndfileError) as error:
-            raise ValueError(f"--audio {path}: cannot read it as audio ({error})") from error
-        audio = torch.from_numpy(waveform.mean(axis=1))
-        if file_rate != sample_rate:
-            audio = AF.resample(audio, file_rate, sample_rate)
-        return self.fit_length(audio, length).clamp(-1, 1)
+            return read_audio(path, _need(spec, "sample_rate"), _need(spec, "audio_length"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--audio {path}: {error}") from error
 
     @staticmethod
     def fit_length(audio: Tensor, length: int) -> Tensor:

@@ -112,6 +112,9 @@ def check_upload(path: str | os.PathLike | None, kind: str, model) -> Path:
         else:
             decoded = load_audio(path, model.spec("sample_rate"), model.spec("audio_length"))
     except (ValueError, OSError) as error:
+        if "NaN or Inf" in str(error):  # the shared reader refuses non-finite audio before it is a tensor
+            raise UserError(f"{kind}: the upload {path.name} holds NaN or infinite values; choose another file") \
+                from error
         what = "an image" if kind == "image" else "WAV/FLAC audio"
         raise UserError(f"{kind}: the upload {path.name} cannot be read as {what}; choose another file") from error
     if not bool(decoded.isfinite().all()):

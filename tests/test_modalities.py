@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,8 +126,17 @@ def test_files_written_by_a_modality_read_back(tmp_path):
     assert (tmp_path / "v.gif").stat().st_size > 0
     assert get_modality("label").write(torch.tensor(2), tmp_path / "l.txt") == {"label": 2}
     assert (tmp_path / "l.txt").read_text() == "2\n"
-    with pytest.raises(ValueError, match="--image .*cannot read it as an image"):
+    with pytest.raises(ValueError, match="--image .*a.wav: cannot decode the image"):
         get_modality("image").read(tmp_path / "a.wav", SPEC)
+    # read as training reads a manifest: NaN audio and a wide image are treated alike on every path
+    import soundfile
+    soundfile.write(str(tmp_path / "nan.wav"), np.full(100, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="--audio .*nan.wav: the audio holds NaN or Inf"):
+        get_modality("audio").read(tmp_path / "nan.wav", SPEC)
+    wide = torch.full((3, 16, 48), -1.0)
+    wide[:, :, 16:32] = 1.0  # the centre square is white, the sides black
+    generate.save_image(wide, tmp_path / "wide.png")
+    assert (get_modality("image").read(tmp_path / "wide.png", SPEC) == 1.0).all()  # centre-cropped, not squashed
     with pytest.raises(ValueError, match="sample_rate is required"):
         get_modality("audio").write(audio, tmp_path / "b.wav")
 
