@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from mmgen_lightning.callbacks.compile import CompileNetworks, compile_counters, compile_networks
-from mmgen_lightning.metrics.report import _import
+from overhead import build  # the recipe -> (model, datamodule) builder of the overhead benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 #: families whose digits recipe serves text->image (sampling measured in that direction)
@@ -40,18 +40,6 @@ class StepTimer(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.ends.append(time.perf_counter())
-
-
-def build(config_path: Path) -> tuple[Any, Any]:
-    config = yaml.safe_load(config_path.read_text())
-    data = config["data"]
-    datamodule = _import(data["class_path"], "data.class_path")(**data.get("init_args", {}))
-    datamodule.setup("fit")
-    model_config = config["model"]
-    model = _import(model_config["class_path"], "model.class_path")(datamodule.data_spec,
-                                                                      **model_config.get("init_args", {}))
-    model.tokenizer = datamodule.tokenizer
-    return model, datamodule
 
 
 def train_round(model, datamodule, steps: int, callbacks: list) -> list[float]:
@@ -80,7 +68,7 @@ def sampling_rate(model, datamodule, target: str, rounds: int = 3) -> float:
 
 def measure(family: str, steps: int, warmup: int, rounds: int, backend: str) -> dict[str, Any]:
     torch._dynamo.reset()
-    eager, datamodule = build(ROOT / "configs" / family / "digits.yaml")
+    eager, datamodule = build(yaml.safe_load((ROOT / "configs" / family / "digits.yaml").read_text()))
     compiled = copy.deepcopy(eager)
     callback = CompileNetworks(backend=backend)
     rates: dict[str, list[float]] = {"eager": [], "compiled": []}

@@ -75,6 +75,18 @@ class GenerativeModule(L.LightningModule):
         return self.data_spec[key]
 
     # --- directions ---------------------------------------------------------------------------
+    def declare_direction(self, condition: str | None, output: str) -> None:
+        """For families with one condition (or none) and one output: check that the data carries both and
+        declare them as ``self.condition``/``self.output`` and the served modalities."""
+        available = self.data_spec.get("modalities")
+        for role, name in (("condition", condition), ("output", output)):
+            if name is not None and available is not None and name not in available:
+                raise ValueError(f"{role}: {name!r} is not carried by the data; the datamodule's modalities are "
+                                 f"{', '.join(available)}")
+        self.condition, self.output = condition, output
+        self.condition_modalities = (condition,) if condition else ()
+        self.output_modalities = (output,)
+
     def serves(self, sources: tuple[str, ...], target: str) -> bool:
         """Whether ``sources -> target`` is modelled; families with stricter rules override this."""
         return set(sources) <= set(self.condition_modalities) and target in self.output_modalities

@@ -132,14 +132,7 @@ class FlowMatching(GenerativeModule):
             raise ValueError(f"steps must be >= 1, got {steps}")
         if condition is None and cond_drop:
             cond_drop = 0.0  # nothing to drop
-        available = self.data_spec.get("modalities")
-        for role, name in (("condition", condition), ("output", output)):
-            if name is not None and available is not None and name not in available:
-                raise ValueError(f"{role}: {name!r} is not carried by the data; the datamodule's modalities are "
-                                 f"{', '.join(available)}")
-        self.condition, self.output = condition, output
-        self.condition_modalities = (condition,) if condition else ()
-        self.output_modalities = (output,)
+        self.declare_direction(condition, output)
         self.cond_drop = cond_drop
 
         self.log_mel = (LogMel(self.spec("sample_rate"), self.spec("audio_length"), n_mels, frames=audio_frames)

@@ -138,14 +138,7 @@ class ConditionalGAN(GenerativeModule):
                              f"output={output!r}")
         if text_encoder_path is not None and condition != "text":
             raise ValueError(f"text_encoder_path is only used with condition='text', got condition={condition!r}")
-        available = self.data_spec.get("modalities")
-        for role, name in (("condition", condition), ("output", output)):
-            if name is not None and available is not None and name not in available:
-                raise ValueError(f"{role}: {name!r} is not carried by the data; the datamodule's modalities are "
-                                 f"{', '.join(available)}")
-        self.condition, self.output = condition, output
-        self.condition_modalities = (condition,) if condition else ()
-        self.output_modalities = (output,)
+        self.declare_direction(condition, output)
         self.gp_weight = (10.0 if loss == "wgan_gp" else 0.0) if gp_weight is None else float(gp_weight)
         if aligner_weight < 0 or (aligner_weight > 0 and (not aligner_path or condition is None)):
             raise ValueError(f"aligner_weight must be >= 0, and > 0 needs aligner_path and a condition; got "
