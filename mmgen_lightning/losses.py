@@ -196,3 +196,9 @@ def symmetric_info_nce(a: Tensor, b: Tensor, logit_scale: Tensor | float, all_a:
     logits_ab = logit_scale * a.float() @ all_b.float().T  # B,N
     logits_ba = logit_scale * b.float() @ all_a.float().T
     return 0.5 * (F.cross_entropy(logits_ab, targets) + F.cross_entropy(logits_ba, targets))
+
+
+def flow_matching_loss(predicted: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
+    """Conditional flow matching loss ``E || v(x_t, t) - (x1 - x0) ||^2``, the mean over every
+    scalar (so its scale does not depend on the image size)."""
+    return (predicted.float() - (x1 - x0).float()).pow(2).mean()

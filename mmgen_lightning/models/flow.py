@@ -29,10 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmgen_lightning.losses import flow_matching_loss
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, load_generator
 from mmgen_lightning.models.layers.audio import LogMel
 from mmgen_lightning.models.layers.dit import DiT, ConditionTokens, TextTokenEncoder
-from mmgen_lightning.models.layers.flow_sampling import (SAMPLERS, TIME_DENSITIES, flow_matching_loss, guided,
+from mmgen_lightning.models.layers.flow_sampling import (SAMPLERS, TIME_DENSITIES, guided,
                                                          ode_log_likelihood, sample_time, straight_path)
 from mmgen_lightning.models.layers.token_encoders import AudioTokenEncoder, ImageTokenEncoder, VideoTokenEncoder
 

@@ -1,5 +1,5 @@
-"""Flow matching maths, apart from any network: the straight path, time densities, the loss, the
-ODE samplers and the likelihood through the probability-flow ODE.
+"""Flow matching maths, apart from any network: the straight path, time densities, the ODE samplers
+and the likelihood through the probability-flow ODE (the loss is ``losses.flow_matching_loss``).
 
 Conventions (rectified flow, Liu et al. 2022; conditional flow matching, Lipman et al. 2023):
 ``x0 ~ N(0, I)`` is noise at ``t = 0``, ``x1`` is data at ``t = 1``, the path is the straight line
@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from mmgen_lightning.losses import flow_matching_loss  # noqa: F401 - re-exported beside the path it scores
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
 TIME_DENSITIES = ("uniform", "logit_normal")
@@ -38,12 +40,6 @@ def sample_time(batch: int, density: str = "uniform", mean: float = 0.0, std: fl
     if density == "logit_normal":
         return torch.sigmoid(mean + std * torch.randn(batch, device=device, generator=generator))
     raise ValueError(f"time_density: unknown {density!r}; allowed: {', '.join(TIME_DENSITIES)}")
-
-
-def flow_matching_loss(predicted: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
-    """Conditional flow matching loss ``E || v(x_t, t) - (x1 - x0) ||^2``, the mean over every
-    scalar (so its scale does not depend on the image size)."""
-    return (predicted.float() - (x1 - x0).float()).pow(2).mean()
 
 
 def time_grid(steps: int, device: torch.device | str = "cpu") -> Tensor:
