@@ -24,15 +24,13 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
+from recipe_run import checkpoint_dir, fit_from_scratch
 from torch.utils.data import DataLoader
 
 from mmgen_lightning.metrics.judges import get_judge
@@ -157,17 +155,11 @@ def main() -> None:
     parser.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[], help="extra `mmgen fit` arguments")
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / args.config).read_text())
-    checkpoint_dir = Path(config["trainer"]["callbacks"][0]["init_args"]["dirpath"])
     name = Path(args.config).stem
     train_seconds = None
     if not args.skip_fit:
-        # a fresh run: ModelCheckpoint would write last-v1.ckpt beside an older last.ckpt
-        shutil.rmtree(ROOT / checkpoint_dir, ignore_errors=True)
-        started = time.time()
-        subprocess.run([sys.executable, "-m", "mmgen_lightning.cli", "fit", "--config", args.config,
-                        "--trainer.enable_progress_bar", "false", *args.fit_args], check=True, cwd=ROOT)
-        train_seconds = round(time.time() - started, 1)
-    ckpt = ROOT / checkpoint_dir / "last.ckpt"
+        train_seconds = fit_from_scratch(args.config, config, args.fit_args)
+    ckpt = ROOT / checkpoint_dir(config) / "last.ckpt"
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)
     model = load_generator(ckpt)
     datamodule = load_datamodule(ckpt, ROOT / args.config)
