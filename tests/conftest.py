@@ -80,6 +80,19 @@ def fit(model, datamodule=None, loader=None, **trainer_kwargs) -> L.Trainer:
     return trainer
 
 
+def two_rank_config(folder: Path, model: dict, data: dict, max_steps: int = 3) -> dict:
+    """An ``mmgen fit`` config for 2 CPU DDP ranks that keeps ``folder/ckpt/last.ckpt``, for
+    :func:`fit_two_ranks_in_subprocess`; ``model``/``data`` are ``class_path``/``init_args`` sections."""
+    return {
+        "seed_everything": 0,
+        "trainer": {"max_steps": max_steps, "accelerator": "cpu", "devices": 2, "strategy": "ddp", "logger": False,
+                    "enable_progress_bar": False, "limit_val_batches": 1, "default_root_dir": str(folder),
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(folder / "ckpt"), "save_last": True}}]},
+        "model": model, "data": data,
+    }
+
+
 def fit_two_ranks_in_subprocess(config: dict, folder: Path, timeout: int = 240) -> None:
     """``mmgen fit`` of ``config`` (saved as ``folder/config.yaml``) in a fresh process, one torch thread per
     rank; asserts it succeeded and really ran as two DDP ranks."""

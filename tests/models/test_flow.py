@@ -13,7 +13,7 @@ from mmgen_lightning.models.flow import FlowMatching
 from mmgen_lightning.models.layers.dit import DiT
 from mmgen_lightning.models.layers.flow_sampling import (euler, flow_matching_loss, guided, heun, ode_log_likelihood,
                                                          sample_time, straight_path)
-from tests.conftest import ToyDataModule, fit, fit_two_ranks_in_subprocess
+from tests.conftest import ToyDataModule, fit, fit_two_ranks_in_subprocess, two_rank_config
 
 TINY = {"width": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "condition_layers": 1, "n_mels": 16,
         "audio_frames": 8, "warmup_steps": 1, "steps": 4}
@@ -244,17 +244,10 @@ def test_bf16_mixed_trains():
 
 
 def test_ddp_two_cpu_processes(tmp_path):
-    config = {
-        "seed_everything": 0,
-        "trainer": {"max_steps": 3, "accelerator": "cpu", "devices": 2, "strategy": "ddp", "logger": False,
-                    "enable_progress_bar": False, "limit_val_batches": 1, "default_root_dir": str(tmp_path),
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
-        "model": {"class_path": "mmgen_lightning.models.flow.FlowMatching",
-                  "init_args": {"condition": "text", **TINY}},
-        "data": {"class_path": "tests.conftest.ToyDataModule",
-                 "init_args": {"modalities": ["image", "text"], "size": 32, "batch_size": 4}},
-    }
+    config = two_rank_config(tmp_path, {"class_path": "mmgen_lightning.models.flow.FlowMatching",
+                                         "init_args": {"condition": "text", **TINY}},
+                             {"class_path": "tests.conftest.ToyDataModule",
+                              "init_args": {"modalities": ["image", "text"], "size": 32, "batch_size": 4}})
     fit_two_ranks_in_subprocess(config, tmp_path)
     stored = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert stored["global_step"] == 3

@@ -9,7 +9,7 @@ import torch
 
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.vae import MultimodalVAE
-from tests.conftest import ToyDataModule, fit_two_ranks_in_subprocess
+from tests.conftest import ToyDataModule, fit_two_ranks_in_subprocess, two_rank_config
 
 
 class VariedToyDataModule(ToyDataModule):
@@ -182,16 +182,9 @@ def test_training_step_runs_by_hand_outside_a_trainer():
 
 
 def test_ddp_two_cpu_processes(tmp_path):
-    config = {
-        "seed_everything": 0,
-        "trainer": {"max_steps": 3, "accelerator": "cpu", "devices": 2, "strategy": "ddp", "logger": False,
-                    "enable_progress_bar": False, "limit_val_batches": 1, "default_root_dir": str(tmp_path),
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
-        "model": {"class_path": "mmgen_lightning.models.MultimodalVAE",
-                  "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
-        "data": {"class_path": "tests.conftest.ToyDataModule", "init_args": {"size": 32, "batch_size": 8}},
-    }
+    config = two_rank_config(tmp_path, {"class_path": "mmgen_lightning.models.MultimodalVAE",
+                                         "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
+                             {"class_path": "tests.conftest.ToyDataModule", "init_args": {"size": 32, "batch_size": 8}})
     fit_two_ranks_in_subprocess(config, tmp_path)
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
 
