@@ -105,5 +105,16 @@ def fit_two_ranks_in_subprocess(config: dict, folder: Path, timeout: int = 240) 
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test on one torch thread, restoring the count after: tiny networks gain nothing from intra-op
+    threads and lose a lot on a busy machine. Test files that train ask for it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def toy_datamodule() -> ToyDataModule:
     return ToyDataModule()

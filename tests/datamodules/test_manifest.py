@@ -21,12 +21,7 @@ from tests.conftest import fit
 from tests.datamodules.manifest_corpus import COLORS, DATA_OPTIONS, RGB, write_corpus
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

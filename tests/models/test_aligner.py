@@ -24,12 +24,7 @@ TINY = {"embed_dim": 16, "width": 32, "encoder_layers": 1, "text_layers": 1, "nu
         "warmup_steps": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_tiny_aligner_learns_text_image_retrieval_on_shapes():

@@ -19,12 +19,7 @@ TINY = {"width": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "condition_lay
         "audio_frames": 8, "warmup_steps": 1, "steps": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- maths against closed forms -------------------------------------------------------------

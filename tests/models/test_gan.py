@@ -17,13 +17,7 @@ from tests.conftest import ToyDataModule, fit, fit_two_ranks_in_subprocess
 TINY = {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a busy machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 
