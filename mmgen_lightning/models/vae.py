@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmgen_lightning.knobs import KNOWN_KNOBS, Knob
 from mmgen_lightning.losses import (LIKELIHOODS, continuous_log_likelihood, gaussian_log_density, kl_standard_normal,
                                     kl_weight, log_mean_exp, mixture_log_density, product_of_experts, reparameterize)
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
@@ -35,7 +36,9 @@ Gaussian = tuple[Tensor, Tensor]
 
 
 class MultimodalVAE(GenerativeModule):
-    """Args:
+    """A multimodal VAE with a shared latent ``z`` (and optional private latents ``w_m``).
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modalities: modalities the model encodes and decodes; default: all the data carries.
         fusion: joint posterior of the shared ``z``, one of ``poe`` (MVAE), ``moe`` (MMVAE), ``mopoe``
@@ -45,6 +48,9 @@ class MultimodalVAE(GenerativeModule):
             0 = none, a shared latent only).
         private_prior_scale: scale ``s`` of the auxiliary prior ``r(w_n) = N(0, s^2 I)`` that cross-modal
             reconstruction and sampling draw the target's private latent from.
+        private_sample_scale: default of the ``private_scale`` sampling knob: cross-modal generation draws
+            the target's private latent from ``N(0, (c s)^2 I)`` with this ``c`` (1 = ``r`` itself; above 1
+            trades coherence for varied samples), so a recipe can set the scale its samples are drawn at.
         learn_private_prior_scale: learn ``s`` (one per modality) instead of keeping it fixed.
         cross_samples: draws ``K`` of ``w_n ~ r`` where a term reconstructs ``x_n`` without encoding it; the
             term scores ``log 1/K sum_k p(x_n | z, w_n^k)``, MMVAE+'s importance-weighted cross-reconstruction
@@ -67,10 +73,19 @@ class MultimodalVAE(GenerativeModule):
         lr: AdamW learning rate.
     """
 
+    sampling_knobs: dict[str, Knob] = {
+        "truncation": KNOWN_KNOBS["truncation"],
+        "temperature": KNOWN_KNOBS["temperature"],
+        "top_k": KNOWN_KNOBS["top_k"],
+        "griffin_lim_iterations": KNOWN_KNOBS["griffin_lim_iterations"],
+        "private_scale": Knob(float, 0, 4, help="scale of the cross-modal private latents' prior draws, relative to "
+                                                 "the auxiliary prior (1 = r; 0 = its mean); default private_sample_scale"),
+    }
+
     def __init__(self, data_spec: dict[str, Any] | None = None, modalities: list[str] | None = None,
                  fusion: str = "mopoe", latent_dim: int = 32, private_dim: int | dict[str, int] = 0,
                  private_prior_scale: float = 1.0, learn_private_prior_scale: bool = False, cross_samples: int = 1,
-                 cross_mean_weight: float = 0.0,
+                 cross_mean_weight: float = 0.0, private_sample_scale: float = 1.0,
                  width: int = 32, text_width: int = 128,
                  likelihood: str = "laplace", learn_scale: bool = True, init_scale: float = 0.1,
                  likelihood_weights: dict[str, float] | None = None, beta: float = 1.0,
@@ -103,6 +118,9 @@ class MultimodalVAE(GenerativeModule):
             raise ValueError(f"cross_mean_weight must be in [0, 1], got {cross_mean_weight}")
         if not private_prior_scale > 0:
             raise ValueError(f"private_prior_scale must be > 0, got {private_prior_scale}")
+        problem = self.sampling_knobs["private_scale"].problem(private_sample_scale)
+        if problem:
+            raise ValueError(f"private_sample_scale {problem}, got {private_sample_scale!r}")
         self.private = [m for m in self.modalities if self.private_dims[m] > 0]
         self.private_prior_log_scales = nn.ParameterDict({
             m: nn.Parameter(torch.tensor(math.log(private_prior_scale)), requires_grad=learn_private_prior_scale)
@@ -232,16 +250,18 @@ class MultimodalVAE(GenerativeModule):
         return scale * torch.exp(self.private_prior_log_scales[name]) * noise
 
     def decoder_code(self, name: str, z: Tensor, privates: dict[str, Gaussian], encoded: Tensor | None,
-                     scale: float = 1.0) -> Tensor:
+                     scale: float = 1.0, prior_scale: float | None = None) -> Tensor:
         """The decoder's input ``[z, w_name]``: ``...,latent_dim + private_dim`` (``z`` itself without one);
         ``z`` may carry leading sample dims ``K,B,D`` (one posterior draw of ``w`` serves them all).
 
         ``w_name`` comes from the posterior ``q(w_name|x_name)`` in the rows where ``encoded`` (``...``,
         bool or 0/1) is set, from the auxiliary prior ``r`` elsewhere (everywhere when ``encoded`` is None).
+        ``scale`` multiplies the posterior's noise, ``prior_scale`` (default ``scale``) the prior draws'.
         """
         if not self.private_dims[name]:
             return z
-        w = self.private_prior_sample(name, tuple(z.shape[:-1]), z.device, scale)
+        prior_scale = scale if prior_scale is None else prior_scale
+        w = self.private_prior_sample(name, tuple(z.shape[:-1]), z.device, prior_scale)
         if encoded is not None and name in privates:
             mu, logvar = privates[name]
             w = torch.where(encoded.bool().unsqueeze(-1), reparameterize(mu, logvar, scale), w)
@@ -401,7 +421,8 @@ class MultimodalVAE(GenerativeModule):
 
     # --- sampling -----------------------------------------------------------------------------
     def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str], truncation: float = 1.0,
-               temperature: float = 0.0, top_k: int | None = None, griffin_lim_iterations: int = 32) -> dict[str, Tensor]:
+               temperature: float = 0.0, top_k: int | None = None, griffin_lim_iterations: int = 32,
+               private_scale: float | None = None) -> dict[str, Tensor]:
         """Encode and fuse the conditions (or draw from the prior), then decode each target.
 
         A target's private latent comes from its posterior when the target is also a condition, else
@@ -411,7 +432,10 @@ class MultimodalVAE(GenerativeModule):
             truncation: scale of the latent noise, shared and private (0 decodes the posterior or prior
                 mean, 1 samples it).
             temperature: text token temperature (0 = greedy); top_k limits text sampling.
+            private_scale: ``c`` of the cross-modal private draws ``w ~ N(0, (c s)^2 I)`` (times ``truncation``);
+                default: the ``private_sample_scale`` hparam.
         """
+        private_scale = self.hparams.get("private_sample_scale", 1.0) if private_scale is None else private_scale
         sources = [m for m in self.modalities if m in conditions]
         privates = {}
         if sources:
@@ -428,7 +452,7 @@ class MultimodalVAE(GenerativeModule):
                 code = torch.cat([z, truncation * torch.randn(num_samples, self.private_dims[name], device=z.device)], -1)
             else:
                 encoded = torch.full((num_samples,), name in privates, device=z.device)
-                code = self.decoder_code(name, z, privates, encoded, truncation)
+                code = self.decoder_code(name, z, privates, encoded, truncation, truncation * private_scale)
             if name == "text":
                 tokenizer = self.tokenizer
                 out["text"] = self.decoders["text"].sample(code, self.spec("max_text_length"), tokenizer.bos_id,

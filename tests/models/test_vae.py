@@ -7,6 +7,8 @@ import lightning as L
 import pytest
 import torch
 
+from mmgen_lightning.errors import UsageError
+from mmgen_lightning.knobs import sampling_knobs
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.vae import MultimodalVAE
 from tests.conftest import ToyDataModule, fit_two_ranks_in_subprocess, two_rank_config
@@ -230,6 +232,31 @@ def test_cross_modal_sampling_draws_the_targets_private_latent_from_the_auxiliar
     assert torch.allclose(reconstruction, privates["image"][0].expand(count, -1))  # the posterior mean
 
 
+def test_private_scale_knob_scales_only_the_cross_modal_prior_draws():
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16)
+    model = MultimodalVAE(datamodule.data_spec, fusion="mopoe", private_dim=3, private_prior_scale=2.0,
+                          private_sample_scale=1.5, latent_dim=4, width=8, text_width=16)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    codes = []
+    model.decoders["image"].register_forward_pre_hook(lambda module, inputs: codes.append(inputs[0][:, 4:]))
+    caption, count = {"text": batch["text"][:1], "text_mask": batch["text_mask"][:1]}, 512
+    model.generate(caption, count, to="image")  # the recipe's default: c = private_sample_scale
+    model.generate(caption, count, to="image", private_scale=0.5)
+    model.generate(caption, count, to="image", private_scale=0.0)
+    model.generate({"image": batch["image"][:1]}, count, to="image", truncation=0.0, private_scale=3.0)
+    default, half, zero, encoded = codes
+    assert abs(default.std().item() - 3.0) < 0.3  # N(0, (1.5 * 2)^2 I)
+    assert abs(half.std().item() - 1.0) < 0.1
+    assert torch.equal(zero, torch.zeros_like(zero))
+    _, privates = model.encode_with_private({"image": batch["image"][:1]}, ["image"])
+    assert torch.allclose(encoded, privates["image"][0].expand(count, -1))  # an encoded target ignores the knob
+    assert "private_scale" in sampling_knobs(MultimodalVAE)
+    with pytest.raises(UsageError, match=r"private_scale must be float in \[0, 4\]"):
+        model.generate(caption, 2, to="image", private_scale=-1.0)
+
+
 def test_private_prior_scale_is_learned_when_asked():
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
@@ -262,7 +289,8 @@ def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
                                                 ({"private_dim": -1}, ">= 0"),
                                                 ({"private_prior_scale": 0.0}, "must be > 0"),
                                                 ({"cross_samples": 0}, "must be >= 1"),
-                                                ({"cross_mean_weight": 1.5}, r"in \[0, 1\]")])
+                                                ({"cross_mean_weight": 1.5}, r"in \[0, 1\]"),
+                                                ({"private_sample_scale": -1.0}, "private_sample_scale must be")])
 def test_bad_private_latent_options_say_what_is_wrong(arguments, message):
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
     with pytest.raises(ValueError, match=message):
