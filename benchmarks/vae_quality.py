@@ -2,7 +2,7 @@
 digits) the per-class diversity and precision/recall of its conditional samples.
 
     python benchmarks/vae_quality.py [--config configs/vae/digits.yaml] [--seed S] [--set fusion=mopoe ...]
-                                     [--tag NAME] [--skip-fit]
+                                     [--tag NAME] [--skip-fit] [--private-scales 1.0 1.5]
     python benchmarks/vae_quality.py --summarize digits mopoe mopoe_private   # the runs side by side
 
 With no ``--seed``/``--set``/``--tag`` the recipe runs as written and the result is
@@ -58,8 +58,9 @@ def pairwise_spread(images: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def class_diversity(model, datamodule, per_class: int, seed: int) -> dict:
-    """Per-digit diversity, coherence and precision/recall of ``DIVERSITY_DIRECTIONS`` (see the module doc)."""
+def class_diversity(model, datamodule, per_class: int, seed: int, **sampling) -> dict:
+    """Per-digit diversity, coherence and precision/recall of ``DIVERSITY_DIRECTIONS`` (see the module doc);
+    ``sampling``: knobs for ``generate`` (the model's defaults otherwise)."""
     judge = get_judge(datamodule, "image", seed=0)
     test, train = split_tensors(datamodule, "test"), split_tensors(datamodule, "train")
     test_digits, train_digits = test["attributes"][:, 0], train["attributes"][:, 0]
@@ -79,7 +80,7 @@ def class_diversity(model, datamodule, per_class: int, seed: int) -> dict:
             rows = (test_digits == digit).nonzero().squeeze(1)
             rows = rows[torch.arange(per_class) % len(rows)]
             torch.manual_seed(seed * 1000 + index * 100 + digit)
-            images = model.generate({k: test[k][rows] for k in keys}, per_class, to="image")["image"]
+            images = model.generate({k: test[k][rows] for k in keys}, per_class, to="image", **sampling)["image"]
             ratios[str(digit)] = pairwise_spread(images) / real_spread[digit]
             correct += (judge.predict(images)[:, 0].cpu() == digit).sum().item()
             samples.append(images)
@@ -138,7 +139,8 @@ def summarize(name: str, tags: list[str]) -> tuple[dict, str]:
         for path in sorted(results.glob(f"vae_{name}_{tag}_seed*.json")):
             report = json.loads(path.read_text())
             row = {"tag": tag, "seed": int(path.stem.rsplit("seed", 1)[1]), "steps": report["steps"],
-                   "fusion": report["fusion"], "private_dim": report["private_dim"], "file": path.name}
+                   "fusion": report["fusion"], "private_dim": report["private_dim"],
+                   "private_sample_scale": report.get("private_sample_scale"), "file": path.name}
             for direction, scores in report.get("diversity", {}).items():
                 row.update({f"{direction} {k}": v for k, v in scores.items() if k != "diversity_per_digit"})
             for coherence in report["coherence"]:
@@ -177,6 +179,9 @@ def main() -> None:
     parser.add_argument("--max-time", default=None, help="a shorter budget than the recipe's, for prototypes "
                                                         "(DD:HH:MM:SS)")
     parser.add_argument("--per-class", type=int, default=50, help="samples per digit of the diversity table")
+    parser.add_argument("--private-scales", type=float, nargs="*", default=[],
+                        help="also tabulate diversity at these private_scale knob values (models with private "
+                             "latents; the headline table uses the model's own default)")
     parser.add_argument("--skip-fit", action="store_true", help="evaluate the existing last.ckpt")
     parser.add_argument("--summarize", nargs="+", metavar=("NAME", "TAG"), default=None,
                         help="only tabulate the finished runs: NAME (config stem) then the tags to compare")
@@ -207,6 +212,14 @@ def main() -> None:
         report["diversity"] = class_diversity(model, datamodule, args.per_class, seed=0)
         text += "\nPer-digit diversity (mean pairwise L2 at 8x8 / the real digits'), with coherence and " \
                 "precision/recall of the same samples:\n\n" + diversity_markdown(report["diversity"])
+        if args.private_scales and any(model.private_dims.values()):
+            report["private_sample_scale"] = model.hparams.get("private_sample_scale", 1.0)
+            report["diversity_by_private_scale"] = {
+                str(scale): class_diversity(model, datamodule, args.per_class, seed=0, private_scale=scale)
+                for scale in args.private_scales}
+            for scale, table in report["diversity_by_private_scale"].items():
+                text += f"\nSame checkpoint, private_scale={scale} (the recipe's default is " \
+                        f"{report['private_sample_scale']}):\n\n" + diversity_markdown(table)
     command = shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
     report.update({"command": command, "config": args.config, "fusion": model.hparams.fusion,
                    "private_dim": model.hparams.private_dim, "train_seconds_including_startup": train_seconds,
