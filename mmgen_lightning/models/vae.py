@@ -24,14 +24,11 @@ from torch import Tensor, nn
 from mmgen_lightning.knobs import KNOWN_KNOBS, Knob
 from mmgen_lightning.losses import (LIKELIHOODS, continuous_log_likelihood, gaussian_log_density, kl_standard_normal,
                                     kl_weight, log_mean_exp, mixture_log_density, product_of_experts, reparameterize)
+from mmgen_lightning.modalities import MODALITIES, Modality, TextModality, get_modality
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
-from mmgen_lightning.models.layers.audio import AudioEncoder, LogMel, MelDecoder
-from mmgen_lightning.models.layers.image import ImageDecoder, ImageEncoder
-from mmgen_lightning.models.layers.text import GRUTextDecoder, TextEncoder
-from mmgen_lightning.models.layers.video import VideoDecoder, VideoEncoder
 
 FUSIONS = ("poe", "moe", "mopoe", "mmvae_plus")
-VAE_MODALITIES = ("image", "text", "audio", "video", "label")
+VAE_MODALITIES = MODALITIES  # every batch key: each modality brings its own encoder and decoder
 Gaussian = tuple[Tensor, Tensor]
 
 
@@ -125,9 +122,13 @@ class MultimodalVAE(GenerativeModule):
         self.private_prior_log_scales = nn.ParameterDict({
             m: nn.Parameter(torch.tensor(math.log(private_prior_scale)), requires_grad=learn_private_prior_scale)
             for m in self.private})
+        # a modality with a spectrogram frontend (audio) is encoded and scored as its log-mel (``with_log_mel``)
+        self.spectrogram_source = next((m for m in self.modalities if hasattr(get_modality(m), "log_mel")), None)
+        self.log_mel = (get_modality(self.spectrogram_source).log_mel(self.data_spec, n_mels)
+                        if self.spectrogram_source else None)
         self.encoders = nn.ModuleDict({m: self._build_encoder(m) for m in self.modalities})
         self.decoders = nn.ModuleDict({m: self._build_decoder(m) for m in self.modalities})
-        continuous = [m for m in self.modalities if m in ("image", "audio", "video")]
+        continuous = [m for m in self.modalities if get_modality(m).floating]
         self.log_scales = nn.ParameterDict({m: nn.Parameter(torch.tensor(math.log(init_scale)),
                                                             requires_grad=learn_scale) for m in continuous})
         self.subsets = [s for r in range(1, len(self.modalities) + 1)
@@ -149,54 +150,49 @@ class MultimodalVAE(GenerativeModule):
 
     # --- networks -----------------------------------------------------------------------------
     def _build_encoder(self, name: str) -> nn.Module:
-        out, width = 2 * (self.hparams.latent_dim + self.private_dims[name]), self.hparams.width
-        if name == "image":
-            return ImageEncoder(self.spec("image_channels"), self.spec("image_size"), out, width)
-        if name == "text":
-            return TextEncoder(self.spec("vocab_size"), self.spec("max_text_length"), out, self.hparams.text_width // 2)
-        if name == "audio":
-            self.log_mel = LogMel(self.spec("sample_rate"), self.spec("audio_length"), self.hparams.n_mels)
-            return AudioEncoder(self.hparams.n_mels, out, width)
-        if name == "video":
-            return VideoEncoder(self.spec("image_channels"), self.spec("num_frames"), self._video_size(), out, width // 2)
-        return nn.Embedding(self.spec("num_classes"), out)
+        """The modality's default encoder -> the means and log-variances of ``[z, w_name]``."""
+        out = 2 * (self.hparams.latent_dim + self.private_dims[name])
+        modality = get_modality(name)
+        return modality.encoder(self.data_spec, out, self._width(modality, decoder=False), n_mels=self.hparams.n_mels)
 
     def _build_decoder(self, name: str) -> nn.Module:
-        latent, width = self.hparams.latent_dim + self.private_dims[name], self.hparams.width
-        if name == "image":
-            return ImageDecoder(latent, self.spec("image_channels"), self.spec("image_size"), width)
-        if name == "text":
-            return GRUTextDecoder(self.spec("vocab_size"), latent, self.hparams.text_width)
-        if name == "audio":
-            return MelDecoder(latent, self.hparams.n_mels, self.log_mel.frames, width)
-        if name == "video":
-            return VideoDecoder(latent, self.spec("image_channels"), self.spec("num_frames"), self._video_size(), width // 2)
-        return nn.Sequential(nn.Linear(latent, 64), nn.SiLU(), nn.Linear(64, self.spec("num_classes")))
+        """The modality's default decoder from ``[z, w_name]`` (means; log-mel for audio; logits for label)."""
+        latent = self.hparams.latent_dim + self.private_dims[name]
+        modality = get_modality(name)
+        return modality.decoder(self.data_spec, latent, self._width(modality, decoder=True), n_mels=self.hparams.n_mels)
 
-    def _video_size(self) -> int:
-        return self.data_spec.get("video_size", self.spec("image_size"))
+    def _width(self, modality: Modality, decoder: bool) -> int:
+        """Captions run at ``text_width`` (their encoder at half of it); frame sequences at half ``width``,
+        since each 3-D convolution costs ``F`` times an image's; everything else at ``width``."""
+        if isinstance(modality, TextModality):
+            return self.hparams.text_width if decoder else self.hparams.text_width // 2
+        return self.hparams.width // 2 if modality.frames else self.hparams.width
 
     # --- posteriors ---------------------------------------------------------------------------
     def with_log_mel(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` plus its log-mel spectrogram under ``log_mel``, computed once per step for the audio
-        encoder and the audio likelihood's target (the STFT is a tenth of a digits step on the CPU)."""
-        if "audio" not in self.modalities or "audio" not in batch or "log_mel" in batch:
+        encoder and the audio likelihood's target (the STFT is a sizeable part of a small CPU step)."""
+        source = self.spectrogram_source
+        if source is None or source not in batch or "log_mel" in batch:
             return batch
-        return {**batch, "log_mel": self.log_mel(batch["audio"])}
+        return {**batch, "log_mel": self.log_mel(batch[source])}
 
     def prepare(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """What every step computes once: the log-mel, and the text cut to the batch's longest caption.
 
         The text encoder masks padding and the caption likelihood skips it, so the padding columns no
-        caption of the batch reaches change nothing but the cost: digits captions fill 8 of the 24
-        positions, and the GRU decoder was most of an image + text step.
+        caption of the batch reaches change nothing but the cost (short captions in a long context
+        would otherwise make the GRU decoder most of the step).
         """
         batch = self.with_log_mel(batch)
-        if "text" in self.modalities and "text_mask" in batch:
-            used = batch["text_mask"].any(0).nonzero()
+        for name in self.modalities:
+            mask_key = getattr(get_modality(name), "mask_key", None)
+            if mask_key is None or mask_key not in batch:
+                continue
+            used = batch[mask_key].any(0).nonzero()
             length = max(2, int(used[-1]) + 1) if len(used) else 2  # BOS and EOS at least
-            if length < batch["text"].shape[1]:
-                batch = {**batch, "text": batch["text"][:, :length], "text_mask": batch["text_mask"][:, :length]}
+            if length < batch[name].shape[1]:
+                batch = {**batch, name: batch[name][:, :length], mask_key: batch[mask_key][:, :length]}
         return batch
 
     def encode(self, batch: dict[str, Tensor], names: list[str]) -> dict[str, Gaussian]:
@@ -210,12 +206,9 @@ class MultimodalVAE(GenerativeModule):
         experts, privates = {}, {}
         latent = self.hparams.latent_dim
         for name in names:
-            if name == "text":
-                hidden = self.encoders["text"](batch["text"], batch["text_mask"])
-            elif name == "audio":
-                hidden = self.encoders["audio"](batch["log_mel"])
-            else:
-                hidden = self.encoders[name](batch[name])
+            # the encoder reads the modality's keys (captions with their mask), audio its log-mel
+            keys = ["log_mel"] if name == self.spectrogram_source else get_modality(name).keys()
+            hidden = self.encoders[name](*(batch[key] for key in keys))
             mu, logvar = hidden.float().chunk(2, dim=-1)
             logvar = logvar.clamp(-12.0, 8.0)
             experts[name] = (mu[:, :latent], logvar[:, :latent])
@@ -277,15 +270,16 @@ class MultimodalVAE(GenerativeModule):
         """``log p(x_name | z)`` per row of the decoder code ``z`` (``[z, w_name]`` with a private latent;
         rows may repeat the batch several times)."""
         repeat = z.shape[0] // batch[name].shape[0]
-        if name == "text":
-            text, mask = batch["text"].repeat(repeat, 1), batch["text_mask"].repeat(repeat, 1)
-            return self.decoders["text"].log_likelihood(z, text, mask)
-        if name == "label":
-            return -F.cross_entropy(self.decode("label", z).float(), batch["label"].repeat(repeat), reduction="none")
-        target = self.with_log_mel(batch)["log_mel"] if name == "audio" else batch[name]
-        target = target.repeat(repeat, *([1] * (target.ndim - 1)))
-        return continuous_log_likelihood(target, self.decode(name, z).float(), self.log_scales[name],
-                                         self.hparams.likelihood)
+        modality, decoder = get_modality(name), self.decoders[name]
+        keys = ["log_mel"] if name == self.spectrogram_source else modality.keys()
+        batch = self.with_log_mel(batch)
+        targets = [batch[key].repeat(repeat, *([1] * (batch[key].ndim - 1))) for key in keys]
+        if modality.floating:  # pixels, or the log-mel: Laplace or Gaussian around the decoded mean
+            return continuous_log_likelihood(targets[0], decoder(z).float(), self.log_scales[name],
+                                             self.hparams.likelihood)
+        if hasattr(decoder, "log_likelihood"):  # a caption: the teacher-forced token log-likelihood
+            return decoder.log_likelihood(z, *targets)
+        return -F.cross_entropy(decoder(z).float(), targets[0], reduction="none")  # a class
 
     # --- objective ----------------------------------------------------------------------------
     def term_posteriors(self, experts: dict[str, Gaussian]) -> list[tuple[Gaussian, tuple[str, ...], Tensor]]:
@@ -397,7 +391,7 @@ class MultimodalVAE(GenerativeModule):
         samples = iwae_samples or self.hparams.iwae_samples
         log_w = self.log_importance_weights(batch, samples).double()
         bound = torch.logsumexp(log_w, 0) - math.log(samples)
-        audio_dims = self.log_mel.n_mels * self.log_mel.frames if "audio" in self.modalities else None
+        audio_dims = self.log_mel.n_mels * self.log_mel.frames if self.log_mel is not None else None
         return Likelihood(f"iwae_{samples}", bound, scored_dimensions(batch, self.modalities, audio_dims))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -453,15 +447,16 @@ class MultimodalVAE(GenerativeModule):
             else:
                 encoded = torch.full((num_samples,), name in privates, device=z.device)
                 code = self.decoder_code(name, z, privates, encoded, truncation, truncation * private_scale)
-            if name == "text":
+            modality, decoder = get_modality(name), self.decoders[name]
+            if name == self.spectrogram_source:  # decoded as a log-mel, back to a waveform by Griffin-Lim
+                out[name] = self.log_mel.invert(decoder(code), griffin_lim_iterations)
+            elif modality.floating:
+                out[name] = decoder(code).float().clamp(-1, 1)
+            elif hasattr(decoder, "sample"):  # a caption, token by token
                 tokenizer = self.tokenizer
-                out["text"] = self.decoders["text"].sample(code, self.spec("max_text_length"), tokenizer.bos_id,
-                                                           tokenizer.eos_id, tokenizer.pad_id, temperature, top_k)
-                out["text_mask"] = out["text"] != tokenizer.pad_id
-            elif name == "label":
-                out["label"] = self.decode("label", code).argmax(-1)
-            elif name == "audio":
-                out["audio"] = self.log_mel.invert(self.decode("audio", code), griffin_lim_iterations)
-            else:
-                out[name] = self.decode(name, code).float().clamp(-1, 1)
+                out[name] = decoder.sample(code, self.spec("max_text_length"), tokenizer.bos_id, tokenizer.eos_id,
+                                           tokenizer.pad_id, temperature, top_k)
+                out[modality.mask_key] = out[name] != tokenizer.pad_id
+            else:  # a class: the most likely one
+                out[name] = decoder(code).argmax(-1)
         return out
