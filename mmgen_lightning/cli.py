@@ -34,6 +34,9 @@ EXTRA_SUBCOMMANDS = ("generate", "evaluate", "shard", "retrieve", "serve")
 CLI_KNOBS = ("temperature", "top_k", "top_p", "guidance_scale", "truncation", "num_beams", "steps")
 #: what `--to` may ask for: batch.MODALITIES without `label` (batch.py imports torch, too slow for --help)
 GENERATED = ("image", "text", "audio", "video")
+#: the condition flags of `mmgen generate`, in their order; the files among them are read by their modality
+CONDITIONS = ("text", "image", "audio", "label")
+FILE_CONDITIONS = ("image", "audio")
 #: an image whose longer side is more than this many times its shorter one loses most of itself to the crop
 FAR_FROM_SQUARE = 2.0
 
@@ -284,7 +287,7 @@ def _check_generate_args(args) -> dict[str, Any]:
         if problem:
             raise UsageError(f"{name} {problem}, got {value!r}", f"--{name}",
                              f"give --{name} as {KNOWN_KNOBS[name].describe()}")
-    counts = {name: len(getattr(args, name)) for name in ("text", "image", "audio", "label") if getattr(args, name)}
+    counts = {name: len(getattr(args, name)) for name in CONDITIONS if getattr(args, name)}
     if len(set(counts.values())) > 1:
         raise UsageError(f"give the same number of each condition, got {counts}",
                          " ".join(f"--{name}" for name in counts), "conditions are paired in order")
@@ -294,7 +297,7 @@ def _check_generate_args(args) -> dict[str, Any]:
     for label in args.label:
         if label < 0:
             raise UsageError(f"a class index must be >= 0, got {label}", f"--label {label}", "give 0 or more")
-    for option in ("image", "audio"):
+    for option in FILE_CONDITIONS:
         for path in getattr(args, option):
             check_input_file(path, f"--{option}")
     ckpt = Path(args.ckpt)
@@ -322,7 +325,7 @@ def _conditions(args, model) -> tuple[dict[str, Any], list[dict]]:
     same readers (and checks) as training from a manifest; warns about what the model will not see."""
     import torch
 
-    given = {name: getattr(args, name) for name in ("text", "image", "audio", "label") if getattr(args, name)}
+    given = {name: getattr(args, name) for name in CONDITIONS if getattr(args, name)}
     rows = len(next(iter(given.values()))) if given else 1
     conditions: dict[str, torch.Tensor] = {}
     if "text" in given:
@@ -333,27 +336,19 @@ def _conditions(args, model) -> tuple[dict[str, Any], list[dict]]:
             for problem in model.tokenizer.problems(text):
                 warn("generate", f"--text {_short(text)}: {problem}")
         conditions.update(model.tokenizer.encode(given["text"]))
-    if "image" in given or "audio" in given:  # the datamodules package imports litdata: only when needed
-        from PIL import Image
+    from mmgen_lightning.modalities import get_modality
 
-        from mmgen_lightning.datamodules.manifest import read_audio, read_image
-    readers = {"image": lambda p: read_image(p, model.spec("image_size"), model.spec("image_channels")),
-               "audio": lambda p: read_audio(p, model.spec("sample_rate"), model.spec("audio_length"))}
-    for name in ("image", "audio"):
+    for name in FILE_CONDITIONS:
         if name not in given:
             continue
         tensors = []
         for path in given[name]:
-            try:
-                tensors.append(readers[name](Path(path)))
+            try:  # the reader training uses for a manifest's files
+                tensors.append(get_modality(name).read(Path(path), model.data_spec))
             except (ValueError, OSError) as error:
                 raise InputError(str(error), f"--{name} {path}", f"give a readable, finite {name} file") from error
-            if name == "image":
-                with Image.open(path) as image:
-                    ratio = max(image.size) / max(1, min(image.size))
-                if ratio > FAR_FROM_SQUARE:
-                    warn("generate", f"--image {path} is {image.size[0]}x{image.size[1]}, far from square: like "
-                                     f"training from a manifest, only its centre square is used")
+            if get_modality(name).pixels:
+                _warn_far_from_square(path)
         conditions[name] = torch.stack(tensors)
     if "label" in given:
         classes = model.data_spec.get("num_classes")
@@ -364,6 +359,17 @@ def _conditions(args, model) -> tuple[dict[str, Any], list[dict]]:
         conditions["label"] = torch.tensor(given["label"], dtype=torch.long)
     described = [{name: values[row] for name, values in given.items()} for row in range(rows)]
     return conditions, described
+
+
+def _warn_far_from_square(path: str) -> None:
+    """Warn when a picture loses most of itself to the centre crop its reader makes."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+    if max(width, height) / max(1, min(width, height)) > FAR_FROM_SQUARE:
+        warn("generate", f"--image {path} is {width}x{height}, far from square: like training from a manifest, "
+                         "only its centre square is used")
 
 
 def _short(text: str, length: int = 40) -> str:
@@ -391,7 +397,7 @@ def generate_main(argv: Sequence[str]) -> None:
     sampling = _check_generate_args(args)
     model = _load_for_generate(args)
     check_sampling(model, sampling, flag_style=True)
-    sources = tuple(name for name in ("text", "image", "audio", "label") if getattr(args, name))
+    sources = tuple(name for name in CONDITIONS if getattr(args, name))
     if not model.serves(sources, args.to):
         given = "+".join(sources) or "(no condition)"
         served = ", ".join(model.directions())
@@ -416,9 +422,8 @@ def generate_main(argv: Sequence[str]) -> None:
         chunk = torch.arange(start, min(start + args.batch_size, total)) // args.num
         batch = {key: value[chunk] for key, value in conditions.items()}
         samples = model.generate(batch, num_samples=len(chunk), to=args.to, **sampling)
-        texts = model.tokenizer.decode(samples["text"]) if args.to == "text" else None
-        write_samples(samples, args.to, out, [described[i] for i in chunk.tolist()], args.seed,
-                      texts=texts, sample_rate=model.data_spec.get("sample_rate"), start_index=written)
+        write_samples(samples, args.to, out, [described[i] for i in chunk.tolist()], args.seed, model.data_spec,
+                      model.tokenizer, start_index=written)
         written += len(chunk)
     print(f"wrote {written} {args.to} samples and manifest.jsonl to {out}")
 

@@ -7,9 +7,14 @@ contract (``batch.py``):
 - preprocessing: ``AudioModality.log_mel`` (the log-mel frontend), ``AudioModality.fit_length``
   (the crop of a clip), ``random_shift`` of images and videos, ``VideoModality.size`` (the frame side);
 - ``encoder`` / ``decoder`` / ``token_encoder``: the default networks, sized from the :class:`DataSpec`;
+  ``encoder_inputs``: the batch tensors those encoders read, in order;
+- as a condition: ``condition_frontend`` (a parameter-free front end run once per batch, the log-mel of
+  audio), ``condition_inputs`` (what its embedder reads) and ``condition_embedder`` (``layers/conditioning.py``);
+- ``conform``: its tensors in another model's terms (resized to its sizes, re-tokenised by its tokenizer);
 - ``scored_dimensions``: how many scalars a likelihood of it scores per sample;
 - ``to_data``: post-processing back to data (uint8 pixels, waveforms, captions, class indices);
-- ``read`` / ``write``: the files ``mmgen generate`` reads as conditions and writes as outputs;
+- ``read`` / ``write``: the one reader of its files (manifests, shards, ``generate``, ``serve``,
+  ``retrieve`` all read through it) and the writer of ``generate``'s outputs (``extension``);
 - ``log`` / ``pictures``: how a sample is drawn in TensorBoard.
 
 Families, metrics and callbacks ask ``get_modality(name)`` instead of writing ``if name == "audio"``.
@@ -27,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import warnings
+
 import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageSequence
 from torch import Tensor, nn
 
 
@@ -158,6 +165,52 @@ def to_uint8(image: Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
+# --- file reading shared by pixel modalities ----------------------------------------------------
+#: containers PIL cannot decode; named in the error so the user knows to convert them
+NEEDS_VIDEO_DECODER = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
+def decompression_bomb(error: Exception) -> str:
+    # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that; both are refused here, where a file
+    # is decoded in a loader worker and a huge one would exhaust memory
+    return (f"refused as a possible decompression bomb ({error}); the limit is PIL's Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS} pixels: shrink the file, or raise that limit for files you trust")
+
+
+def _open_frames(path: Path, mode: str, what: str, every_frame: bool = False) -> Tensor:
+    """The first frame (``C,H,W``) or every frame (``F,C,H,W``) of a picture file as uint8, or a ``ValueError``
+    saying why not (broken file, decompression bomb)."""
+    import torchvision.transforms.v2.functional as TF
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as picture:
+                if not every_frame:
+                    return TF.pil_to_tensor(picture.convert(mode))
+                return torch.stack([TF.pil_to_tensor(frame.convert(mode)) for frame in ImageSequence.Iterator(picture)])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(decompression_bomb(error)) from error
+    except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on broken files
+        raise ValueError(f"cannot decode the {what} ({error})") from error
+
+
+def _square(pixels: Tensor, size: int) -> Tensor:
+    """uint8 ``...,C,H,W`` -> ``...,C,size,size`` in [-1, 1]: shorter side resized (antialiased), centre-cropped."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.center_crop(TF.resize(pixels, size, antialias=True), size).float() / 127.5 - 1.0
+
+
+def _resize_frames(pixels: Tensor, size: int, antialias: bool = True) -> Tensor:
+    """``...,C,H,W`` (images or videos) resized to ``size x size`` (bilinear); the input when it has that size."""
+    if pixels.shape[-1] == size and pixels.shape[-2] == size:
+        return pixels
+    flat = pixels.flatten(0, -4)  # every frame of every clip, N,C,H,W
+    resized = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return resized.unflatten(0, pixels.shape[:-3])
+
+
 # --- the modalities -----------------------------------------------------------------------------
 class Modality:
     """What one batch key needs. Subclasses set the class attributes and override what applies."""
@@ -174,9 +227,25 @@ class Modality:
     pixels: ClassVar[bool] = False
     #: whether a sample is a sequence of frames (``B,F,...``)
     frames: ClassVar[bool] = False
+    #: whether a manifest row gives it as a file path, decoded by :meth:`read`
+    from_files: ClassVar[bool] = False
+    #: the manifest columns that give it (``ManifestDataModule``), and what its values are called in messages
+    columns: ClassVar[tuple[str, ...]] = ()
+    noun: ClassVar[str] = ""
+    #: whether :meth:`token_encoder` exists (a sample -> a sequence of tokens)
+    has_token_encoder: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.columns = cls.columns or (cls.name,)
+        cls.noun = cls.noun or f"{cls.name}s"
+
+    def missing_from_manifest(self) -> str:
+        """How a manifest without it is described: ``"no captions (no 'text' or 'caption' column)"``."""
+        return f"no {self.noun} (no {' or '.join(repr(c) for c in self.columns)} column)"
 
     def keys(self) -> list[str]:
         """The batch keys this modality occupies (text brings its mask)."""
@@ -203,12 +272,38 @@ class Modality:
         """The default decoder ``B,in_dim`` -> this modality's tensor (or its logits / log-mel)."""
         raise NotImplementedError(f"{self.name}: no default decoder")
 
+    def encoder_inputs(self, batch: Mapping[str, Tensor]) -> list[Tensor]:
+        """The tensors its encoders take, in order: ``encoder(*modality.encoder_inputs(batch))``."""
+        return [batch[key] for key in self.keys()]
+
     def token_encoder(self, spec: Mapping[str, Any], width: int, **options: Any) -> nn.Module:
         """The default encoder of this modality's tensor -> tokens ``B,N,width`` for cross-attention
         (with ``num_prefix_tokens`` and the token ``grid``, ``layers/token_encoders.py``). Options a
         modality has no use for (``patch_size`` for audio, ``n_mels`` for images) are ignored, so a
         family passes all of its own."""
         raise NotImplementedError(f"{self.name}: no token encoder")
+
+    # --- as a condition -----------------------------------------------------------------------
+    def condition_frontend(self, spec: Mapping[str, Any], **options: Any) -> nn.Module | None:
+        """A parameter-free front end a family runs once per batch for all of its condition embedders
+        (``None``: the embedders read the batch tensors themselves)."""
+        return None
+
+    def condition_inputs(self, batch: Mapping[str, Tensor], frontend: nn.Module | None = None) -> dict[str, Tensor]:
+        """What :meth:`condition_embedder` reads from a batch (through ``frontend``, when there is one)."""
+        return {key: batch[key] for key in self.keys()}
+
+    def condition_embedder(self, spec: Mapping[str, Any], dim: int, **options: Any) -> nn.Module:
+        """A fresh embedder of :meth:`condition_inputs` -> ``B,dim`` (``layers/conditioning.py``). Options a
+        modality has no use for are ignored, so a family passes all of its own."""
+        raise NotImplementedError(f"{self.name}: no condition embedder")
+
+    def conform(self, values: Mapping[str, Tensor], spec: Mapping[str, Any], tokenizer: Any = None,
+                to_tokenizer: Any = None, antialias: bool = True) -> dict[str, Tensor]:
+        """This modality's entries of ``values`` (one model's samples or data) in the terms of another model
+        sized by ``spec``: frames resized to its size (bilinear, ``antialias``), captions decoded with
+        ``tokenizer`` and encoded with ``to_tokenizer`` (when both are given), floats as float32."""
+        return {key: values[key].float() if self.floating else values[key] for key in self.keys()}
 
     # --- likelihood ---------------------------------------------------------------------------
     def scored_dimensions(self, batch: Mapping[str, Tensor], **options: Any) -> Tensor:
@@ -221,12 +316,15 @@ class Modality:
         """A batch of this modality -> one plain value per sample (what files and reports hold)."""
         return [value for value in values.detach().cpu()]
 
-    def read(self, path: str | Path, spec: Mapping[str, Any]) -> Tensor:
-        """A user's file -> one sample (no batch dimension) sized by ``spec``."""
-        raise ValueError(f"--{self.name}: {self.name} is not read from files")
+    def read(self, path: str | Path, spec: Mapping[str, Any], **options: Any) -> Tensor:
+        """A user's file -> one sample (no batch dimension) sized by ``spec``, or a ``ValueError`` saying why
+        not (the caller names where: the manifest line, the option). The one reader of this modality."""
+        raise ValueError(f"{self.name} is not read from files")
 
-    def write(self, value: Any, path: Path, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Write one sample to ``path``; returns extra manifest fields."""
+    def write(self, value: Any, path: Path, spec: Mapping[str, Any] | None = None,
+              tokenizer: Any = None) -> dict[str, Any]:
+        """Write one sample (no batch dimension) to ``path`` (named with :attr:`extension`); returns the extra
+        fields of its ``manifest.jsonl`` row. ``spec`` gives sizes a file needs, ``tokenizer`` decodes captions."""
         raise NotImplementedError(f"{self.name}: no writer")
 
     def log(self, writer: Any, tag: str, values: Tensor, step: int, spec: Mapping[str, Any] | None = None,
@@ -243,6 +341,12 @@ class ImageModality(Modality):
     """``image: float B,C,H,W`` in [-1, 1]."""
 
     name, ndim, extension, judgeable, pixels = "image", 4, ".png", True, True
+    from_files = has_token_encoder = True
+
+    @staticmethod
+    def size(spec: Mapping[str, Any]) -> int:
+        """Side of an image: ``image_size``."""
+        return _need(spec, "image_size")
 
     def encoder(self, spec, out_dim, width, **options):
         from mmgen_lightning.models.layers.image import ImageEncoder
@@ -264,19 +368,19 @@ class ImageModality(Modality):
     def to_data(self, values, spec=None, tokenizer=None):
         return [to_uint8(image) for image in values]
 
-    def read(self, path: str | Path, spec: Mapping[str, Any]) -> Tensor:
-        """An image file -> ``C,H,W`` in [-1, 1] at ``image_size`` with ``image_channels`` channels, read
-        exactly as training reads a manifest's images (shorter side resized, centre-cropped; broken
-        files and decompression bombs refused), so a condition file means what a training image meant."""
-        from mmgen_lightning.datamodules.manifest import read_image
+    def read(self, path, spec, **options):
+        """An image file (anything PIL opens) -> ``C,S,S`` in [-1, 1] with ``image_channels`` channels: the
+        shorter side resized to ``S = image_size`` (antialiased), centre-cropped; broken files and
+        decompression bombs refused. Training, ``generate``, ``serve`` and ``retrieve`` all read through it,
+        so a condition file means what a training image meant."""
+        channels = _need(spec, "image_channels")
+        pixels = _open_frames(Path(path), "L" if channels == 1 else "RGB", "image")
+        return _square(pixels, _need(spec, "image_size"))
 
-        path = Path(path)
-        try:
-            return read_image(path, _need(spec, "image_size"), _need(spec, "image_channels"))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"--image {path}: {error}") from error
+    def conform(self, values, spec, tokenizer=None, to_tokenizer=None, antialias=True):
+        return {self.name: _resize_frames(values[self.name].float(), _need(spec, "image_size"), antialias)}
 
-    def write(self, value, path, spec=None):
+    def write(self, value, path, spec=None, tokenizer=None):
         """``C,H,W`` in [-1, 1] -> an 8-bit PNG (grey or RGB)."""
         Image.fromarray(to_uint8(value)).save(path)
         return {}
@@ -295,6 +399,7 @@ class VideoModality(Modality):
     """``video: float B,F,C,H,W`` in [-1, 1]; frames of side ``size(spec)``."""
 
     name, ndim, extension, judgeable, pixels, frames = "video", 5, ".gif", True, True, True
+    from_files = has_token_encoder = True
     fps: ClassVar[int] = 8
 
     @staticmethod
@@ -325,7 +430,30 @@ class VideoModality(Modality):
     def to_data(self, values, spec=None, tokenizer=None):
         return [[to_uint8(frame) for frame in clip] for clip in values]
 
-    def write(self, value, path, spec=None, fps: int | None = None):
+    def read(self, path, spec, **options):
+        """An animated GIF/WebP or a folder of frame images (sorted by name) -> ``F,C,S,S`` in [-1, 1]:
+        ``num_frames`` frames spread evenly over the clip (repeated when it is shorter), each read as
+        :meth:`ImageModality.read` reads an image, at ``S = size(spec)``. MP4 and other containers need a
+        video decoder (PyAV/FFmpeg), which is not shipped: the error says to convert them."""
+        path, channels, num_frames = Path(path), _need(spec, "image_channels"), _need(spec, "num_frames")
+        if path.suffix.lower() in NEEDS_VIDEO_DECODER:
+            raise ValueError(f"{path.suffix} needs a video decoder (PyAV/FFmpeg), which is not installed; "
+                             "convert the clip to an animated GIF or a folder of frame images")
+        frames = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else None
+        if frames is not None and not frames:
+            raise ValueError("the frame folder is empty")
+        if frames is None:
+            frames = _open_frames(path, "L" if channels == 1 else "RGB", "video", every_frame=True)
+        picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
+        if isinstance(frames, Tensor):
+            return _square(frames[picks], self.size(spec))
+        image_spec = {"image_size": self.size(spec), "image_channels": channels}
+        return torch.stack([REGISTRY["image"].read(frames[i], image_spec) for i in picks])
+
+    def conform(self, values, spec, tokenizer=None, to_tokenizer=None, antialias=True):
+        return {self.name: _resize_frames(values[self.name].float(), self.size(spec), antialias)}
+
+    def write(self, value, path, spec=None, tokenizer=None, fps: int | None = None):
         """``F,C,H,W`` in [-1, 1] -> a looping GIF at ``fps`` frames per second."""
         frames = [Image.fromarray(to_uint8(frame)) for frame in value]
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / (fps or self.fps)), loop=0)
@@ -348,6 +476,8 @@ class AudioModality(Modality):
     scaled log-mel spectrogram (:meth:`log_mel`)."""
 
     name, ndim, extension, judgeable = "audio", 2, ".wav", True
+    noun = "audio files"
+    from_files = has_token_encoder = True
     default_sample_rate: ClassVar[int] = 16000
     logged_clips: ClassVar[int] = 4
 
@@ -372,6 +502,22 @@ class AudioModality(Modality):
         return AudioTokenEncoder(_need(spec, "sample_rate"), _need(spec, "audio_length"), width, num_layers=num_layers,
                                  num_heads=num_heads, n_mels=n_mels, frames=frames, dropout=dropout)
 
+    def condition_frontend(self, spec, n_mels: int = 64, frames: int = 32, **options):
+        """:meth:`log_mel`: the spectrogram is computed once per batch for every embedder."""
+        return self.log_mel(spec, n_mels, frames)
+
+    def condition_inputs(self, batch, frontend=None):
+        """``log_mel: B,n_mels,frames`` of the clip (``frontend``: :meth:`condition_frontend`)."""
+        if frontend is None:
+            raise ValueError("audio conditions are read through their log-mel frontend (condition_frontend)")
+        return {"log_mel": frontend(batch[self.name])}
+
+    def condition_embedder(self, spec, dim, n_mels: int = 64, audio_width: int = 32, **options):
+        """Reads ``log_mel`` (:meth:`condition_inputs`): convolutions over time of ``audio_width`` channels."""
+        from mmgen_lightning.models.layers.conditioning import AudioEmbedder
+
+        return AudioEmbedder(n_mels, dim, audio_width)
+
     def decoder(self, spec, in_dim, width, n_mels: int = 64, frames: int = 32, **options):
         """Decodes to the log-mel spectrogram of :meth:`log_mel` with the same ``n_mels``/``frames``."""
         from mmgen_lightning.models.layers.audio import MelDecoder
@@ -389,24 +535,36 @@ class AudioModality(Modality):
     def to_data(self, values, spec=None, tokenizer=None):
         return [clip.float().clamp(-1, 1).cpu().numpy() for clip in values]
 
-    def read(self, path: str | Path, spec: Mapping[str, Any]) -> Tensor:
-        """A WAV/FLAC file -> mono ``T`` in [-1, 1], resampled to ``sample_rate`` and cut or
-        zero-padded to ``audio_length``, read exactly as training reads a manifest's audio (empty,
-        undecodable and NaN/Inf files refused)."""
-        from mmgen_lightning.datamodules.manifest import read_audio
+    def read(self, path, spec, resample: bool = True, **options):
+        """A WAV/FLAC/OGG file (``soundfile``; ``torchaudio.load`` would need FFmpeg) -> ``T`` in [-1, 1]:
+        mixed to mono, resampled to ``sample_rate`` (or refused when ``resample`` is off and the rates
+        differ), cut or zero-padded to ``audio_length`` (:meth:`fit_length`); empty, undecodable and
+        NaN/Inf files refused."""
+        import torchaudio.functional as AF
 
-        path = Path(path)
+        sample_rate = _need(spec, "sample_rate")
         try:
-            return read_audio(path, _need(spec, "sample_rate"), _need(spec, "audio_length"))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"--audio {path}: {error}") from error
+            waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as error:
+            raise ValueError(f"cannot decode the audio ({error})") from error
+        if waveform.shape[0] == 0:
+            raise ValueError("the audio has no samples")
+        if not np.isfinite(waveform).all():
+            raise ValueError("the audio holds NaN or Inf samples")
+        if file_rate != sample_rate and not resample:
+            raise ValueError(f"sample rate is {file_rate} Hz, expected {sample_rate} Hz (resample is off)")
+        audio = torch.from_numpy(waveform.mean(axis=1))
+        if file_rate != sample_rate:
+            audio = AF.resample(audio, file_rate, sample_rate)
+        # float WAVs may peak above full scale; the batch contract is [-1, 1]
+        return self.fit_length(audio, _need(spec, "audio_length")).clamp(-1.0, 1.0)
 
     @staticmethod
     def fit_length(audio: Tensor, length: int) -> Tensor:
         """Cut or zero-pad ``...,T`` audio to ``length`` samples (the crop every clip gets)."""
         return F.pad(audio[..., :length], (0, max(0, length - audio.shape[-1])))
 
-    def write(self, value, path, spec=None):
+    def write(self, value, path, spec=None, tokenizer=None):
         """``T`` in [-1, 1] -> a 16-bit PCM WAV at the spec's ``sample_rate``."""
         if spec is None or spec.get("sample_rate") is None:
             raise ValueError("write_samples: sample_rate is required to write audio")
@@ -435,15 +593,29 @@ class TextModality(Modality):
     ``text_mask: bool B,L`` (True on real tokens) beside it in the batch."""
 
     name, ndim, floating, extension = "text", 2, False, ".txt"
+    columns, noun = ("text", "caption"), "captions"
     mask_key: ClassVar[str] = "text_mask"
 
     def keys(self) -> list[str]:
         return [self.name, self.mask_key]
 
-    def encoder(self, spec, out_dim, width, **options):
+    def encoder(self, spec, out_dim, width, num_layers: int = 1, num_heads: int = 4, **options):
+        """``text, text_mask`` -> ``B,out_dim``: a masked mean of a small transformer (``layers/text.py``)."""
         from mmgen_lightning.models.layers.text import TextEncoder
 
-        return TextEncoder(_need(spec, "vocab_size"), _need(spec, "max_text_length"), out_dim, width)
+        return TextEncoder(_need(spec, "vocab_size"), _need(spec, "max_text_length"), out_dim, width, num_layers,
+                           num_heads)
+
+    def condition_embedder(self, spec, dim, text_width: int = 64, text_layers: int = 1, **options):
+        from mmgen_lightning.models.layers.conditioning import TextEmbedder
+
+        return TextEmbedder(_need(spec, "vocab_size"), _need(spec, "max_text_length"), dim, text_width, text_layers)
+
+    def conform(self, values, spec, tokenizer=None, to_tokenizer=None, antialias=True):
+        """Captions re-tokenised by ``to_tokenizer`` (decoded with ``tokenizer``); as they are without both."""
+        if tokenizer is None or to_tokenizer is None:
+            return super().conform(values, spec)
+        return to_tokenizer.encode(tokenizer.decode(values[self.name].cpu()))
 
     def decoder(self, spec, in_dim, width, **options):
         from mmgen_lightning.models.layers.text import GRUTextDecoder
@@ -459,8 +631,10 @@ class TextModality(Modality):
             raise ValueError("text: decoding token ids needs the tokenizer (the checkpoint carries it)")
         return tokenizer.decode(values.detach().long().cpu())
 
-    def write(self, value, path, spec=None):
-        """``value``: the decoded caption."""
+    def write(self, value, path, spec=None, tokenizer=None):
+        """``value``: the caption, or its token ids ``L`` (decoded with ``tokenizer``)."""
+        if isinstance(value, Tensor):
+            value = self.to_data(value[None], tokenizer=tokenizer)[0]
         Path(path).write_text(value + "\n", encoding="utf-8")
         return {"text": value}
 
@@ -480,6 +654,11 @@ class LabelModality(Modality):
     def encoder(self, spec, out_dim, width, **options):
         return nn.Embedding(_need(spec, "num_classes"), out_dim)
 
+    def condition_embedder(self, spec, dim, **options):
+        from mmgen_lightning.models.layers.conditioning import LabelEmbedder
+
+        return LabelEmbedder(_need(spec, "num_classes"), dim)
+
     def decoder(self, spec, in_dim, width, hidden: int = 64, **options):
         """Logits ``B,num_classes``."""
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, _need(spec, "num_classes")))
@@ -491,7 +670,7 @@ class LabelModality(Modality):
     def to_data(self, values, spec=None, tokenizer=None):
         return [int(value) for value in values.detach().cpu()]
 
-    def write(self, value, path, spec=None):
+    def write(self, value, path, spec=None, tokenizer=None):
         Path(path).write_text(f"{int(value)}\n", encoding="utf-8")
         return {"label": int(value)}
 

@@ -20,8 +20,11 @@ import torch
 from torch.utils.data import default_collate
 
 from mmgen_lightning.errors import ArgumentParser, CheckpointError, UsageError
+from mmgen_lightning.modalities import get_modality
 
 QUERY_KINDS = ("text", "image", "audio")
+#: what of each row is ranked when --target is not given: the first of these the aligner embeds
+TARGETS = ("image", "video", "audio", "text")
 
 
 def parser() -> ArgumentParser:
@@ -62,20 +65,18 @@ def load_aligner(path: str | Path, map_location: str = "cpu"):
 
 def embed_query(model, args) -> tuple[str, torch.Tensor]:
     """``(kind, 1,D)``: the query's modality and its unit vector."""
-    from mmgen_lightning.generate import load_audio, load_image
-
     kind = next(k for k in QUERY_KINDS if getattr(args, f"query_{k}") is not None)
     if kind not in model.modalities:
         raise ValueError(f"--query_{kind}: {args.ckpt} aligns {', '.join(model.modalities)}, not {kind}")
-    if kind == "text":
-        return kind, model.embed_captions([args.query_text])
+    if not get_modality(kind).from_files:  # a caption
+        return kind, model.embed_captions([getattr(args, f"query_{kind}")])
     path = Path(getattr(args, f"query_{kind}"))
     if not path.is_file():
         raise FileNotFoundError(f"--query_{kind}: file not found: {path}")
-    if kind == "image":
-        value = load_image(path, model.spec("image_size"), model.spec("image_channels"))
-    else:
-        value = load_audio(path, model.spec("sample_rate"), model.spec("audio_length"))
+    try:  # the reader training uses
+        value = get_modality(kind).read(path, model.data_spec)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"--query_{kind} {path}: {error}") from error
     with torch.no_grad():
         return kind, model.embed({kind: value.unsqueeze(0).to(model.device)}, kind)
 
@@ -83,23 +84,22 @@ def embed_query(model, args) -> tuple[str, torch.Tensor]:
 def index_rows(model, manifest: Path, target: str | None, query_kind: str):
     """``(target, dataset, rows)``: the manifest read as a ``ManifestDataModule`` sized by the aligner, every
     row in one list whatever its split."""
-    from mmgen_lightning.datamodules.manifest import COLUMNS, ManifestDataModule, ManifestDataset, read_manifest
+    from mmgen_lightning.datamodules.manifest import (COLUMNS, ManifestDataModule, ManifestDataset, given_modalities,
+                                                      read_manifest)
 
     raw = read_manifest(manifest)
     columns = {key for _, row in raw for key in row}
-    has = {"image": "image" in columns, "audio": "audio" in columns, "video": "video" in columns,
-           "text": "text" in columns or "caption" in columns}
+    has = given_modalities(columns)
     if target is None:
-        choices = [m for m in ("image", "video", "audio", "text") if has[m] and m in model.modalities and m != query_kind]
+        choices = [m for m in TARGETS if m in has and m in model.modalities and m != query_kind]
         if not choices:
             raise ValueError(f"--index {manifest}: no column the aligner embeds ({', '.join(model.modalities)}) "
                              f"besides the query's {query_kind}; columns: {', '.join(sorted(columns))}")
         target = choices[0]
     if target not in model.modalities:
         raise ValueError(f"--target {target}: the aligner embeds {', '.join(model.modalities)}, not {target}")
-    if not has[target]:
-        what = "captions (a 'caption' or 'text' column)" if target == "text" else f"a {target!r} column"
-        raise ValueError(f"--index {manifest}: the manifest has no {what} to rank")
+    if target not in has:
+        raise ValueError(f"--index {manifest}: the manifest has {get_modality(target).missing_from_manifest()} to rank")
     spec = model.data_spec
     sizes = {"image_size": spec.get("image_size", 32), "image_channels": spec.get("image_channels", 3),
              "video_size": spec.get("video_size"), "num_frames": spec.get("num_frames", 8),
@@ -118,8 +118,8 @@ def rank(model, query: torch.Tensor, target: str, dataset, rows, batch_size: int
     scores = []
     for start in range(0, len(rows), batch_size):
         chunk = range(start, min(start + batch_size, len(rows)))
-        if target == "text":
-            candidates = model.embed_captions([rows[i]["text"] for i in chunk])
+        if not get_modality(target).from_files:  # captions, read with the aligner's tokenizer
+            candidates = model.embed_captions([rows[i][target] for i in chunk])
         else:
             batch = default_collate([dataset.decode(i) for i in chunk])
             candidates = model.embed({k: v.to(model.device) for k, v in batch.items()}, target)
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = []
     for position, (score, index) in enumerate(ranked, start=1):
         row = rows[index]
-        what = {"caption": row["text"]} if target == "text" else {"file": str(row[target])}
+        what = {"file": str(row[target])} if get_modality(target).from_files else {"caption": row[target]}
         results.append({"rank": position, "score": round(score, 6), "line": row["line"], **what})
     print(f"{'rank':>4}  {'score':>7}  {'line':>5}  {target}")
     for result in results:

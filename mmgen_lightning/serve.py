@@ -37,7 +37,8 @@ MAX_UPLOAD_MB = 20
 MAX_SAMPLES = 16
 #: conditions `mmgen generate` takes from the command line, in its flags' order; uploads are files
 CONDITIONS = ("text", "image", "audio", "label")
-UPLOADS = ("image", "audio")
+#: conditions uploaded as files, and what the page calls such a file
+UPLOADS = {"image": "an image", "audio": "WAV/FLAC audio"}
 
 
 class UserError(ValueError):
@@ -92,8 +93,8 @@ def sampling_knobs(model) -> dict[str, type]:
 
 def check_upload(path: str | os.PathLike | None, kind: str, model) -> Path:
     """Refuse a missing, empty, oversized, undecodable or non-finite upload with one line naming it
-    (read with :mod:`mmgen_lightning.generate`'s loaders, as ``mmgen generate`` reads it); return its path."""
-    from mmgen_lightning.generate import load_audio, load_image
+    (read by its modality's reader, as ``mmgen generate`` reads it); return its path."""
+    from mmgen_lightning.modalities import get_modality
 
     if path is None or str(path) == "":
         raise UserError(f"{kind}: upload a file first")
@@ -107,16 +108,13 @@ def check_upload(path: str | os.PathLike | None, kind: str, model) -> Path:
         raise UserError(f"{kind}: the upload {path.name} is {size / 2**20:.1f} MB; the page takes files up to "
                         f"{MAX_UPLOAD_MB} MB")
     try:
-        if kind == "image":
-            decoded = load_image(path, model.spec("image_size"), model.spec("image_channels"))
-        else:
-            decoded = load_audio(path, model.spec("sample_rate"), model.spec("audio_length"))
+        decoded = get_modality(kind).read(path, model.data_spec)
     except (ValueError, OSError) as error:
         if "NaN or Inf" in str(error):  # the shared reader refuses non-finite audio before it is a tensor
             raise UserError(f"{kind}: the upload {path.name} holds NaN or infinite values; choose another file") \
                 from error
-        what = "an image" if kind == "image" else "WAV/FLAC audio"
-        raise UserError(f"{kind}: the upload {path.name} cannot be read as {what}; choose another file") from error
+        raise UserError(f"{kind}: the upload {path.name} cannot be read as {UPLOADS[kind]}; choose another file") \
+            from error
     if not bool(decoded.isfinite().all()):
         raise UserError(f"{kind}: the upload {path.name} holds NaN or infinite values; choose another file")
     return path

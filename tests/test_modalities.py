@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from mmgen_lightning import generate
 from mmgen_lightning.modalities import (JUDGEABLE, MODALITIES, DataSpec, get_modality, random_shift,
                                         scored_dimensions)
 
@@ -112,33 +111,98 @@ def test_random_shift_on_the_global_rng_keeps_one_bright_pixel_within_bounds():
 
 
 def test_files_written_by_a_modality_read_back(tmp_path):
-    image = torch.rand(3, 16, 16) * 2 - 1
-    generate.save_image(image, tmp_path / "a.png")
-    assert (generate.load_image(tmp_path / "a.png", 16, 3) - image).abs().max() <= 1 / 127.5
+    image, video = get_modality("image"), get_modality("video")
+    picture = torch.rand(3, 16, 16) * 2 - 1
+    image.write(picture, tmp_path / "a.png")
+    spec3 = {**SPEC, "image_channels": 3}
+    assert (image.read(tmp_path / "a.png", spec3) - picture).abs().max() <= 1 / 127.5
     audio = 0.5 * torch.sin(torch.linspace(0, 200, 4000))
     get_modality("audio").write(audio, tmp_path / "a.wav", SPEC)
     assert (get_modality("audio").read(tmp_path / "a.wav", SPEC) - audio).abs().max() < 1e-3
-    assert generate.load_audio(tmp_path / "a.wav", 8000, 100).shape == (100,)  # cut to the length asked
-    padded = generate.load_audio(tmp_path / "a.wav", 8000, 5000)  # zero-padded to the length asked
+    assert get_modality("audio").read(tmp_path / "a.wav", {**SPEC, "audio_length": 100}).shape == (100,)  # cut
+    padded = get_modality("audio").read(tmp_path / "a.wav", {**SPEC, "audio_length": 5000})  # zero-padded
     assert padded.shape == (5000,) and (padded[4000:] == 0).all()
+    with pytest.raises(ValueError, match="sample rate is 8000 Hz, expected 16000 Hz"):
+        get_modality("audio").read(tmp_path / "a.wav", {**SPEC, "sample_rate": 16000}, resample=False)
     assert get_modality("audio").fit_length(torch.ones(2, 3), 5).tolist() == [[1, 1, 1, 0, 0]] * 2
-    generate.save_video(torch.rand(4, 1, 16, 16) * 2 - 1, tmp_path / "v.gif")
-    assert (tmp_path / "v.gif").stat().st_size > 0
+    clip = torch.rand(4, 1, 16, 16) * 2 - 1
+    video.write(clip, tmp_path / "v.gif")
+    assert (video.read(tmp_path / "v.gif", SPEC) - clip).abs().max() <= 1 / 127.5  # GIF frames read back
     assert get_modality("label").write(torch.tensor(2), tmp_path / "l.txt") == {"label": 2}
     assert (tmp_path / "l.txt").read_text() == "2\n"
-    with pytest.raises(ValueError, match="--image .*a.wav: cannot decode the image"):
-        get_modality("image").read(tmp_path / "a.wav", SPEC)
+    with pytest.raises(ValueError, match="^cannot decode the image"):  # the caller names where (option, line)
+        image.read(tmp_path / "a.wav", SPEC)
+    with pytest.raises(ValueError, match="label is not read from files"):
+        get_modality("label").read(tmp_path / "l.txt", SPEC)
     # read as training reads a manifest: NaN audio and a wide image are treated alike on every path
     import soundfile
     soundfile.write(str(tmp_path / "nan.wav"), np.full(100, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
-    with pytest.raises(ValueError, match="--audio .*nan.wav: the audio holds NaN or Inf"):
+    with pytest.raises(ValueError, match="^the audio holds NaN or Inf"):
         get_modality("audio").read(tmp_path / "nan.wav", SPEC)
     wide = torch.full((3, 16, 48), -1.0)
     wide[:, :, 16:32] = 1.0  # the centre square is white, the sides black
-    generate.save_image(wide, tmp_path / "wide.png")
-    assert (get_modality("image").read(tmp_path / "wide.png", SPEC) == 1.0).all()  # centre-cropped, not squashed
+    image.write(wide, tmp_path / "wide.png")
+    assert (image.read(tmp_path / "wide.png", SPEC) == 1.0).all()  # centre-cropped, not squashed
     with pytest.raises(ValueError, match="sample_rate is required"):
         get_modality("audio").write(audio, tmp_path / "b.wav")
+
+
+def test_write_samples_names_files_by_the_modality_and_decodes_captions(tmp_path):
+    from mmgen_lightning.generate import write_samples
+    from mmgen_lightning.tokenizer import CaptionTokenizer
+
+    tokenizer = CaptionTokenizer.train(["a red circle", "a blue square"], max_length=6)
+    captions = tokenizer.encode(["a red circle", "a blue square"])
+    rows = write_samples(captions, "text", tmp_path, [{"label": 0}, {"label": 1}], 3, SPEC, tokenizer)
+    assert rows == [{"file": "00000_text.txt", "to": "text", "condition": {"label": 0}, "seed": 3,
+                     "text": "a red circle"},
+                    {"file": "00001_text.txt", "to": "text", "condition": {"label": 1}, "seed": 3,
+                     "text": "a blue square"}]
+    assert (tmp_path / "00001_text.txt").read_text() == "a blue square\n"
+    rows = write_samples({"audio": torch.zeros(2, 4000)}, "audio", tmp_path, [{}, {}], None, SPEC, start_index=2)
+    assert [row["file"] for row in rows] == ["00002_audio.wav", "00003_audio.wav"]
+    assert len((tmp_path / "manifest.jsonl").read_text().splitlines()) == 4  # appended
+    with pytest.raises(ValueError, match="sample_rate is required"):
+        write_samples({"audio": torch.zeros(1, 10)}, "audio", tmp_path, [{}], None)
+
+
+def test_conform_resizes_frames_and_retokenises_captions():
+    from mmgen_lightning.tokenizer import CaptionTokenizer
+
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    small = get_modality("image").conform({"image": images}, SPEC)["image"]
+    expected = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", antialias=True)
+    assert small.shape == (2, 1, 16, 16) and torch.allclose(small, expected)
+    plain = get_modality("image").conform({"image": images}, SPEC, antialias=False)["image"]
+    assert not torch.allclose(plain, expected)  # a GAN's aligner term keeps its plain bilinear resize
+    clips = get_modality("video").conform({"video": torch.rand(2, 4, 1, 8, 8)}, {**SPEC, "video_size": 12})["video"]
+    assert clips.shape == (2, 4, 1, 12, 12)
+    same = torch.rand(2, 1, 16, 16)
+    assert get_modality("image").conform({"image": same}, SPEC)["image"] is same  # nothing to do
+    ours = CaptionTokenizer.train(["a red circle", "a blue square"], max_length=6)
+    theirs = CaptionTokenizer.train(["square blue a", "circle red a", "green"], max_length=8)
+    text = ours.encode(["a blue square"])
+    moved = get_modality("text").conform(text, SPEC, ours, theirs)
+    assert moved["text"].shape == (1, 8) and theirs.decode(moved["text"]) == ["a blue square"]
+    assert not torch.equal(moved["text"][0, :6], text["text"][0])  # other ids for the same words
+    assert get_modality("text").conform(text, SPEC)["text"] is text["text"]  # no tokenizers: as they are
+    assert get_modality("label").conform({"label": torch.tensor([1])}, SPEC)["label"].dtype == torch.long
+
+
+def test_condition_embedders_read_what_condition_inputs_give():
+    spec = DataSpec.from_dict(SPEC)
+    batch = {"label": torch.tensor([0, 2]), "text": torch.randint(0, 12, (2, 6)),
+             "text_mask": torch.ones(2, 6, dtype=torch.bool), "audio": torch.randn(2, 4000).clamp(-1, 1)}
+    for name in ("label", "text", "audio"):
+        modality = get_modality(name)
+        frontend = modality.condition_frontend(spec, n_mels=16)
+        assert (frontend is None) == (name != "audio")
+        inputs = modality.condition_inputs(batch, frontend)
+        embedder = modality.condition_embedder(spec, 8, n_mels=16, text_width=16, audio_width=8)
+        assert embedder(inputs).shape == (2, 8)
+    assert list(get_modality("audio").condition_inputs(batch, get_modality("audio").log_mel(spec, 16))) == ["log_mel"]
+    with pytest.raises(NotImplementedError, match="image: no condition embedder"):
+        get_modality("image").condition_embedder(spec, 8)
 
 
 class RecordingWriter:

@@ -4,15 +4,13 @@ A row gives any of
 
 * ``image``: a picture file (anything PIL opens: PNG, JPEG, ...), resized on its shorter side and
   centre-cropped to ``image_size``, scaled to [-1, 1];
-* ``audio``: a WAV/FLAC/OGG file (read with ``soundfile``; ``torchaudio.load`` would need FFmpeg),
-  mixed to mono, resampled with ``torchaudio.functional.resample`` and cut or zero-padded to
-  ``audio_seconds``;
-* ``video``: an animated GIF/WebP (read with PIL) or a folder of frame images (sorted by name),
-  ``num_frames`` frames taken evenly over the clip. MP4 and other containers need a video decoder
-  (PyAV/FFmpeg), which this toolkit does not ship: convert them to GIF or a frame folder;
+* ``audio``: a WAV/FLAC/OGG file, mixed to mono, resampled and cut or zero-padded to ``audio_seconds``;
+* ``video``: an animated GIF/WebP or a folder of frame images (sorted by name), ``num_frames`` frames
+  taken evenly over the clip (MP4 and other containers: convert them to GIF or a frame folder);
 * ``text`` or ``caption``: the caption; ``label``: a class index >= 0; ``split``: train/val/test.
 
-File paths are relative to the manifest's folder (absolute paths are kept). Without a ``split``
+Each file is read by its modality's one reader (``Modality.read`` in ``modalities.py``, which
+``generate``, ``serve`` and ``retrieve`` use too). File paths are relative to the manifest's folder (absolute paths are kept). Without a ``split``
 column, rows are cut into train/val/test by a permutation seeded with ``seed``.
 
 Bad data never becomes a tensor. A row whose file is missing, empty, undecodable, whose audio holds
@@ -29,31 +27,26 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
 import torch
-import torchaudio.functional as AF
-import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageSequence
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
-from mmgen_lightning.datamodules.tokenizer import KINDS, CaptionTokenizer
 from mmgen_lightning.errors import InputError
+from mmgen_lightning.modalities import REGISTRY, get_modality
+from mmgen_lightning.tokenizer import KINDS, CaptionTokenizer
 
 log = logging.getLogger(__name__)
 
-FILE_COLUMNS = ("image", "audio", "video")
-COLUMNS = FILE_COLUMNS + ("text", "caption", "label", "split")
+#: modalities a row gives as file paths, decoded by their modality's ``read``
+FILE_COLUMNS = tuple(name for name, modality in REGISTRY.items() if modality.from_files)
+COLUMNS = FILE_COLUMNS + ("text", "caption", "label", "split")  # the order of the "allowed:" message
 ON_ERROR = ("raise", "skip")
-#: containers PIL cannot decode; named in the error so the user knows to convert them
-NEEDS_VIDEO_DECODER = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 #: batch key that carries the indices of samples dropped from a batch, popped before the model sees it
 SKIPPED_KEY = "_skipped"
 
@@ -70,78 +63,9 @@ class DataError(InputError):
         self.line, self.file, self.reason = line, str(file) if file else None, reason
 
 
-# --- readers: one file -> one batch-contract tensor, or a ValueError saying why ---------------------
-def read_image(path: Path, image_size: int, channels: int) -> Tensor:
-    """``C,S,S`` in [-1, 1]: shorter side resized to ``S`` (antialiased), centre-cropped."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                pixels = TF.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(decompression_bomb(error)) from error
-    except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on broken files
-        raise ValueError(f"cannot decode the image ({error})") from error
-    return _to_unit_range(TF.center_crop(TF.resize(pixels, image_size, antialias=True), image_size))
-
-
-def read_audio(path: Path, sample_rate: int, length: int, resample: bool = True) -> Tensor:
-    """``T`` in [-1, 1]: mono mix, resampled to ``sample_rate`` (or refused when ``resample`` is
-    off and the rates differ), cut or zero-padded to ``length`` samples."""
-    try:
-        waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise ValueError(f"cannot decode the audio ({error})") from error
-    if waveform.shape[0] == 0:
-        raise ValueError("the audio has no samples")
-    if not np.isfinite(waveform).all():
-        raise ValueError("the audio holds NaN or Inf samples")
-    if file_rate != sample_rate and not resample:
-        raise ValueError(f"sample rate is {file_rate} Hz, expected {sample_rate} Hz (resample is off)")
-    audio = torch.from_numpy(waveform.mean(axis=1))
-    if file_rate != sample_rate:
-        audio = AF.resample(audio, file_rate, sample_rate)
-    audio = audio[:length]
-    # float WAVs may peak above full scale; the batch contract is [-1, 1]
-    return torch.nn.functional.pad(audio, (0, length - audio.shape[0])).clamp(-1.0, 1.0)
-
-
-def read_video(path: Path, image_size: int, channels: int, num_frames: int) -> Tensor:
-    """``F,C,S,S`` in [-1, 1] from an animated image or a folder of frames; ``num_frames`` frames
-    spread evenly over the clip (repeated when the clip is shorter)."""
-    if path.suffix.lower() in NEEDS_VIDEO_DECODER:
-        raise ValueError(f"{path.suffix} needs a video decoder (PyAV/FFmpeg), which is not installed; "
-                         "convert the clip to an animated GIF or a folder of frame images")
-    mode = "L" if channels == 1 else "RGB"
-    if path.is_dir():
-        names = sorted(p for p in path.iterdir() if p.is_file())
-        if not names:
-            raise ValueError("the frame folder is empty")
-        picks = np.linspace(0, len(names) - 1, num_frames).round().astype(int)
-        return torch.stack([read_image(names[i], image_size, channels) for i in picks])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as clip:
-                frames = [TF.pil_to_tensor(frame.convert(mode)) for frame in ImageSequence.Iterator(clip)]
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(decompression_bomb(error)) from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot decode the video ({error})") from error
-    picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
-    clip = torch.stack([frames[i] for i in picks])
-    return _to_unit_range(TF.center_crop(TF.resize(clip, image_size, antialias=True), image_size))
-
-
-def decompression_bomb(error: Exception) -> str:
-    # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that; both are refused here, where a file
-    # is decoded in a loader worker and a huge one would exhaust memory
-    return (f"refused as a possible decompression bomb ({error}); the limit is PIL's Image.MAX_IMAGE_PIXELS = "
-            f"{Image.MAX_IMAGE_PIXELS} pixels: shrink the file, or raise that limit for files you trust")
-
-
-def _to_unit_range(pixels: Tensor) -> Tensor:
-    return pixels.float() / 127.5 - 1.0
+def given_modalities(columns: Any) -> list[str]:
+    """The modalities a row with these columns gives (a caption is ``text`` or ``caption``), in batch order."""
+    return [name for name, modality in REGISTRY.items() if any(column in columns for column in modality.columns)]
 
 
 def read_manifest(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -193,16 +117,10 @@ class ManifestDataset(Dataset):
         for name in dm.modalities:
             if name not in FILE_COLUMNS:
                 continue
-            path = row[name]
             try:
-                if name == "image":
-                    item["image"] = read_image(path, dm.image_size, dm.image_channels)
-                elif name == "audio":
-                    item["audio"] = read_audio(path, dm.sample_rate, dm.audio_length, dm.resample)
-                else:
-                    item["video"] = read_video(path, dm.video_size, dm.image_channels, dm.num_frames)
+                item[name] = get_modality(name).read(row[name], dm.file_spec, resample=dm.resample)
             except (ValueError, OSError) as error:
-                raise DataError(dm.manifest, row["line"], str(error), path) from error
+                raise DataError(dm.manifest, row["line"], str(error), row[name]) from error
         if "text" in dm.modalities:
             encoded = dm.tokenizer.encode(row["text"])
             item["text"], item["text_mask"] = encoded["text"][0], encoded["text_mask"][0]
@@ -322,9 +240,7 @@ class ManifestDataModule(MultimodalDataModule):
         if not raw_rows:
             raise ValueError(f"manifest {self.manifest} has no rows")
         if modalities is None:
-            first = raw_rows[0][1]
-            modalities = [m for m in self.available_modalities
-                          if m in first or (m == "text" and "caption" in first)]
+            modalities = given_modalities(raw_rows[0][1])
         super().__init__(modalities, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          max_text_length=max_text_length, tokenizer_path=tokenizer_path)
         if on_error not in ON_ERROR:
@@ -370,7 +286,7 @@ class ManifestDataModule(MultimodalDataModule):
             raise DataError(self.manifest, line, "give 'text' or 'caption', not both")
         row: dict[str, Any] = {"line": line, "split": raw.get("split")}
         for name in self.modalities:
-            key = "caption" if name == "text" and "caption" in raw else name
+            key = next((column for column in get_modality(name).columns if column in raw), name)
             if key not in raw:
                 raise DataError(self.manifest, line, f"no {name!r} column, but modalities include {name!r}")
             value = raw[key]
@@ -449,9 +365,13 @@ class ManifestDataModule(MultimodalDataModule):
         return ManifestDataset(self, self.rows[split])
 
     def source_spec(self) -> dict[str, Any]:
+        return {**self.file_spec, "num_classes": self.num_classes}
+
+    @property
+    def file_spec(self) -> dict[str, Any]:
+        """The sizes its files are read at (``Modality.read``)."""
         return {"image_size": self.image_size, "image_channels": self.image_channels, "video_size": self.video_size,
-                "sample_rate": self.sample_rate, "audio_length": self.audio_length, "num_frames": self.num_frames,
-                "num_classes": self.num_classes}
+                "sample_rate": self.sample_rate, "audio_length": self.audio_length, "num_frames": self.num_frames}
 
     # --- loading ------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -498,4 +418,4 @@ class ManifestDataModule(MultimodalDataModule):
 
 
 __all__ = ["DataError", "ManifestDataModule", "ManifestDataset", "ResumableDataLoader", "ResumableSampler",
-           "collate_dropping_skipped", "read_audio", "read_image", "read_manifest", "read_video"]
+           "collate_dropping_skipped", "given_modalities", "read_manifest"]

@@ -13,7 +13,8 @@ import torch
 
 from mmgen_lightning.batch import check_batch
 from mmgen_lightning.callbacks.faults import DataErrorReport
-from mmgen_lightning.datamodules.manifest import DataError, ManifestDataModule, read_video
+from mmgen_lightning.datamodules.manifest import DataError, ManifestDataModule
+from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.models.captioner import Captioner
 from mmgen_lightning.models.gan import ConditionalGAN
 from mmgen_lightning.models.vae import MultimodalVAE
@@ -123,11 +124,12 @@ def test_videos_from_frame_folders_and_mp4_refused(corpus, tmp_path):
     frames.mkdir()
     for index in range(6):
         shutil.copy(corpus.parent / "files" / f"{(index % 4) * 4}.png", frames / f"{index:03d}.png")
-    video = read_video(frames, 16, 3, 3)  # frames 0, 2 (rounded from 2.5), 5: all red squares
+    spec = {"image_size": 16, "image_channels": 3, "num_frames": 3}
+    video = get_modality("video").read(frames, spec)  # frames 0, 2 (rounded from 2.5), 5: all red squares
     assert video.shape == (3, 3, 16, 16) and video[:, 0, 7, 4].gt(0.7).all()
     (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     with pytest.raises(ValueError, match=r"\.mp4 needs a video decoder .*GIF or a folder of frame images"):
-        read_video(tmp_path / "clip.mp4", 16, 3, 3)
+        get_modality("video").read(tmp_path / "clip.mp4", spec)
 
 
 # --- bad data ---------------------------------------------------------------------------------------------
