@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import default_collate
 
 from mmgen_lightning.batch import parse_direction
+from mmgen_lightning.modalities import get_modality
 
 R_PRECISION_POOL = 100
 
@@ -45,9 +45,10 @@ def check_pairing(aligner, aligner_path: str | Path, generator, generator_path: 
         for modality in (sources[0], target):
             if modality not in carried:
                 where = getattr(datamodule, "manifest", None)
-                if modality == "text" and where is not None:
-                    raise ValueError(f"manifest {where} has no captions (no 'caption' or 'text' column), so "
-                                     f"{direction} from --ckpt {generator_path} cannot be scored by text alignment")
+                if where is not None:
+                    raise ValueError(f"manifest {where} has {get_modality(modality).missing_from_manifest()}, so "
+                                     f"{direction} from --ckpt {generator_path} cannot be scored by {modality} "
+                                     "alignment")
                 raise ValueError(f"direction {direction}: the data carries no {modality!r} "
                                  f"(it has {', '.join(carried)})")
 
@@ -60,21 +61,10 @@ def default_alignment_directions(generator, aligner, datamodule) -> list[str]:
 
 
 def _aligner_inputs(aligner, values: dict[str, Tensor], modality: str, tokenizer) -> dict[str, Tensor]:
-    """The generator's tensors in the aligner's terms: captions re-tokenised by the aligner's tokenizer,
-    images/videos resized to its size."""
-    if modality == "text":
-        if tokenizer is not None and aligner.tokenizer is not None:
-            return {k: v.to(aligner.device) for k, v in aligner.tokenizer.encode(tokenizer.decode(values["text"].cpu())).items()}
-        return {"text": values["text"], "text_mask": values["text_mask"]}
-    value = values[modality].float()
-    if modality in ("image", "video"):
-        size = aligner.spec("image_size") if modality == "image" else aligner.data_spec.get("video_size",
-                                                                                            aligner.spec("image_size"))
-        if value.shape[-1] != size or value.shape[-2] != size:
-            frames = value.flatten(0, 1) if modality == "video" else value
-            frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            value = frames.unflatten(0, value.shape[:2]) if modality == "video" else frames
-    return {modality: value.to(aligner.device)}
+    """The generator's tensors in the aligner's terms (``Modality.conform``): captions re-tokenised by the
+    aligner's tokenizer, images/videos resized to its size."""
+    conformed = get_modality(modality).conform(values, aligner.data_spec, tokenizer, aligner.tokenizer)
+    return {key: value.to(aligner.device) for key, value in conformed.items()}
 
 
 def r_precision(samples: Tensor, conditions: Tensor, pool: int = R_PRECISION_POOL, seed: int = 0) -> tuple[float, int]:
@@ -107,7 +97,7 @@ def alignment_scores(generator, aligner, datamodule, directions: list[str], spli
     rows = []
     for index, direction in enumerate(directions):
         (source,), target = parse_direction(direction)
-        keys = [source] + (["text_mask"] if source == "text" else [])
+        keys = get_modality(source).keys()
         embedded: dict[str, list[Tensor]] = {"sample": [], "condition": [], "real": []}
         for chunk, start in enumerate(range(0, count, batch_size)):
             batch = default_collate([dataset[i] for i in range(start, min(start + batch_size, count))])

@@ -31,12 +31,11 @@ from torch import Tensor, nn
 from torchmetrics.retrieval import RetrievalHitRate
 
 from mmgen_lightning.losses import symmetric_info_nce
+from mmgen_lightning.modalities import MODALITIES, get_modality
 from mmgen_lightning.models.base import GenerativeModule
-from mmgen_lightning.models.layers.text import TextEncoder
-from mmgen_lightning.models.layers.token_encoders import AudioTokenEncoder, ImageTokenEncoder, VideoTokenEncoder
 from mmgen_lightning.models.optim import adamw_warmup_cosine
 
-ALIGNABLE = ("image", "text", "audio", "video", "label")
+ALIGNABLE = MODALITIES
 RECALL_AT = (1, 5, 10)
 
 
@@ -118,23 +117,13 @@ class Aligner(GenerativeModule):
 
     # --- networks -----------------------------------------------------------------------------
     def _build_encoder(self, modality: str) -> nn.Module:
-        hp = self.hparams
-        shared = {"num_layers": hp.encoder_layers, "num_heads": hp.num_heads, "dropout": hp.dropout}
-        if modality == "text":
-            return TextEncoder(self.spec("vocab_size"), self.spec("max_text_length"), hp.width, hp.width,
-                               hp.text_layers, hp.num_heads)
-        if modality == "label":
-            return nn.Embedding(self.spec("num_classes"), hp.width)
-        if modality == "image":
-            tokens = ImageTokenEncoder(self.spec("image_channels"), self.spec("image_size"), hp.width,
-                                       patch_size=hp.patch_size, **shared)
-        elif modality == "audio":
-            tokens = AudioTokenEncoder(self.spec("sample_rate"), self.spec("audio_length"), hp.width,
-                                       n_mels=hp.n_mels, frames=hp.audio_frames, **shared)
-        else:
-            size = self.data_spec.get("video_size", self.spec("image_size"))
-            tokens = VideoTokenEncoder(self.spec("image_channels"), self.spec("num_frames"), size, hp.width,
-                                       patch_size=hp.patch_size, glimpse_size=hp.glimpse_size, **shared)
+        """The modality's token encoder pooled by a learned query, or its own pooled encoder (text, label)."""
+        hp, kind = self.hparams, get_modality(modality)
+        if not kind.has_token_encoder:
+            return kind.encoder(self.data_spec, hp.width, hp.width, num_layers=hp.text_layers, num_heads=hp.num_heads)
+        tokens = kind.token_encoder(self.data_spec, hp.width, num_layers=hp.encoder_layers, num_heads=hp.num_heads,
+                                    dropout=hp.dropout, patch_size=hp.patch_size, n_mels=hp.n_mels,
+                                    frames=hp.audio_frames, glimpse_size=hp.glimpse_size)
         return nn.Sequential(tokens, AttentionPool(hp.width, hp.num_heads))
 
     def logit_scale_value(self) -> Tensor:
@@ -147,11 +136,7 @@ class Aligner(GenerativeModule):
         ``label: long B``)."""
         if modality not in self.encoders:
             raise ValueError(f"Aligner embeds {', '.join(self.modalities)}; it was not trained on {modality!r}")
-        encoder = self.encoders[modality]
-        if modality == "text":
-            features = encoder(inputs["text"], inputs["text_mask"])
-        else:
-            features = encoder(inputs[modality])
+        features = self.encoders[modality](*get_modality(modality).encoder_inputs(inputs))
         return F.normalize(self.heads[modality](features).float(), dim=-1)
 
     @torch.no_grad()
@@ -237,8 +222,10 @@ class Aligner(GenerativeModule):
 
 
 def _caption_hint(spec: Mapping[str, Any], modality: str) -> str:
-    if modality == "text" and spec.get("dataset") == "manifest" and "text" not in spec.get("modalities", ()):
-        return "; the manifest has no captions: give each row a 'caption' (or 'text') column for text alignment"
+    """What a manifest that lacks ``modality`` needs (nothing for other data)."""
+    if spec.get("dataset") == "manifest" and modality not in spec.get("modalities", ()):
+        return (f"; the manifest has {get_modality(modality).missing_from_manifest()}: add one to each row for "
+                f"{modality} alignment")
     return ""
 
 

@@ -30,16 +30,14 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from mmgen_lightning.losses import (ADVERSARIAL_LOSSES, discriminator_loss, generator_loss, gradient_penalty,
                                     r1_penalty, symmetric_info_nce)
+from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.models.base import GenerativeModule
-from mmgen_lightning.models.layers.audio import LogMel
-from mmgen_lightning.models.layers.conditioning import (AudioEmbedder, FeatureEmbedder, LabelEmbedder,
-                                                        PretrainedTextEncoder, TextEmbedder)
+from mmgen_lightning.models.layers.conditioning import FeatureEmbedder, PretrainedTextEncoder
 from mmgen_lightning.models.layers.gan_blocks import (ClipAndFramesTrunk, ImageGenerator, ProjectionDiscriminator,
                                                       VideoGenerator, WarpVideoGenerator, image_trunk, video_trunk)
 
@@ -133,7 +131,7 @@ class ConditionalGAN(GenerativeModule):
         if contrastive_weight < 0 or contrastive_temperature <= 0:
             raise ValueError(f"contrastive_weight must be >= 0 and contrastive_temperature > 0, got "
                              f"{contrastive_weight} and {contrastive_temperature}")
-        if contrastive_weight and (condition is None or output != "image"):
+        if contrastive_weight and (condition is None or get_modality(output).frames):
             raise ValueError(f"contrastive_weight needs a condition and output='image', got condition={condition!r}, "
                              f"output={output!r}")
         if text_encoder_path is not None and condition != "text":
@@ -146,8 +144,9 @@ class ConditionalGAN(GenerativeModule):
         self._aligner: list[nn.Module] = []  # a list, so the frozen critic is neither a submodule nor saved
 
         self.text_encoder = PretrainedTextEncoder(text_encoder_path) if text_encoder_path else None
-        self.log_mel = (LogMel(self.spec("sample_rate"), self.spec("audio_length"), n_mels)
-                        if condition == "audio" else None)
+        # the condition's front end (audio: its log-mel), run once per batch for every embedder; the
+        # attribute keeps the name checkpoints store its buffers under
+        self.log_mel = get_modality(condition).condition_frontend(self.data_spec, n_mels=n_mels) if condition else None
         self.generator = self.build_generator()
         self.discriminator = self.build_discriminator()
         # the averaged generator lives in the state_dict, so checkpoints rebuild it with weights_only=True
@@ -158,51 +157,48 @@ class ConditionalGAN(GenerativeModule):
     # --- networks -----------------------------------------------------------------------------
     def build_embedder(self) -> nn.Module | None:
         """A fresh condition embedder (each player gets its own)."""
-        dim = self.hparams.condition_dim
+        hp = self.hparams
         if self.condition is None:
             return None
-        if self.condition == "label":
-            return LabelEmbedder(self.spec("num_classes"), dim)
-        if self.condition == "audio":
-            return AudioEmbedder(self.hparams.n_mels, dim, self.hparams.audio_width)
         if self.text_encoder is not None:
-            return FeatureEmbedder(self.text_encoder.hidden_size, dim)
-        return TextEmbedder(self.spec("vocab_size"), self.spec("max_text_length"), dim, self.hparams.text_width,
-                            self.hparams.text_layers)
+            return FeatureEmbedder(self.text_encoder.hidden_size, hp.condition_dim)
+        return get_modality(self.condition).condition_embedder(
+            self.data_spec, hp.condition_dim, text_width=hp.text_width, text_layers=hp.text_layers, n_mels=hp.n_mels,
+            audio_width=hp.audio_width)
 
     def build_generator(self) -> nn.Module:
         """``G(z: B,latent_dim, conditions) -> samples`` in [-1, 1]."""
-        hp = self.hparams
-        if self.output == "image":
-            return ImageGenerator(hp.latent_dim, self.spec("image_channels"), self.spec("image_size"), hp.width,
-                                  self.build_embedder(), hp.condition_dim)
+        hp, size = self.hparams, get_modality(self.output).size(self.data_spec)
+        if not get_modality(self.output).frames:
+            return ImageGenerator(hp.latent_dim, self.spec("image_channels"), size, hp.width, self.build_embedder(),
+                                  hp.condition_dim)
         if hp.video_generator == "warp":  # content and motion read the condition through embedders of their own
-            return WarpVideoGenerator(hp.latent_dim, self.spec("image_channels"), self.spec("num_frames"),
-                                      self._video_size(), hp.width, self.build_embedder(), hp.condition_dim,
+            return WarpVideoGenerator(hp.latent_dim, self.spec("image_channels"), self.spec("num_frames"), size,
+                                      hp.width, self.build_embedder(), hp.condition_dim,
                                       motion_embedder=self.build_embedder())
-        return VideoGenerator(hp.latent_dim, self.spec("image_channels"), self.spec("num_frames"), self._video_size(),
-                              hp.width, self.build_embedder(), hp.condition_dim)
+        return VideoGenerator(hp.latent_dim, self.spec("image_channels"), self.spec("num_frames"), size, hp.width,
+                              self.build_embedder(), hp.condition_dim)
 
     def build_discriminator(self) -> nn.Module:
         """A network with ``features(x)``, ``embed(conditions)`` and ``score(features, embedding)``: logits ``B``,
         or ``B,2`` for a video discriminator with a frame branch (clip and frames scored apart)."""
-        hp = self.hparams
+        hp, size = self.hparams, get_modality(self.output).size(self.data_spec)
         width, branches, embedder = hp.discriminator_width or hp.width, None, self.build_embedder()
-        if self.output == "image":
-            trunk, features = image_trunk(self.spec("image_channels"), self.spec("image_size"), width, hp.spectral_norm)
+        if not get_modality(self.output).frames:
+            trunk, features = image_trunk(self.spec("image_channels"), size, width, hp.spectral_norm)
             if hp.contrastive_weight:
                 return ProjectionDiscriminator(trunk, features, embedder, hp.condition_dim, hp.spectral_norm,
                                                contrastive_dim=hp.condition_dim)
         elif hp.discriminator_frames or hp.discriminator_glimpses:
-            trunk = ClipAndFramesTrunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(), width,
+            trunk = ClipAndFramesTrunk(self.spec("image_channels"), self.spec("num_frames"), size, width,
                                        hp.discriminator_frames, hp.spectral_norm, hp.discriminator_glimpses,
                                        self._glimpse_size() if hp.discriminator_glimpses else 16)
             features, branches = trunk.num_features, trunk.branch_features
             if embedder is not None:  # each branch reads the condition through an embedder of its own
                 embedder = [embedder] + [self.build_embedder() for _ in branches[1:]]
         else:
-            trunk, features = video_trunk(self.spec("image_channels"), self.spec("num_frames"), self._video_size(),
-                                          width, hp.spectral_norm)
+            trunk, features = video_trunk(self.spec("image_channels"), self.spec("num_frames"), size, width,
+                                          hp.spectral_norm)
         return ProjectionDiscriminator(trunk, features, embedder, hp.condition_dim, hp.spectral_norm, branches)
 
     def _glimpse_size(self) -> int:
@@ -213,23 +209,17 @@ class ConditionalGAN(GenerativeModule):
             raise ValueError(f"glimpse_size must be a number of pixels or 'image_size', got {size!r}")
         return size
 
-    def _video_size(self) -> int:
-        return self.data_spec.get("video_size", self.spec("image_size"))
-
     def condition_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """What the condition embedders read: the batch's entries, or features computed once here for
         both players (the log-mel spectrogram of audio, a frozen text encoder's features)."""
         if self.condition is None:
             return {}
-        if self.condition == "text" and self.text_encoder is not None:
+        if self.text_encoder is not None:  # condition text (checked in __init__)
             if self.tokenizer is None:
                 raise ValueError("text_encoder_path needs the datamodule's tokenizer to turn token ids back into "
                                  "captions; fit with a datamodule or load a checkpoint that carries one")
             return {"text_features": self.text_encoder(self.tokenizer.decode(batch["text"].cpu()))}
-        if self.condition == "audio":
-            return {"log_mel": self.log_mel(batch["audio"])}
-        keys = ("text", "text_mask") if self.condition == "text" else (self.condition,)
-        return {key: batch[key] for key in keys}
+        return get_modality(self.condition).condition_inputs(batch, self.log_mel)
 
     def latents(self, num_samples: int, truncation: float | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -294,17 +284,12 @@ class ConditionalGAN(GenerativeModule):
         """The frozen aligner's symmetric InfoNCE of fakes ``B,C,H,W`` (resized to its image size) and their
         conditions, at its own learned temperature; gradients reach the generator through the fakes only."""
         aligner = self._aligner[0]
-        size = aligner.spec("image_size")
-        if fake.shape[-1] != size:
-            fake = F.interpolate(fake.float(), size=(size, size), mode="bilinear", align_corners=False)
-        with torch.no_grad():
-            if self.condition == "text" and aligner.tokenizer is not None and self.tokenizer is not None:
-                captions = self.tokenizer.decode(conditions["text"].cpu())
-                condition = aligner.embed_captions(captions)
-            else:
-                condition = aligner.embed(conditions, self.condition)
-        return symmetric_info_nce(aligner.embed({self.output: fake}, self.output), condition,
-                                  aligner.logit_scale_value().detach())
+        fake = get_modality(self.output).conform({self.output: fake}, aligner.data_spec, antialias=False)
+        with torch.no_grad():  # captions re-tokenised by the aligner's tokenizer when both models carry one
+            condition = get_modality(self.condition).conform(conditions, aligner.data_spec, self.tokenizer,
+                                                             aligner.tokenizer)
+            condition = aligner.embed({k: v.to(aligner.device) for k, v in condition.items()}, self.condition)
+        return symmetric_info_nce(aligner.embed(fake, self.output), condition, aligner.logit_scale_value().detach())
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         optimizer_g, optimizer_d = self.optimizers()
