@@ -281,6 +281,32 @@ class MultimodalVAE(GenerativeModule):
             return decoder.log_likelihood(z, *targets)
         return -F.cross_entropy(decoder(z).float(), targets[0], reduction="none")  # a class
 
+    def cross_log_prob(self, name: str, batch: dict[str, Tensor], z: Tensor, encoded: Tensor,
+                       privates: dict[str, Gaussian]) -> Tensor:
+        """``log p(x_name | z, w_name)`` per row of ``z: N,D`` (the batch's rows repeated, ``N = U*B``), with
+        ``w_name ~ q(w_name|x_name)`` where ``encoded: N`` (bool) is set; elsewhere MMVAE+'s importance-weighted
+        cross-reconstruction over ``K = cross_samples`` draws ``w_name ~ r``:
+        ``(1 - a) log 1/K sum_k p(x_name | z, w^k) + a 1/K sum_k log p(x_name | z, w^k)``, ``a = cross_mean_weight``.
+
+        Only the cross rows are decoded ``K`` times: an encoded row has one posterior draw, for which both
+        estimators are ``log p`` itself.
+        """
+        rows = torch.arange(len(z), device=z.device) % batch[name].shape[0]  # each row's item of the batch
+        log_p = z.new_empty(len(z))
+        inside, cross = encoded.nonzero().squeeze(1), (~encoded).nonzero().squeeze(1)
+        if len(inside):
+            mu, logvar = (t[rows[inside]] for t in privates[name])
+            code = torch.cat([z[inside], reparameterize(mu, logvar)], dim=-1)
+            log_p[inside] = self.reconstruction_log_prob(name, _rows(batch, rows[inside]), code)
+        if len(cross):
+            draws = self.hparams.cross_samples
+            shared = z[cross].expand(draws, *z[cross].shape)
+            code = torch.cat([shared, self.private_prior_sample(name, tuple(shared.shape[:-1]), z.device)], dim=-1)
+            scores = self.reconstruction_log_prob(name, _rows(batch, rows[cross]), code.flatten(0, 1)).view(draws, -1)
+            mean_weight = self.hparams.cross_mean_weight
+            log_p[cross] = (1 - mean_weight) * log_mean_exp(scores, 0) + mean_weight * scores.mean(0)
+        return log_p
+
     # --- objective ----------------------------------------------------------------------------
     def term_posteriors(self, experts: dict[str, Gaussian]) -> list[tuple[Gaussian, tuple[str, ...], Tensor]]:
         """(posterior of ``z``, reconstructed modalities, ``encoded: M,B``) of each ELBO term of the chosen
@@ -316,14 +342,14 @@ class MultimodalVAE(GenerativeModule):
         per_modality = {}
         for index, name in enumerate(self.modalities):
             users = [i for i, (_, targets, _) in enumerate(terms) if name in targets]
-            # a term that does not encode x_name reconstructs it with w_name ~ r (MMVAE+'s cross terms),
-            # K draws of it (the K copies of an encoded row are one posterior draw, so they score log p itself)
-            draws = self.hparams.cross_samples if name in privates else 1
-            codes = torch.cat([self.decoder_code(name, zs[i].expand(draws, *zs[i].shape), privates,
-                                                 terms[i][2][index]) for i in users], dim=1)  # K,U*B,D
-            log_p = self.reconstruction_log_prob(name, batch, codes.flatten(0, 1)).view(draws, len(users), batch_size)
-            mean_weight = self.hparams.cross_mean_weight
-            log_p = (1 - mean_weight) * log_mean_exp(log_p, 0) + mean_weight * log_p.mean(0)
+            # a term that does not encode x_name reconstructs it with w_name ~ r (MMVAE+'s cross terms)
+            if name in privates and self.hparams.cross_samples > 1:
+                z = torch.cat([zs[i] for i in users])  # U*B,D
+                encoded = torch.cat([terms[i][2][index] for i in users]).bool()
+                log_p = self.cross_log_prob(name, batch, z, encoded, privates).view(len(users), batch_size)
+            else:
+                codes = torch.cat([self.decoder_code(name, zs[i], privates, terms[i][2][index]) for i in users])
+                log_p = self.reconstruction_log_prob(name, batch, codes).view(len(users), batch_size)
             weight = self.weights[name] if weighted else 1.0
             reconstruction[users] += weight * log_p
             per_modality[name] = log_p.mean()
@@ -460,3 +486,8 @@ class MultimodalVAE(GenerativeModule):
             else:  # a class: the most likely one
                 out[name] = decoder(code).argmax(-1)
         return out
+
+
+def _rows(batch: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+    """The batch restricted to ``rows`` (every key)."""
+    return {key: value[rows] for key, value in batch.items()}

@@ -257,6 +257,33 @@ def test_private_scale_knob_scales_only_the_cross_modal_prior_draws():
         model.generate(caption, 2, to="image", private_scale=-1.0)
 
 
+def test_cross_reconstruction_draws_k_private_latents_only_where_the_term_does_not_encode_the_target(monkeypatch):
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=48)
+    model = MultimodalVAE(datamodule.data_spec, fusion="mopoe", private_dim=2, cross_samples=4, latent_dim=4,
+                          width=8, text_width=16)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    rows = []
+    model.decoders["image"].register_forward_pre_hook(lambda module, inputs: rows.append(inputs[0].shape[0]))
+    torch.manual_seed(1)
+    model.elbo_terms(batch, 1.0)
+    # the subsets (image), (text), (image, text) spread evenly over the rows: the row of subset s = i % 3 for
+    # a permutation i of the rows; the image-encoding ones decode once, the text-only ones K = 4 times
+    size = batch["image"].shape[0]
+    cross = sum(1 for i in range(size) if i % 3 == 1)
+    assert sum(rows) == (size - cross) + 4 * cross, (rows, size)
+    # with every draw at its mean, K draws score what one draw does: the same objective, K times fewer passes
+    monkeypatch.setattr(torch, "randn", lambda *shape, **kw: torch.zeros(*shape, device=kw.get("device")))
+    monkeypatch.setattr(torch, "randn_like", lambda tensor, **kw: torch.zeros_like(tensor))
+    losses = []
+    for draws in (4, 1):
+        model.hparams.cross_samples = draws
+        torch.manual_seed(2)
+        losses.append(model.elbo_terms(batch, 1.0)["loss"])
+    assert torch.allclose(*losses), losses
+
+
 def test_private_prior_scale_is_learned_when_asked():
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
