@@ -24,7 +24,7 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 
 from mmgen_lightning.metrics.alignment import alignment_scores
-from mmgen_lightning.metrics.coherence import coherence
+from mmgen_lightning.metrics.evaluator import coherence
 from mmgen_lightning.metrics.judges import get_judge
 from mmgen_lightning.metrics.report import load_datamodule
 from mmgen_lightning.models.base import load_generator

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageSequence
 
 from mmgen_lightning.cli import main as mmgen
-from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+from mmgen_lightning.tokenizer import CaptionTokenizer
 from mmgen_lightning.models import ConditionalGAN, MultimodalVAE, VQVAE
 from mmgen_lightning.serve import (MAX_UPLOAD_MB, Server, UserError, build_app, check_upload, sampling_knobs,
                                    served_directions)

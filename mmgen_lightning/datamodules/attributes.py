@@ -60,41 +60,14 @@ class AttributeReading:
         return torch.tensor(rows, dtype=torch.long).view(len(texts), len(attribute_names))
 
 
-def _shapes() -> AttributeReading:
-    from mmgen_lightning.datamodules.shapes import parse_caption
-
-    # position is a fast tremolo in Shapes audio, which a judge's 32 frames/s log-mel does not
-    # resolve, so audio does not count as showing it
-    return AttributeReading(judged={"image": ("shape", "color", "size", "position"),
-                                    "audio": ("shape", "color", "size", "motion"),
-                                    "video": ("shape", "color", "size", "position", "motion")},
-                            parse_caption=parse_caption)
-
-
-def _digits() -> AttributeReading:
-    from mmgen_lightning.datamodules.digits import DigitsDataModule
-
-    return DigitsDataModule.attribute_reading
-
-
-#: readings of the built-in sources by ``dataset`` name, for datamodules that carry their data without
-#: declaring a reading (``StreamingDataModule`` over shards of them) and for Shapes, which does not
-#: declare its own yet
-BUILT_IN: dict[str, Callable[[], AttributeReading]] = {"shapes": _shapes, "digits": _digits}
-
-
 def describe(datamodule: Any) -> AttributeReading:
     """The datamodule's :class:`AttributeReading`: its own ``attribute_reading``; else one built from
     a ``judged_attributes`` dict and a ``parse_caption`` (method, or function of its module) it
-    declares; else a built-in source's by its ``dataset`` name."""
+    declares; else an empty one (nothing judged, no caption parser)."""
     declared = getattr(datamodule, "attribute_reading", None)
     if isinstance(declared, AttributeReading):
         return declared
     judged = getattr(datamodule, "judged_attributes", None)
-    if judged is None:
-        spec = getattr(datamodule, "data_spec", None) or {}
-        if spec.get("dataset") in BUILT_IN:
-            return BUILT_IN[spec["dataset"]]()
     parser = getattr(datamodule, "parse_caption", None)
     if parser is None and datamodule is not None:
         parser = getattr(importlib.import_module(type(datamodule).__module__), "parse_caption", None)

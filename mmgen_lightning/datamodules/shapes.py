@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmgen_lightning.datamodules.attributes import AttributeReading
 from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
-from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
+from mmgen_lightning.tokenizer import CaptionTokenizer
 
 ATTRIBUTE_NAMES = ("shape", "color", "size", "position", "motion")
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -299,6 +300,13 @@ class ShapesDataModule(MultimodalDataModule):
 
     available_modalities = ("image", "text", "audio", "video", "label")
     name = "shapes"
+    #: what each modality shows of ``[shape, color, size, position, motion]``; captions state all of it.
+    #: Position is a fast tremolo in the audio, which a judge's 32 frames/s log-mel does not resolve,
+    #: so audio does not count as showing it
+    attribute_reading = AttributeReading(judged={"image": ("shape", "color", "size", "position"),
+                                                 "audio": ("shape", "color", "size", "motion"),
+                                                 "video": ("shape", "color", "size", "position", "motion")},
+                                         parse_caption=parse_caption)
     image_sizes = (16, 32, 64, 128, 256)
     sample_rates = (8000, 16000)
 

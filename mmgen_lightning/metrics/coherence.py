@@ -72,13 +72,3 @@ class AttributeAgreement(Metric):
     def compute(self) -> dict[str, Tensor]:
         total = self.total.clamp_min(1).double()
         return {"accuracy": self.all_correct / total, "per_attribute": self.correct / total, "samples": self.total}
-
-
-def __getattr__(name: str):
-    # ``coherence()`` runs an Evaluator, so it lives in evaluator.py (which imports this module); the
-    # old import path (benchmarks/alignment_vs_judges.py) resolves it on use, not at import
-    if name == "coherence":
-        from mmgen_lightning.metrics.evaluator import coherence
-
-        return coherence
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
