@@ -79,7 +79,7 @@ def read_manifest(path: Path) -> list[tuple[int, dict[str, Any]]]:
             for line, row in enumerate(csv.DictReader(handle), start=2):
                 # an empty cell is a missing value, except a caption, which is then empty (an error)
                 rows.append((line, {k: v for k, v in row.items()
-                                    if v is not None and (v != "" or k in ("text", "caption"))}))
+                                    if v is not None and (v != "" or k in get_modality("text").columns)}))
         return rows
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise ValueError(f"manifest {path}: unknown format {path.suffix!r}; allowed: .jsonl, .csv")
@@ -298,18 +298,11 @@ class ManifestDataModule(MultimodalDataModule):
                 if path.is_file() and path.stat().st_size == 0:
                     raise DataError(self.manifest, line, f"{name} file is empty (0 bytes)", path)
                 row[name] = path
-            elif name == "text":
-                if not isinstance(value, str) or not value.strip():
-                    raise DataError(self.manifest, line, f"the caption is empty: {value!r}")
-                row["text"] = value
-            elif name == "label":
+            else:  # a caption or a label, checked by its modality
                 try:
-                    label = int(value)
-                except (TypeError, ValueError):
-                    label = -1
-                if label < 0 or str(label) != str(value).strip():
-                    raise DataError(self.manifest, line, f"label must be an integer >= 0, got {value!r}")
-                row["label"] = label
+                    row[name] = get_modality(name).parse_cell(value)
+                except ValueError as error:
+                    raise DataError(self.manifest, line, str(error)) from error
         if row["split"] is not None and row["split"] not in SPLITS:
             raise DataError(self.manifest, line, f"split: unknown {row['split']!r}; allowed: {', '.join(SPLITS)}")
         return row

@@ -3,8 +3,9 @@
 ``mmgen shard`` (:func:`shard_manifest`) decodes every row of a :class:`ManifestDataModule` (resize,
 resample, frame picking, the same code as training from the manifest) and writes each split with
 ``litdata.optimize`` into ``OUT/<split>/`` chunks, plus ``OUT/mmgen.json`` (sizes, modalities, row
-counts, skipped rows) and ``OUT/tokenizer.json``. Images and video frames are stored as ``uint8``
-(lossless for decoded 8-bit pixels, 4x smaller than float), audio as ``float32``, captions as text.
+counts, skipped rows) and ``OUT/tokenizer.json``. Each modality says how it is stored
+(``Modality.to_shard``): images and video frames as ``uint8`` (lossless for decoded 8-bit pixels, 4x
+smaller than float), audio as ``float32``, captions as text.
 
 :class:`StreamingDataModule` reads such a folder, locally or from object storage (``s3://``,
 ``gs://``, ``azure://``: the path is handed to litdata unchanged; reading ``mmgen.json`` there uses
@@ -31,8 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
 from mmgen_lightning.datamodules.manifest import DataError, ManifestDataModule, ManifestDataset
-from mmgen_lightning.datamodules.tokenizer import CaptionTokenizer
 from mmgen_lightning.errors import InputError
+from mmgen_lightning.modalities import get_modality
+from mmgen_lightning.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,6 @@ META_FILE, TOKENIZER_FILE = "mmgen.json", "tokenizer.json"
 #: litdata's default ("spawn") re-imports torch and this package in every writer, seconds each; forked
 #: writers share the parent's decoded manifest and start at once
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-PIXEL_KEYS = ("image", "video")
 
 
 class ShardWriter:
@@ -64,15 +65,8 @@ class ShardWriter:
             log.warning("skipping %s", error)
             return
         sample: dict[str, Any] = {"line": row["line"]}
-        for key in PIXEL_KEYS:
-            if key in item:  # [-1, 1] floats that came from 8-bit pixels: exact as uint8
-                sample[key] = ((item[key] + 1) * 127.5).round().to(torch.uint8)
-        if "audio" in item:
-            sample["audio"] = item["audio"]
-        if "text" in item:
-            sample["text"] = row["text"]
-        if "label" in item:
-            sample["label"] = int(item["label"])
+        for name in self.dataset.datamodule.modalities:  # each modality says what a shard keeps of it
+            sample[name] = get_modality(name).to_shard(item, row)
         yield sample
 
 
@@ -130,16 +124,8 @@ class ShardItem:
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Tensor]:
         item: dict[str, Tensor] = {}
-        for key in self.modalities:
-            if key in PIXEL_KEYS:
-                item[key] = sample[key].float() / 127.5 - 1.0
-            elif key == "audio":
-                item["audio"] = sample["audio"]
-            elif key == "label":
-                item["label"] = torch.tensor(sample["label"], dtype=torch.long)
-            else:
-                encoded = self.tokenizer.encode(sample["text"])
-                item["text"], item["text_mask"] = encoded["text"][0], encoded["text_mask"][0]
+        for name in self.modalities:
+            item.update(get_modality(name).from_shard(sample[name], self.tokenizer))
         return item
 
 
