@@ -1,8 +1,9 @@
 """Sampling knobs: each family's ``sample`` keyword arguments, with their types and ranges.
 
-A family may declare its knobs as ``sampling_knobs: dict[str, Knob]`` on its class; otherwise
-they are read from the keyword arguments of its ``sample`` method, with the types and ranges of
-:data:`KNOWN_KNOBS` (the names every family shares mean the same thing everywhere). One check,
+A family declares its knobs as ``sampling_knobs: dict[str, Knob]`` on its class (:func:`family_knobs`
+picks the shared ones by name); a family that declares none has them read from the keyword arguments
+of its ``sample`` method, with the types and ranges of :data:`KNOWN_KNOBS` (the names every family
+shares mean the same thing everywhere). One check,
 :func:`check_sampling`, runs before any sample is drawn (``GenerativeModule.generate``) and names
 the knob, the allowed range, and the family's knobs; ``mmgen generate`` calls it before the first batch.
 
@@ -90,16 +91,23 @@ KNOWN_KNOBS: dict[str, Knob] = {
     "num_beams": Knob(int, 1, help="beam width of beam search (1 = none)"),
     "steps": Knob(int, 1, help="solver / refinement steps"),
     "seed": Knob(int, 0, SEED_LIMIT - 1, help="seeds the sampling noise"),
-    "repetition_penalty": Knob(float, 0, low_open=True),
-    "length_penalty": Knob(float),
-    "no_repeat_ngram_size": Knob(int, 0),
-    "min_new_tokens": Knob(int, 0),
-    "max_new_tokens": Knob(int, 1),
-    "griffin_lim_iterations": Knob(int, 1),
-    "use_cache": Knob(bool),
-    "use_ema": Knob(bool),
-    "interpolate": Knob(bool),
+    "repetition_penalty": Knob(float, 0, low_open=True, help="divides the logits of tokens already written "
+                                                              "(> 1 discourages repeats)"),
+    "length_penalty": Knob(float, help="beam scores are divided by length ** length_penalty"),
+    "no_repeat_ngram_size": Knob(int, 0, help="no n-gram of this size twice (0 = off)"),
+    "min_new_tokens": Knob(int, 0, help="the end token is forbidden before this many tokens"),
+    "max_new_tokens": Knob(int, 1, help="at most this many tokens after the start token"),
+    "griffin_lim_iterations": Knob(int, 1, help="Griffin-Lim iterations turning a spectrogram into a waveform"),
+    "use_cache": Knob(bool, help="reuse the keys/values of earlier positions (KV cache)"),
+    "use_ema": Knob(bool, help="sample from the averaged weights"),
+    "interpolate": Knob(bool, help="the samples walk from one latent draw to a second"),
 }
+
+
+def family_knobs(*names: str, **own: Knob) -> dict[str, Knob]:
+    """A family's ``sampling_knobs``: the shared :data:`KNOWN_KNOBS` of ``names``, then its ``own`` knobs,
+    in that order (the order messages and ``--help`` list them in)."""
+    return {**{name: KNOWN_KNOBS[name] for name in names}, **own}
 
 #: ``sample`` parameters that are the generate contract itself, not knobs
 _CONTRACT = ("self", "conditions", "num_samples", "targets")
@@ -149,4 +157,5 @@ def check_sampling(model_or_class: Any, sampling: Mapping[str, Any], flag_style:
                              f"give {name} as {knob.describe()}" + (f" ({knob.help})" if knob.help else ""))
 
 
-__all__ = ["KNOWN_KNOBS", "Knob", "SEED_LIMIT", "UnknownKnobError", "check_sampling", "sampling_knobs"]
+__all__ = ["KNOWN_KNOBS", "Knob", "SEED_LIMIT", "UnknownKnobError", "check_sampling", "family_knobs",
+           "sampling_knobs"]

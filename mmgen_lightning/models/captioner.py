@@ -27,6 +27,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
 from transformers import GenerationConfig, GPT2Config
 
+from mmgen_lightning.knobs import family_knobs
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
 from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
@@ -84,6 +85,11 @@ class Captioner(GenerativeModule):
         text_decoder_config: filled in from ``text_decoder_path``, as ``image_encoder_config``. Leave unset.
     """
 
+    #: the keyword arguments of :meth:`sample` and their ranges, checked by ``generate`` before decoding
+    sampling_knobs = family_knobs("num_beams", "temperature", "top_k", "top_p", "repetition_penalty",
+                                  "no_repeat_ngram_size", "length_penalty", "min_new_tokens", "max_new_tokens",
+                                  "use_cache", "seed")
+
     def __init__(self, data_spec: dict[str, Any] | None = None, modality: str | None = None, width: int = 64,
                  encoder_layers: int = 2, decoder_layers: int = 2, num_heads: int = 4, patch_size: int = 4,
                  n_mels: int = 64, audio_frames: int = 32, glimpse_size: int | None = None, dropout: float = 0.1,
@@ -106,7 +112,7 @@ class Captioner(GenerativeModule):
             raise ValueError(f"shift_augment must be >= 0, and 0 for audio; got {shift_augment} for {self.modality!r}")
         if val_num_beams < 1:
             raise ValueError(f"val_num_beams must be >= 1, got {val_num_beams}")
-        if glimpse_size is not None and self.modality != "video":
+        if glimpse_size is not None and not get_modality(self.modality).frames:
             raise ValueError(f"glimpse_size is only used with modality 'video', not {self.modality!r}")
         if (image_encoder_path or image_encoder_config) and self.modality != "image":
             raise ValueError(f"image_encoder_path is only used with modality 'image', not {self.modality!r}")
@@ -245,7 +251,7 @@ class Captioner(GenerativeModule):
 
     # --- sampling -----------------------------------------------------------------------------
     def serves(self, sources: tuple[str, ...], target: str) -> bool:
-        return target == "text" and set(sources) == set(self.condition_modalities)
+        return target in self.output_modalities and set(sources) == set(self.condition_modalities)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self.sample({self.modality: batch[self.modality]}, len(batch[self.modality]), ["text"])
@@ -276,12 +282,8 @@ class Captioner(GenerativeModule):
         positions = self.decoder.config.n_positions
         if max_new_tokens is None:
             max_new_tokens = min(positions, self.spec("max_text_length")) - 1
-        checks = {"num_beams": (num_beams, num_beams >= 1, ">= 1"),
-                  "temperature": (temperature, temperature >= 0, ">= 0"),
-                  "top_k": (top_k, top_k is None or top_k >= 1, ">= 1 or None"),
-                  "top_p": (top_p, top_p is None or 0 < top_p <= 1, "in (0, 1] or None"),
-                  "repetition_penalty": (repetition_penalty, repetition_penalty > 0, "> 0"),
-                  "max_new_tokens": (max_new_tokens, 1 <= max_new_tokens <= positions - 1, f"in [1, {positions - 1}]"),
+        # the fixed ranges are sampling_knobs', checked by generate(); these two depend on the model
+        checks = {"max_new_tokens": (max_new_tokens, 1 <= max_new_tokens <= positions - 1, f"in [1, {positions - 1}]"),
                   "min_new_tokens": (min_new_tokens, 0 <= min_new_tokens <= max_new_tokens, "in [0, max_new_tokens]")}
         for name, (value, valid, allowed) in checks.items():
             if not valid:

@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
+from mmgen_lightning.knobs import Knob, family_knobs
 from mmgen_lightning.losses import (ADVERSARIAL_LOSSES, discriminator_loss, generator_loss, gradient_penalty,
                                     r1_penalty, symmetric_info_nce)
 from mmgen_lightning.modalities import get_modality
@@ -97,6 +98,11 @@ class ConditionalGAN(GenerativeModule):
         ema_decay: decay of the generator's exponential moving average, which :meth:`generate` uses
             (0 samples from the raw generator); warmed up as ``min(decay, (1 + n) / (10 + n))``.
     """
+
+    #: the keyword arguments of :meth:`sample` and their ranges, checked by ``generate`` before sampling
+    sampling_knobs = family_knobs("truncation", "seed", "interpolate", "use_ema",
+                                  latents=Knob(None, help="explicit z, num_samples x latent_dim (overrides the "
+                                                          "truncation, seed and interpolate knobs)"))
 
     def __init__(self, data_spec: dict[str, Any] | None = None, condition: str | None = "label",
                  output: str = "image", video_generator: str = "warp", latent_dim: int = 128, width: int = 32,

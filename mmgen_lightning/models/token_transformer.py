@@ -36,6 +36,7 @@ from transformers import DynamicCache, GPT2Config, GPT2Model
 from transformers.generation import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                      TopPLogitsWarper)
 
+from mmgen_lightning.knobs import family_knobs
 from mmgen_lightning.models.base import GenerativeModule, load_generator
 from mmgen_lightning.models.optim import adamw_warmup_cosine
 from mmgen_lightning.models.layers.token_stream import CODE, TEXT, StreamEmbedding, TokenLayout
@@ -43,7 +44,6 @@ from mmgen_lightning.models.vqvae import VQVAE
 from mmgen_lightning.modalities import get_modality, random_shift
 
 IGNORE_INDEX = -100
-SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "guidance_scale", "use_cache")
 
 
 def classifier_free_guidance(conditional: Tensor, unconditional: Tensor, scale: float) -> Tensor:
@@ -79,6 +79,9 @@ class TokenTransformer(GenerativeModule):
         warmup_steps: linear warm-up steps; then a cosine to 10% when the run length is known.
     """
 
+    #: the keyword arguments of :meth:`sample` and their ranges, checked by ``generate`` before sampling
+    sampling_knobs = family_knobs("temperature", "top_k", "top_p", "guidance_scale", "use_cache", "seed")
+
     def __init__(self, data_spec: dict[str, Any] | None = None, vqvae_checkpoint: str | None = None,
                  vqvae_config: dict[str, Any] | None = None, width: int = 128, num_layers: int = 4,
                  num_heads: int = 4, dropout: float = 0.1, loss_weights: dict[str, float] | None = None,
@@ -92,18 +95,19 @@ class TokenTransformer(GenerativeModule):
             raise ValueError(f"codes_first_fraction must be in [0, 1], got {codes_first_fraction}")
         self.vqvae = self._load_vqvae()
         self.modality = self.vqvae.modality
-        unknown = set(sampling_defaults or {}) - set(SAMPLING_KNOBS)
+        defaults = [name for name in self.sampling_knobs if name != "seed"]  # a fixed seed is not a default
+        unknown = set(sampling_defaults or {}) - set(defaults)
         if unknown:
-            raise ValueError(f"sampling_defaults: unknown knob {sorted(unknown)[0]!r}; allowed: {', '.join(SAMPLING_KNOBS)}")
+            raise ValueError(f"sampling_defaults: unknown knob {sorted(unknown)[0]!r}; allowed: {', '.join(defaults)}")
         if shift_augment < 0 or (shift_augment and not get_modality(self.modality).pixels):
             raise ValueError(f"shift_augment must be >= 0, and 0 for {self.modality!r}; got {shift_augment}")
         weights = dict(loss_weights or {})
+        self.condition_modalities = self.output_modalities = ("text", self.modality)
         for name, value in weights.items():
-            if name not in ("text", self.modality) or value < 0:
+            if name not in self.output_modalities or value < 0:
                 raise ValueError(f"loss_weights: {name!r}: {value}; allowed keys: text, {self.modality} "
                                  "(weights >= 0)")
         self.loss_weights = {"text": float(weights.get("text", 1.0)), self.modality: float(weights.get(self.modality, 1.0))}
-        self.condition_modalities = self.output_modalities = ("text", self.modality)
         self.layout = TokenLayout(self.spec("vocab_size"), self.vqvae.num_codes, self.spec("max_text_length"),
                                   self.vqvae.grid)
         self.embedding = StreamEmbedding(self.layout, width, condition_dropout)
@@ -248,17 +252,9 @@ class TokenTransformer(GenerativeModule):
             use_cache: reuse keys/values of earlier slots (KV cache); False recomputes the prefix each step.
             seed: makes sampling reproducible without touching the global random state.
         """
-        target = targets[0]
-        codes_first = target == "text"
+        codes_first = targets[0] != self.modality  # writing the caption: the codes are the prefix
         if temperature is None:
             temperature = 0.0 if codes_first else 1.0
-        checks = {"temperature": (temperature, temperature >= 0, ">= 0"),
-                  "top_k": (top_k, top_k is None or top_k >= 1, ">= 1 or None"),
-                  "top_p": (top_p, top_p is None or 0 < top_p <= 1, "in (0, 1] or None"),
-                  "guidance_scale": (guidance_scale, guidance_scale is None or guidance_scale >= 0, ">= 0 or None")}
-        for name, (value, valid, allowed) in checks.items():
-            if not valid:
-                raise ValueError(f"{name} must be {allowed}, got {value}")
         unconditional = self.modality not in conditions and "text" not in conditions
         if codes_first:
             condition = (self.vqvae.encode_codes(conditions) if not unconditional else

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from mmgen_lightning.knobs import Knob
 from mmgen_lightning.losses import codebook_perplexity
 from mmgen_lightning.models.base import GenerativeModule
 from mmgen_lightning.models.layers.audio import LOG_FLOOR, LOG_SCALE
@@ -68,6 +69,8 @@ class VQVAE(GenerativeModule):
         audio_frames: about how many log-mel frames a clip gives.
         lr: AdamW learning rate.
     """
+
+    sampling_knobs: dict[str, Knob] = {}  # reconstruction is deterministic: no knobs
 
     def __init__(self, data_spec: dict[str, Any] | None = None, modality: str | None = None, quantizer: str = "vq",
                  num_codes: int = 128, code_dim: int = 16, fsq_levels: list[int] | None = None, downsample: int = 4,

@@ -92,3 +92,24 @@ def test_load_generator_refuses_foreign_and_broken_checkpoints(tmp_path):
     torch.save(checkpoint, tmp_path / "partial.ckpt")
     with pytest.raises(KeyError, match="missing keys"):
         load_generator(tmp_path / "partial.ckpt")
+
+
+def test_every_family_declares_exactly_the_knobs_its_sample_takes():
+    import inspect
+
+    import mmgen_lightning.models as models
+    from mmgen_lightning.knobs import check_sampling
+    from mmgen_lightning.models.base import GenerativeModule
+
+    families = [f for f in vars(models).values() if isinstance(f, type) and issubclass(f, GenerativeModule)
+                and f is not GenerativeModule and f.sample is not GenerativeModule.sample]
+    declared = [f for f in families if f.sampling_knobs]
+    assert {"ConditionalGAN", "Captioner", "TokenTransformer"} <= {f.__name__ for f in declared}
+    for family in declared:
+        parameters = inspect.signature(family.sample).parameters
+        taken = [n for n in parameters if n not in ("self", "conditions", "num_samples", "targets")]
+        assert sorted(family.sampling_knobs) == sorted(taken), family.__name__
+    from mmgen_lightning.models.gan import ConditionalGAN
+
+    with pytest.raises(ValueError, match=r"truncation must be float >= 0, got -1"):  # one check, before sampling
+        check_sampling(ConditionalGAN, {"truncation": -1}, shared_ranges=False)

@@ -131,7 +131,7 @@ def test_sampling_and_length_controls(trained):
         assert len(row) == len(set(row)), row  # no token twice
     short = model.generate({"image": images}, 8, max_new_tokens=1)["text"]
     assert short.shape == (8, model.spec("max_text_length")) and (short[:, 2:] == PAD_ID).all()
-    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] or None, got 1.5"):
+    with pytest.raises(ValueError, match=r"top_p must be float in \(0, 1\], got 1.5"):  # the declared knob
         model.generate({"image": images}, 8, temperature=1.0, top_p=1.5)
     with pytest.raises(ValueError, match=r"max_new_tokens must be in \[1, 5\], got 9"):
         model.generate({"image": images}, 8, max_new_tokens=9)
