@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import inspect
 import itertools
 import json
 import os
@@ -82,13 +81,14 @@ def direction_name(sources: Sequence[str], target: str) -> str:
 
 
 def sampling_knobs(model) -> dict[str, type]:
-    """The sampling flags of ``mmgen generate`` that this family's ``sample`` takes, with their types."""
-    options = _generate_options()
-    parameters = inspect.signature(type(model).sample).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    """The sampling flags of ``mmgen generate`` that this family takes (its declared ``sampling_knobs``,
+    ``knobs.py``), with their types."""
+    from mmgen_lightning.knobs import sampling_knobs as family_knobs
+
+    options, accepted = _generate_options(), family_knobs(model)  # None: any keyword
     return {name: options[name].type for name in options
             if name not in ("seed", "num", "batch_size") and options[name].type in (int, float)
-            and (takes_any or name in parameters)}
+            and (accepted is None or name in accepted)}
 
 
 def check_upload(path: str | os.PathLike | None, kind: str, model) -> Path:
@@ -303,6 +303,10 @@ def build_app(server: Server):
     """The Gradio ``Blocks`` page for ``server``'s checkpoints."""
     import gradio as gr
 
+    from mmgen_lightning.modalities import REGISTRY, get_modality
+
+    pictured = [name for name, modality in REGISTRY.items() if modality.pixels]  # what the compare tab shows
+
     def shown(error: UserError):
         return gr.Error(html.escape(str(error)), print_exception=False)
 
@@ -321,8 +325,9 @@ def build_app(server: Server):
 
     def outputs_for(target: str, prefix: str) -> dict[str, Any]:
         parts: dict[str, Any] = {}
-        if target in ("image", "video"):
-            parts["gallery"] = gr.Gallery(label=f"{target} samples" + (" (animated GIF)" if target == "video" else ""),
+        kind = get_modality(target)
+        if kind.pixels:  # PNGs, or GIFs for clips of frames
+            parts["gallery"] = gr.Gallery(label=f"{target} samples" + (" (animated GIF)" if kind.frames else ""),
                                           columns=4, height=420, object_fit="contain", buttons=LOCAL_BUTTONS,
                                           elem_id=f"{prefix}-gallery")
         elif target == "audio":
@@ -350,28 +355,26 @@ def build_app(server: Server):
     def flat(parts: dict[str, Any]) -> list[Any]:
         return [c for value in parts.values() for c in (value if isinstance(value, list) else [value])]
 
+    #: one input per condition `mmgen generate` takes (CONDITIONS)
+    input_widgets = {
+        "text": lambda prefix, model: gr.Textbox(label="caption", placeholder="a red circle on the left",
+                                                 elem_id=f"{prefix}-caption"),
+        "image": lambda prefix, model: ImageUpload(label="image", type="filepath", sources=["upload"],
+                                                   buttons=["fullscreen"], elem_id=f"{prefix}-image"),
+        "audio": lambda prefix, model: gr.Audio(label="sound (WAV/FLAC, or record)", type="filepath",
+                                                sources=["upload", "microphone"], buttons=["download"],
+                                                elem_id=f"{prefix}-audio"),
+        "label": lambda prefix, model: gr.Dropdown(label="label", value=0, elem_id=f"{prefix}-label",
+                                                   choices=list(range(int(model.data_spec.get("num_classes", 10))))),
+    }
+
     def direction_tab(checkpoint: Path, model, sources: tuple[str, ...], target: str) -> None:
         prefix = _slug(f"{server.label(checkpoint)}-{direction_name(sources, target).replace('->', '-to-')}")
         inputs: list[Any] = []
         with gr.Row():
             with gr.Column():
                 for source in sources:
-                    if source == "text":
-                        inputs.append(gr.Textbox(label="caption", placeholder="a red circle on the left",
-                                                 elem_id=f"{prefix}-caption"))
-                    elif source == "image":
-                        inputs.append(ImageUpload(label="image", type="filepath", sources=["upload"],
-                                                  buttons=["fullscreen"], elem_id=f"{prefix}-image"))
-                    elif source == "audio":
-                        inputs.append(gr.Audio(label="sound (WAV/FLAC, or record)", type="filepath",
-                                               sources=["upload", "microphone"], buttons=["download"],
-                                               elem_id=f"{prefix}-audio"))
-                    elif source == "label":
-                        classes = int(model.data_spec.get("num_classes", 10))
-                        inputs.append(gr.Dropdown(label="label", choices=list(range(classes)), value=0,
-                                                  elem_id=f"{prefix}-label"))
-                    else:
-                        inputs.append(gr.Textbox(label=f"{source} file path", elem_id=f"{prefix}-{source}"))
+                    inputs.append(input_widgets[source](prefix, model))
                 with gr.Row():
                     num = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="number of samples")
                     seed = gr.Number(value=0, precision=0, label="seed")
@@ -434,7 +437,7 @@ def build_app(server: Server):
                 items, commands, downloads, skipped = [], [], [], []
                 for checkpoint in dict.fromkeys(wanted):
                     model = server.model(checkpoint)
-                    target = next((t for t in ("image", "video") if model.serves(("text",), t)), None)
+                    target = next((t for t in pictured if model.serves(("text",), t)), None)
                     if target is None:
                         skipped.append(server.label(checkpoint))
                         continue
