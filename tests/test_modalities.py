@@ -244,3 +244,29 @@ def test_pictures_are_frames_of_three_channels_in_the_unit_range():
     assert image.shape == (2, 1, 3, 32, 32) and video.shape == (2, 4, 3, 32, 32) and audio.shape == (2, 1, 3, 32, 32)
     for pictures in (image, video, audio):
         assert pictures.min() >= 0 and pictures.max() <= 1
+
+
+def test_manifest_cells_and_shard_storage_belong_to_the_modality():
+    from mmgen_lightning.tokenizer import CaptionTokenizer
+
+    assert get_modality("label").parse_cell(" 3") == 3
+    for bad in ("-1", "2.5", "two", None):
+        with pytest.raises(ValueError, match="label must be an integer >= 0"):
+            get_modality("label").parse_cell(bad)
+    with pytest.raises(ValueError, match="the caption is empty"):
+        get_modality("text").parse_cell("  ")
+    with pytest.raises(ValueError, match="image is read from files"):
+        get_modality("image").parse_cell("a.png")
+    assert get_modality("text").missing_from_manifest() == "no captions (no 'text' or 'caption' column)"
+    tokenizer = CaptionTokenizer.train(["a red circle"], max_length=6)
+    item = {"image": torch.rand(3, 4, 4).mul(255).round() / 127.5 - 1, "video": torch.full((2, 1, 4, 4), -1.0),
+            "audio": torch.rand(10) - 0.5, "label": torch.tensor(2), **tokenizer.encode("a red circle")}
+    item["text"], item["text_mask"] = item["text"][0], item["text_mask"][0]
+    row = {"text": "a red circle"}
+    for name in MODALITIES:
+        stored = get_modality(name).to_shard(item, row)
+        assert (getattr(stored, "dtype", None) == torch.uint8) == get_modality(name).pixels
+        back = get_modality(name).from_shard(stored, tokenizer)
+        assert sorted(back) == sorted(get_modality(name).keys())
+        for key, value in back.items():  # exactly the item again: 8-bit pixels are lossless in uint8
+            assert torch.equal(value, item[key]), key
