@@ -290,7 +290,8 @@ class Modality:
         return None
 
     def condition_inputs(self, batch: Mapping[str, Tensor], frontend: nn.Module | None = None) -> dict[str, Tensor]:
-        """What :meth:`condition_embedder` reads from a batch (through ``frontend``, when there is one)."""
+        """What :meth:`condition_embedder` reads from a batch (through ``frontend``, when there is one), beside
+        this modality's own entries (which other readers of the conditions, an aligner, take)."""
         return {key: batch[key] for key in self.keys()}
 
     def condition_embedder(self, spec: Mapping[str, Any], dim: int, **options: Any) -> nn.Module:
@@ -529,10 +530,11 @@ class AudioModality(Modality):
         return self.log_mel(spec, n_mels, frames)
 
     def condition_inputs(self, batch, frontend=None):
-        """``log_mel: B,n_mels,frames`` of the clip (``frontend``: :meth:`condition_frontend`)."""
+        """The clip and its ``log_mel: B,n_mels,frames`` (``frontend``: :meth:`condition_frontend`), which
+        the embedders read."""
         if frontend is None:
             raise ValueError("audio conditions are read through their log-mel frontend (condition_frontend)")
-        return {"log_mel": frontend(batch[self.name])}
+        return {self.name: batch[self.name], "log_mel": frontend(batch[self.name])}
 
     def condition_embedder(self, spec, dim, n_mels: int = 64, audio_width: int = 32, **options):
         """Reads ``log_mel`` (:meth:`condition_inputs`): convolutions over time of ``audio_width`` channels."""

@@ -220,12 +220,13 @@ class ConditionalGAN(GenerativeModule):
         both players (the log-mel spectrogram of audio, a frozen text encoder's features)."""
         if self.condition is None:
             return {}
+        inputs = get_modality(self.condition).condition_inputs(batch, self.log_mel)
         if self.text_encoder is not None:  # condition text (checked in __init__)
             if self.tokenizer is None:
                 raise ValueError("text_encoder_path needs the datamodule's tokenizer to turn token ids back into "
                                  "captions; fit with a datamodule or load a checkpoint that carries one")
-            return {"text_features": self.text_encoder(self.tokenizer.decode(batch["text"].cpu()))}
-        return get_modality(self.condition).condition_inputs(batch, self.log_mel)
+            inputs["text_features"] = self.text_encoder(self.tokenizer.decode(batch["text"].cpu()))
+        return inputs
 
     def latents(self, num_samples: int, truncation: float | None = None,
                 generator: torch.Generator | None = None) -> Tensor:

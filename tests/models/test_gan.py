@@ -455,3 +455,17 @@ def test_frozen_aligner_guides_the_generator_and_stays_out_of_the_checkpoint(tmp
                            aligner_path=str(tmp_path / "label_aligner" / "last.ckpt"), **TINY)
     with pytest.raises(ValueError, match="label_aligner/last.ckpt: an Aligner that does not align the GAN's 'text'"):
         fit(wrong, datamodule, max_steps=1, limit_val_batches=0)
+
+
+def test_aligner_term_reads_an_audio_condition_beside_its_log_mel():
+    from mmgen_lightning.models.aligner import Aligner
+
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "audio"], size=8, batch_size=4)
+    model = ConditionalGAN(datamodule.data_spec, condition="audio", **TINY)
+    model._aligner.append(Aligner(datamodule.data_spec, modalities=["image", "audio"], embed_dim=8, width=16,
+                                  encoder_layers=1, num_heads=2, n_mels=16).requires_grad_(False))
+    batch = next(iter(DataLoader(datamodule.dataset("train"), batch_size=4)))
+    conditions = model.condition_inputs(batch)
+    assert sorted(conditions) == ["audio", "log_mel"]  # the embedders read log_mel, the aligner the clip
+    assert torch.isfinite(model.aligner_term(model.generator(model.latents(4), conditions), conditions))
