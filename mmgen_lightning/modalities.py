@@ -5,16 +5,17 @@ contract (``batch.py``):
 
 - ``check``: dtype and rank of its tensor, with an error naming the key;
 - preprocessing: ``AudioModality.log_mel`` (the log-mel frontend), ``AudioModality.fit_length``
-  (the crop of a clip), ``random_shift`` of images and videos, ``VideoModality.size`` (the frame side);
+  (the crop of a clip), ``random_shift`` of images and videos, ``size`` (the side of an image or frame);
 - ``encoder`` / ``decoder`` / ``token_encoder``: the default networks, sized from the :class:`DataSpec`;
   ``encoder_inputs``: the batch tensors those encoders read, in order;
-- as a condition: ``condition_frontend`` (a parameter-free front end run once per batch, the log-mel of
-  audio), ``condition_inputs`` (what its embedder reads) and ``condition_embedder`` (``layers/conditioning.py``);
+- as a condition: ``condition_frontend`` (a parameter-free front end run once per batch, the log-mel
+  of audio), ``condition_inputs`` (what its embedder reads), ``condition_embedder``;
 - ``conform``: its tensors in another model's terms (resized to its sizes, re-tokenised by its tokenizer);
 - ``scored_dimensions``: how many scalars a likelihood of it scores per sample;
 - ``to_data``: post-processing back to data (uint8 pixels, waveforms, captions, class indices);
 - ``read`` / ``write``: the one reader of its files (manifests, shards, ``generate``, ``serve``,
   ``retrieve`` all read through it) and the writer of ``generate``'s outputs (``extension``);
+  ``parse_cell`` / ``columns``: its manifest cells; ``to_shard`` / ``from_shard``: its storage in shards;
 - ``log`` / ``pictures``: how a sample is drawn in TensorBoard.
 
 Families, metrics and callbacks ask ``get_modality(name)`` instead of writing ``if name == "audio"``.
@@ -28,11 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
-
-import warnings
 
 import numpy as np
 import soundfile

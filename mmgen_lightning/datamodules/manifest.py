@@ -10,8 +10,9 @@ A row gives any of
 * ``text`` or ``caption``: the caption; ``label``: a class index >= 0; ``split``: train/val/test.
 
 Each file is read by its modality's one reader (``Modality.read`` in ``modalities.py``, which
-``generate``, ``serve`` and ``retrieve`` use too). File paths are relative to the manifest's folder (absolute paths are kept). Without a ``split``
-column, rows are cut into train/val/test by a permutation seeded with ``seed``.
+``generate``, ``serve`` and ``retrieve`` use too). File paths are relative to the manifest's folder
+(absolute paths are kept). Without a ``split`` column, rows are cut into train/val/test by a
+permutation seeded with ``seed``.
 
 Bad data never becomes a tensor. A row whose file is missing, empty, undecodable, whose audio holds
 NaN/Inf or has the wrong sample rate (with ``resample: false``), whose caption is empty or whose
