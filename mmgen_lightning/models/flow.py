@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmgen_lightning.knobs import KNOWN_KNOBS, Knob
 from mmgen_lightning.losses import flow_matching_loss
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, load_generator
 from mmgen_lightning.models.layers.audio import LogMel
@@ -96,11 +97,24 @@ class FlowMatching(GenerativeModule):
         sampler: default ODE solver: ``euler`` or ``heun``.
         steps: default solver steps (Heun uses two network evaluations per step).
         guidance_scale: default classifier-free guidance scale (1 = none).
+        guidance_start: default start of the guidance interval, a time in [0, 1] (0 = noise): before it
+            the sampler uses the plain conditional velocity.
+        guidance_stop: default end of the guidance interval (1 = data): after it the plain conditional
+            velocity again.
         likelihood_steps: Heun steps of the likelihood ODE.
         hutchinson_samples: probe vectors of the divergence estimate.
     """
 
     likelihood_options = ("likelihood_steps", "hutchinson_samples")
+    sampling_knobs = {
+        "steps": KNOWN_KNOBS["steps"],
+        "guidance_scale": KNOWN_KNOBS["guidance_scale"],
+        "guidance_start": Knob(float, 0, 1, help="time (0 = noise, 1 = data) from which guidance applies"),
+        "guidance_stop": Knob(float, 0, 1, help="time (0 = noise, 1 = data) after which guidance stops"),
+        "sampler": Knob(None, help="ODE solver: euler or heun"),
+        "seed": KNOWN_KNOBS["seed"],
+        "return_target": Knob(bool, help="also return what the flow generated (pixels, log-mel or latents)"),
+    }
 
     def __init__(self, data_spec: dict[str, Any] | None = None, condition: str | None = "text", output: str = "image",
                  space: str = "pixel", vqvae_checkpoint: str | None = None, vqvae_config: dict[str, Any] | None = None,
@@ -110,7 +124,8 @@ class FlowMatching(GenerativeModule):
                  n_mels: int = 32, audio_frames: int = 32, cond_drop: float = 0.1, time_density: str = "logit_normal",
                  logit_normal_mean: float = 0.0, logit_normal_std: float = 1.0, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, warmup_steps: int = 100,
-                 sampler: str = "euler", steps: int = 16, guidance_scale: float = 1.0, likelihood_steps: int = 16,
+                 sampler: str = "euler", steps: int = 16, guidance_scale: float = 1.0, guidance_start: float = 0.0,
+                 guidance_stop: float = 1.0, likelihood_steps: int = 16,
                  hutchinson_samples: int = 1) -> None:
         super().__init__(data_spec)
         self.save_hyperparameters()
@@ -297,13 +312,16 @@ class FlowMatching(GenerativeModule):
                              "trained with cond_drop=0; use --guidance_scale 1 or train with cond_drop > 0")
 
     def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str], steps: int | None = None,
-               guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
+               guidance_scale: float | None = None, guidance_start: float | None = None,
+               guidance_stop: float | None = None, sampler: str | None = None, seed: int | None = None,
                return_target: bool = False) -> dict[str, Tensor]:
         """Integrate the ODE from noise: ``image: B,C,H,W`` in [-1, 1] or ``audio: B,T``.
 
         Args:
             steps: solver steps (default: the ``steps`` the model was built with).
             guidance_scale: classifier-free guidance ``w`` (1 = the conditional velocity alone).
+            guidance_start, guidance_stop: the times ``t`` (0 = noise, 1 = data) between which guidance
+                applies; the conditional velocity alone outside them.
             sampler: ``euler`` or ``heun``.
             seed: makes the noise reproducible without touching the global random state.
             return_target: also return what the flow generated (pixels, log-mel or latents) as ``"target"``.
@@ -312,6 +330,10 @@ class FlowMatching(GenerativeModule):
         steps = hp.steps if steps is None else steps
         guidance_scale = hp.guidance_scale if guidance_scale is None else guidance_scale
         sampler = sampler or hp.sampler
+        interval = (hp.guidance_start if guidance_start is None else guidance_start,
+                    hp.guidance_stop if guidance_stop is None else guidance_stop)
+        if not 0.0 <= interval[0] <= interval[1] <= 1.0:
+            raise ValueError(f"guidance_start/guidance_stop: need 0 <= start <= stop <= 1, got {interval}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1 (--steps), got {steps}")
         if sampler not in SAMPLERS:
@@ -322,7 +344,7 @@ class FlowMatching(GenerativeModule):
         x0 = torch.randn(num_samples, channels, *size, device=self.device, generator=generator)
         velocity = guided(lambda x, t, drop: self.velocity(x, t, conditions if drop is None else
                                                            {k: torch.cat([v, v]) for k, v in conditions.items()},
-                                                           drop), guidance_scale)
+                                                           drop), guidance_scale, interval)
         x1 = SAMPLERS[sampler](velocity, x0, steps)
         out = {self.output: self.from_target(x1)}
         if return_target:

@@ -97,6 +97,13 @@ def test_guidance_combines_the_conditional_and_null_velocities():
     assert guided(velocity, 2.5)(x, t).eq(1.0 + 2.5 * 2.0).all()
     assert calls[-1] == [False, False, True, True]  # both halves in one batch
 
+    calls.clear()  # guidance in an interval of t: the plain conditional velocity outside it
+    limited = guided(velocity, 2.5, interval=(0.0, 0.5))
+    assert limited(x, torch.full((2,), 0.25)).eq(1.0 + 2.5 * 2.0).all()
+    assert limited(x, torch.full((2,), 0.75)).eq(3.0).all() and calls[-1] is None
+    with pytest.raises(ValueError, match="guidance interval"):
+        guided(velocity, 2.0, interval=(0.6, 0.4))
+
 
 def test_dit_pads_odd_sizes_and_starts_at_zero_velocity():
     network = DiT(1, (13, 10), patch_size=4, width=32, depth=1, num_heads=2, cross_attention=False)
@@ -179,10 +186,12 @@ def test_bad_inputs_are_one_line_errors_naming_the_option(toy_datamodule):
     with pytest.raises(ValueError, match=r"guidance_scale: 2.0 needs a trained null condition.*cond_drop=0") as error:
         model.generate(conditions, 1, guidance_scale=2.0)
     assert "\n" not in str(error.value)
-    with pytest.raises(ValueError, match=r"steps must be >= 1 \(--steps\), got 0"):
+    with pytest.raises(ValueError, match=r"steps must be int >= 1, got 0 \(steps=0\)"):
         model.generate(conditions, 1, steps=0)
     with pytest.raises(ValueError, match="sampler: unknown 'rk4'"):
         model.generate(conditions, 1, sampler="rk4")
+    with pytest.raises(ValueError, match=r"guidance_start/guidance_stop: need 0 <= start <= stop <= 1"):
+        model.generate(conditions, 1, guidance_start=0.8, guidance_stop=0.2)
 
 
 def test_checkpoint_round_trip_carries_the_ema_weights(tmp_path, toy_datamodule):
