@@ -47,7 +47,7 @@ class MultimodalVAE(GenerativeModule):
             reconstruction and sampling draw the target's private latent from.
         private_sample_scale: default of the ``private_scale`` sampling knob: cross-modal generation draws
             the target's private latent from ``N(0, (c s)^2 I)`` with this ``c`` (1 = ``r`` itself; above 1
-            trades coherence for varied samples), so a recipe can set the scale its samples are drawn at.
+            trades coherence for varied samples; ``truncation`` does not scale it), so a recipe can set it.
         learn_private_prior_scale: learn ``s`` (one per modality) instead of keeping it fixed.
         cross_samples: draws ``K`` of ``w_n ~ r`` where a term reconstructs ``x_n`` without encoding it; the
             term scores ``log 1/K sum_k p(x_n | z, w_n^k)``, MMVAE+'s importance-weighted cross-reconstruction
@@ -449,11 +449,12 @@ class MultimodalVAE(GenerativeModule):
         from the auxiliary prior ``r`` (cross-modal), or from ``p(w) = N(0, I)`` when nothing is given.
 
         Args:
-            truncation: scale of the latent noise, shared and private (0 decodes the posterior or prior
-                mean, 1 samples it).
+            truncation: scale of the shared latent's noise and of the private posteriors' and ``p(w)``'s
+                draws (0 decodes the posterior or prior mean, 1 samples it).
             temperature: text token temperature (0 = greedy); top_k limits text sampling.
-            private_scale: ``c`` of the cross-modal private draws ``w ~ N(0, (c s)^2 I)`` (times ``truncation``);
-                default: the ``private_sample_scale`` hparam.
+            private_scale: ``c`` of the cross-modal private draws ``w ~ N(0, (c s)^2 I)``, apart from
+                ``truncation``, so the shared latent's noise can be cut while ``w`` still varies the samples
+                (0 decodes ``r``'s mean); default: the ``private_sample_scale`` hparam.
         """
         private_scale = self.hparams.get("private_sample_scale", 1.0) if private_scale is None else private_scale
         sources = [m for m in self.modalities if m in conditions]
@@ -472,7 +473,7 @@ class MultimodalVAE(GenerativeModule):
                 code = torch.cat([z, truncation * torch.randn(num_samples, self.private_dims[name], device=z.device)], -1)
             else:
                 encoded = torch.full((num_samples,), name in privates, device=z.device)
-                code = self.decoder_code(name, z, privates, encoded, truncation, truncation * private_scale)
+                code = self.decoder_code(name, z, privates, encoded, truncation, private_scale)
             modality, decoder = get_modality(name), self.decoders[name]
             if name == self.spectrogram_source:  # decoded as a log-mel, back to a waveform by Griffin-Lim
                 out[name] = self.log_mel.invert(decoder(code), griffin_lim_iterations)

@@ -246,10 +246,12 @@ def test_private_scale_knob_scales_only_the_cross_modal_prior_draws():
     model.generate(caption, count, to="image", private_scale=0.5)
     model.generate(caption, count, to="image", private_scale=0.0)
     model.generate({"image": batch["image"][:1]}, count, to="image", truncation=0.0, private_scale=3.0)
-    default, half, zero, encoded = codes
+    model.generate(caption, count, to="image", truncation=0.0)  # the shared latent's mean, w still drawn
+    default, half, zero, encoded, mode = codes
     assert abs(default.std().item() - 3.0) < 0.3  # N(0, (1.5 * 2)^2 I)
     assert abs(half.std().item() - 1.0) < 0.1
     assert torch.equal(zero, torch.zeros_like(zero))
+    assert abs(mode.std().item() - 3.0) < 0.3
     _, privates = model.encode_with_private({"image": batch["image"][:1]}, ["image"])
     assert torch.allclose(encoded, privates["image"][0].expand(count, -1))  # an encoded target ignores the knob
     assert "private_scale" in sampling_knobs(MultimodalVAE)
