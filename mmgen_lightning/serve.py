@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmgen_lightning.cli import CONDITIONS  # the conditions `mmgen generate` takes, in its flags' order
+
 # Gradio phones home for telemetry and version checks unless told not to; the page is local only.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -34,8 +36,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 MAX_UPLOAD_MB = 20
 #: the most samples one run may ask for
 MAX_SAMPLES = 16
-#: conditions `mmgen generate` takes from the command line, in its flags' order; uploads are files
-CONDITIONS = ("text", "image", "audio", "label")
 #: conditions uploaded as files, and what the page calls such a file
 UPLOADS = {"image": "an image", "audio": "WAV/FLAC audio"}
 

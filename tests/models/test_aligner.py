@@ -54,6 +54,32 @@ def test_recall_agrees_with_a_hand_made_similarity():
     assert gallery_recall(queries, candidates, 3, ks=(1,), relevant=relevant)[1] == pytest.approx(1.0)
 
 
+def test_encoders_come_from_the_modalities_and_keep_their_checkpoint_layout():
+    from torch import nn
+
+    from mmgen_lightning.models.aligner import AttentionPool
+    from mmgen_lightning.models.layers.text import TextEncoder
+    from mmgen_lightning.models.layers.token_encoders import (AudioTokenEncoder, ImageTokenEncoder,
+                                                               VideoTokenEncoder)
+
+    spec = {"modalities": ["image", "text", "audio", "video", "label"], "vocab_size": 12, "max_text_length": 6,
+            "image_size": 16, "video_size": 32, "image_channels": 1, "num_frames": 2, "sample_rate": 8000,
+            "audio_length": 2000, "num_classes": 3}
+    model = Aligner(spec, **TINY)
+    # the layout old checkpoints were saved with: token encoders pooled by a query; text and label pool themselves
+    pooled = {"image": ImageTokenEncoder, "audio": AudioTokenEncoder, "video": VideoTokenEncoder}
+    for name, kind in pooled.items():
+        encoder = model.encoders[name]
+        assert isinstance(encoder[0], kind) and isinstance(encoder[1], AttentionPool), name
+    assert isinstance(model.encoders["text"], TextEncoder) and isinstance(model.encoders["label"], nn.Embedding)
+    assert model.encoders["video"][0].grid == (2, 8, 8)  # 32-px frames (video_size), 4-px patches
+    batch = {"image": torch.zeros(2, 1, 16, 16), "video": torch.zeros(2, 2, 1, 32, 32), "audio": torch.zeros(2, 2000),
+             "text": torch.ones(2, 6, dtype=torch.long), "text_mask": torch.ones(2, 6, dtype=torch.bool),
+             "label": torch.tensor([0, 2])}
+    for name in spec["modalities"]:
+        assert model.embed(batch, name).shape == (2, TINY["embed_dim"])
+
+
 class RecordLossAndGradients(Callback):
     """Per rank: the initial weights, the first batch, its loss and the synced gradients of the first step."""
 
