@@ -216,8 +216,8 @@ class ConditionalGAN(GenerativeModule):
         return size
 
     def condition_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """What the condition embedders read: the batch's entries, or features computed once here for
-        both players (the log-mel spectrogram of audio, a frozen text encoder's features)."""
+        """What the condition embedders read: the condition's batch entries, plus features computed once here
+        for both players (the log-mel spectrogram of audio, a frozen text encoder's features)."""
         if self.condition is None:
             return {}
         inputs = get_modality(self.condition).condition_inputs(batch, self.log_mel)

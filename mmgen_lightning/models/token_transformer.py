@@ -131,7 +131,7 @@ class TokenTransformer(GenerativeModule):
             self.hparams["vqvae_config"] = {k: v for k, v in vqvae.hparams.items() if not k.startswith("_")}
         else:
             raise ValueError("vqvae_checkpoint: give the path of a stage-1 VQVAE checkpoint")
-        if vqvae.modality == "image":
+        if get_modality(vqvae.modality).pixels:  # codes of images: their size and channels must match
             for key in ("image_size", "image_channels"):
                 if vqvae.spec(key) != self.spec(key):
                     raise ValueError(f"vqvae_checkpoint: the VQVAE was trained with {key}={vqvae.spec(key)}, "
