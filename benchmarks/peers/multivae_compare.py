@@ -1,11 +1,11 @@
 """Our MultimodalVAE against MultiVae (the reference library for multimodal VAEs), same fusion,
 same networks, same data, same steps and batch size.
 
-    python benchmarks/peers/multivae_compare.py [--steps 400] [--fusions mopoe poe]
+    python benchmarks/peers/multivae_compare.py [--steps 400] [--fusions mopoe poe mmvae_plus] [--out FILE]
 
-For each fusion (MoPoE, and MVAE = ``poe``): our model trains with a Lightning ``Trainer`` (no
+For each fusion (MoPoE, MVAE = ``poe``, MMVAE+ = ``mmvae_plus``): our model trains with a Lightning ``Trainer`` (no
 logger, no checkpointing; the module's own per-step ``self.log`` calls still run), and MultiVae's
-``MoPoE``/``MVAE`` train with a plain loop in their own virtualenv, ``benchmarks/.peer-venv``
+``MoPoE``/``MVAE``/``MMVAEPlus`` train with a plain loop in their own virtualenv, ``benchmarks/.peer-venv``
 (``benchmarks/peers/multivae_run.py``), both on 1 thread under the same CPU slot. Both get
 DigitsDataModule's image + caption tensors (16 px, batch 64, shuffled, last batch dropped), the
 captions padded to the longest caption of the data (so padding costs neither side), the
@@ -15,6 +15,14 @@ likelihood, GRU caption likelihood, AdamW(1e-3) and seed. Reported per fusion:
 - steps/s over the steps after ``--warmup`` (data included), and the ratio ours / MultiVae;
 - final ELBO: each library's own training objective on the test split (identical likelihoods and
   KL terms, so the same formula; MVAE's is the sum of the joint and unimodal ELBOs);
+- MMVAE+: both sides get a private latent of ``private_dim`` per modality (the encoders' output grows by
+  ``2 * private_dim``, the decoders read ``[z, w]``) and ``K = cross_samples``; each trains its own
+  objective: MultiVae's is the original code's importance-weighted (DReG-style) bound with ``K`` samples of
+  every latent and every reconstruction, ours the ELBO with ``K`` draws of ``w ~ r`` only in the
+  cross-reconstructions (``fusion: mmvae_plus, cross_samples: K``);
+- per-digit diversity of the text->image samples (one per test item: the digits' captions name only the
+  digit, so the samples of one digit are draws from one condition): mean pairwise L2 at 8x8 divided by the
+  real training digits' (``benchmarks/vae_quality.py``'s measure);
 - coherence on the test split: text->image read by the digits image judge
   (mmgen_lightning/metrics/judges.py, trained on real training images only) and image->text read
   by the captions' parser; both models sample ``z`` from the condition's posterior and decode the
@@ -22,7 +30,7 @@ likelihood, GRU caption likelihood, AdamW(1e-3) and seed. Reported per fusion:
 
 The peer's virtualenv is made on first use (``python3 -m venv`` + ``pip install torch==<ours>
 multivae``); when that fails the error text is written to the results and the table says so.
-Writes benchmarks/results/peer_multivae.json.
+Writes benchmarks/results/peer_multivae.json (or ``--out``).
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ from mmgen_lightning.models import MultimodalVAE
 ROOT = Path(__file__).resolve().parents[2]
 PEER_VENV = ROOT / "benchmarks" / ".peer-venv"
 PEER_PYTHON = PEER_VENV / "bin" / "python"
-SIZES = {"latent_dim": 32, "width": 32, "text_width": 128, "image_scale": 0.1, "lr": 1e-3, "seed": 0}
+SIZES = {"latent_dim": 32, "width": 32, "text_width": 128, "image_scale": 0.1, "lr": 1e-3, "seed": 0,
+         "private_dim": 8, "cross_samples": 8}  # the last two: MMVAE+ only
+DATA_RESOLUTION = 8  # the digits' scans are 8x8; the datamodule upsamples them
 
 
 def ensure_peer(timeout: int) -> str | None:
@@ -97,7 +107,8 @@ def export(datamodule: DigitsDataModule, path: Path) -> None:
 
 def run_ours(datamodule: DigitsDataModule, fusion: str, steps: int, warmup: int) -> tuple[dict, dict]:
     torch.manual_seed(SIZES["seed"])
-    model = MultimodalVAE(datamodule.data_spec, modalities=["image", "text"], fusion=fusion,
+    private = dict(private_dim=SIZES["private_dim"], cross_samples=SIZES["cross_samples"]) if fusion == "mmvae_plus" else {}
+    model = MultimodalVAE(datamodule.data_spec, modalities=["image", "text"], fusion=fusion, **private,
                           latent_dim=SIZES["latent_dim"], width=SIZES["width"], text_width=SIZES["text_width"],
                           likelihood="laplace", learn_scale=False, init_scale=SIZES["image_scale"], lr=SIZES["lr"])
     model.tokenizer = datamodule.tokenizer
@@ -133,6 +144,20 @@ def run_peer(data: Path, fusion: str, steps: int, warmup: int, out: Path) -> tup
     return json.loads(saved["result"]), saved
 
 
+def pairwise_spread(images: torch.Tensor) -> float:
+    """Mean pairwise L2 distance of ``N,C,H,W`` images after area-downsampling to 8x8."""
+    small = torch.nn.functional.interpolate(images.float(), size=(DATA_RESOLUTION,) * 2, mode="area")
+    return torch.pdist(small.flatten(1)).mean().item()
+
+
+def diversity(images: torch.Tensor, test: dict, train: dict) -> float:
+    """Mean over digits of the text->image samples' spread / the real training digits' spread."""
+    digits, real = test["attributes"][:, 0], train["attributes"][:, 0]
+    ratios = [pairwise_spread(images[digits == d]) / pairwise_spread(train["image"][real == d])
+              for d in sorted(set(digits.tolist()))]
+    return sum(ratios) / len(ratios)
+
+
 def coherence(samples: dict, test: dict, tokenizer, judge) -> dict[str, float]:
     digits = test["attributes"][:, :1]
     text_to_image = judge_accuracy(judge, samples["text_to_image"], test["attributes"])[0].item()
@@ -150,14 +175,15 @@ def table(report: dict) -> str:
 def table_lines(report: dict) -> list[str]:
     """The side-by-side markdown table of a report without an error (also in RESULTS.md, by run_all.py)."""
     lines = ["| fusion | library | params | steps | steps/s | ours / MultiVae | test ELBO | text->image | "
-             "image->text |", "|---|---|---|---|---|---|---|---|---|"]
+             "image->text | text->image diversity / real |", "|---|---|---|---|---|---|---|---|---|---|"]
     for fusion, row in report["fusions"].items():
         for side in ("ours", "multivae"):
             r = row[side]
             ratio = f"{row['speed_ratio']:.2f}x" if side == "ours" else ""
             lines.append(f"| {fusion} | {r['library']} | {r['parameters']:,} | {r['steps']} | "
                          f"{r['steps_per_second']:.2f} | {ratio} | {r['test_elbo']:.1f} | "
-                         f"{r['coherence']['text->image']:.3f} | {r['coherence']['image->text']:.3f} |")
+                         f"{r['coherence']['text->image']:.3f} | {r['coherence']['image->text']:.3f} | "
+                         + (f"{r['diversity']:.3f} |" if "diversity" in r else "- |"))
     return lines
 
 
@@ -165,15 +191,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=400, help="training steps of each model")
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
-    parser.add_argument("--fusions", nargs="+", default=["mopoe", "poe"], choices=["mopoe", "poe"])
+    parser.add_argument("--fusions", nargs="+", default=["mopoe", "poe"], choices=["mopoe", "poe", "mmvae_plus"])
+    parser.add_argument("--out", default="benchmarks/results/peer_multivae.json", help="the report (JSON)")
     parser.add_argument("--setup-timeout", type=int, default=900, help="seconds for each peer install step")
     args = parser.parse_args()
     command = f"python benchmarks/peers/multivae_compare.py --steps {args.steps} --warmup {args.warmup} " \
-              f"--fusions {' '.join(args.fusions)}"
+              f"--fusions {' '.join(args.fusions)} --out {args.out}"
     report: dict = {"command": command, "peer_venv": str(PEER_VENV.relative_to(ROOT)),
                     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads "
                                "(shared machine)", "torch": torch.__version__, "lightning": L.__version__}
-    out = ROOT / "benchmarks" / "results" / "peer_multivae.json"
+    out = ROOT / args.out
     error = ensure_peer(args.setup_timeout)
     if error:
         report["error"] = error
@@ -192,7 +219,7 @@ def main() -> None:
     report["max_text_length"] = longest
     judge = get_judge(datamodule, "image")
     report["judge"] = judge_path(datamodule, "image").name
-    test = datamodule.dataset("test").tensors
+    test, train = datamodule.dataset("test").tensors, datamodule.dataset("train").tensors
     report["fusions"] = {}
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "digits.pt"
@@ -206,6 +233,7 @@ def main() -> None:
                 result, samples = (run_ours(datamodule, fusion, args.steps, args.warmup) if side == "ours" else
                                    run_peer(data, fusion, args.steps, args.warmup, Path(scratch) / f"{fusion}.pt"))
                 result["coherence"] = coherence(samples, test, datamodule.tokenizer, judge)
+                result["diversity"] = diversity(samples["text_to_image"], test, train)
                 result["load_average"] = os.getloadavg()
                 row[side] = result
             row["speed_ratio"] = row["ours"]["steps_per_second"] / row["multivae"]["steps_per_second"]
@@ -215,7 +243,7 @@ def main() -> None:
             report["fusions"][fusion] = row
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
