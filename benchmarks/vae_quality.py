@@ -4,6 +4,8 @@ digits) the per-class diversity and precision/recall of its conditional samples.
     python benchmarks/vae_quality.py [--config configs/vae/digits.yaml] [--seed S] [--set fusion=mopoe ...]
                                      [--tag NAME] [--skip-fit] [--private-scales 1.0 1.5]
     python benchmarks/vae_quality.py --summarize digits mopoe mopoe_private   # the runs side by side
+    python benchmarks/vae_quality.py --seed S --tag T --sweep truncation=0.5,private_scale=1.25 ...
+        # only the diversity table of run T's last.ckpt at other sampling knobs -> vae_<config>_<T>_seed<S>_sweep.json
 
 With no ``--seed``/``--set``/``--tag`` the recipe runs as written and the result is
 benchmarks/results/vae_<config name>.json (+ .md); otherwise the run is
@@ -169,6 +171,33 @@ def summarize(name: str, tags: list[str]) -> tuple[dict, str]:
     return {"runs": rows, "means": means}, "\n".join(lines) + "\n"
 
 
+def newest_last(ckpt_dir: Path) -> Path:
+    """The run's ``last.ckpt``: ``mmgen fit`` into a folder that holds an earlier run keeps that run's
+    checkpoints and writes ``last-vN.ckpt``, so the newest ``last*.ckpt`` is this run's."""
+    found = sorted(ckpt_dir.glob("last*.ckpt"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"no last.ckpt in {ckpt_dir}: train the run first (without --skip-fit)")
+    return found[-1]
+
+
+def sweep(ckpt: Path, name: str, settings: list[str], per_class: int) -> None:
+    """The diversity table of ``ckpt`` at each setting (``truncation=0.5,private_scale=1.25``)."""
+    model, datamodule = load_generator(ckpt), load_datamodule(ckpt)
+    report = {"command": shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]]), "checkpoint": str(ckpt),
+              "steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
+              "defaults": {"private_sample_scale": model.hparams.get("private_sample_scale", 1.0), "truncation": 1.0},
+              "settings": {}}
+    text = ""
+    for setting in settings:
+        knobs = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in setting.split(","))}
+        report["settings"][setting] = class_diversity(model, datamodule, per_class, seed=0, **knobs)
+        text += f"\n{setting} ({report['steps']} steps):\n\n" + diversity_markdown(report["settings"][setting])
+    out = ROOT / "benchmarks" / "results" / f"{name}_sweep.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/vae/digits.yaml")
@@ -182,6 +211,9 @@ def main() -> None:
     parser.add_argument("--private-scales", type=float, nargs="*", default=[],
                         help="also tabulate diversity at these private_scale knob values (models with private "
                              "latents; the headline table uses the model's own default)")
+    parser.add_argument("--sweep", nargs="+", default=None, metavar="KNOB=VALUE[,KNOB=VALUE]",
+                        help="no training and no main report: the diversity table of the run's last.ckpt at each "
+                             "setting of generate's knobs, written to <run>_sweep.json")
     parser.add_argument("--skip-fit", action="store_true", help="evaluate the existing last.ckpt")
     parser.add_argument("--summarize", nargs="+", metavar=("NAME", "TAG"), default=None,
                         help="only tabulate the finished runs: NAME (config stem) then the tags to compare")
@@ -197,13 +229,16 @@ def main() -> None:
         print(table)
         return
     config, name, ckpt_dir = run_config(args.config, args.seed, args.set, args.tag, args.max_time)
+    if args.sweep:
+        sweep(newest_last(ckpt_dir), name, args.sweep, args.per_class)
+        return
     train_seconds = None
     if not args.skip_fit:
         started = time.time()
         subprocess.run([sys.executable, "-m", "mmgen_lightning.cli", "fit", "--config", str(config),
                         "--trainer.enable_progress_bar", "false"], check=True, cwd=ROOT)
         train_seconds = round(time.time() - started, 1)
-    ckpt = ckpt_dir / "last.ckpt"
+    ckpt = newest_last(ckpt_dir)
     steps = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     report = evaluate(ckpt)
     text = markdown(report)
