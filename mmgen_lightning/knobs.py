@@ -87,6 +87,8 @@ KNOWN_KNOBS: dict[str, Knob] = {
     "top_k": Knob(int, 1, help="keep only the k most likely tokens"),
     "top_p": Knob(float, 0, 1, low_open=True, help="keep the smallest set of tokens of probability mass p"),
     "guidance_scale": Knob(float, 0, help="classifier-free guidance scale (1 = conditional model)"),
+    "guidance_start": Knob(float, 0, 1, help="time (0 = noise, 1 = data) from which guidance applies"),
+    "guidance_stop": Knob(float, 0, 1, help="time (0 = noise, 1 = data) after which guidance stops"),
     "truncation": Knob(float, 0, help="latent truncation / noise scale (0 = the mode)"),
     "num_beams": Knob(int, 1, help="beam width of beam search (1 = none)"),
     "steps": Knob(int, 1, help="solver / refinement steps"),

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import default_collate
 
 from mmgen_lightning.callbacks.attention_maps import overlay
+from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.tokenizer import UNK_ID
 
 
@@ -56,7 +57,7 @@ class CaptionAttentionLogger(L.Callback):
         if self._conditions is None:
             dataset = trainer.datamodule.dataset("val")
             items = [dataset[i] for i in range(min(self.num_samples, len(dataset)))]
-            self._conditions = {k: v for k, v in default_collate(items).items() if k in ("text", "text_mask")}
+            self._conditions = {k: v for k, v in default_collate(items).items() if k in get_modality("text").keys()}
         grid, words = self.render(pl_module, {k: v.to(pl_module.device) for k, v in self._conditions.items()})
         writer.add_image("attention/text->image", grid, trainer.global_step)
         lines = [f"| {i} | {' / '.join(row)} |" for i, row in enumerate(words)]

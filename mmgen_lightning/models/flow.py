@@ -31,12 +31,11 @@ from torch import Tensor, nn
 
 from mmgen_lightning.knobs import KNOWN_KNOBS, Knob
 from mmgen_lightning.losses import flow_matching_loss
+from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, load_generator
-from mmgen_lightning.models.layers.audio import LogMel
 from mmgen_lightning.models.layers.dit import DiT, ConditionTokens, TextTokenEncoder
 from mmgen_lightning.models.layers.flow_sampling import (SAMPLERS, TIME_DENSITIES, guided,
                                                          ode_log_likelihood, sample_time, straight_path)
-from mmgen_lightning.models.layers.token_encoders import AudioTokenEncoder, ImageTokenEncoder, VideoTokenEncoder
 
 FLOW_CONDITIONS = ("text", "label", "audio", "image", "video")
 FLOW_OUTPUTS = ("image", "audio")
@@ -49,15 +48,15 @@ class TokensOf(nn.Module):
     def __init__(self, modality: str, encoder: nn.Module) -> None:
         super().__init__()
         self.modality, self.encoder = modality, encoder
+        self.keys = get_modality(modality).keys()  # the value, then its mask when it has one (text)
 
     def forward(self, conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        if self.modality == "text":
-            return self.encoder(conditions["text"], conditions["text_mask"]), conditions["text_mask"]
-        value = conditions[self.modality]
-        tokens = self.encoder(value)
+        inputs = [conditions[key] for key in self.keys]
+        tokens = self.encoder(*inputs)
         if tokens.ndim == 2:  # a label: one token
             tokens = tokens.unsqueeze(1)
-        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        mask = inputs[1] if len(inputs) > 1 else torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return tokens, mask
 
 
 class FlowMatching(GenerativeModule):
@@ -109,8 +108,8 @@ class FlowMatching(GenerativeModule):
     sampling_knobs = {
         "steps": KNOWN_KNOBS["steps"],
         "guidance_scale": KNOWN_KNOBS["guidance_scale"],
-        "guidance_start": Knob(float, 0, 1, help="time (0 = noise, 1 = data) from which guidance applies"),
-        "guidance_stop": Knob(float, 0, 1, help="time (0 = noise, 1 = data) after which guidance stops"),
+        "guidance_start": KNOWN_KNOBS["guidance_start"],
+        "guidance_stop": KNOWN_KNOBS["guidance_stop"],
         "sampler": Knob(None, help="ODE solver: euler or heun"),
         "seed": KNOWN_KNOBS["seed"],
         "return_target": Knob(bool, help="also return what the flow generated (pixels, log-mel or latents)"),
@@ -135,7 +134,7 @@ class FlowMatching(GenerativeModule):
             raise ValueError(f"output: unknown modality {output!r}; allowed: {', '.join(FLOW_OUTPUTS)}")
         if space not in SPACES:
             raise ValueError(f"space: unknown {space!r}; allowed: {', '.join(SPACES)}")
-        if space == "latent" and output != "image":
+        if space == "latent" and not get_modality(output).pixels:
             raise ValueError(f"space: 'latent' is for image outputs, got output={output!r}")
         if space == "latent" and not (vqvae_checkpoint or vqvae_config):
             raise ValueError("vqvae_checkpoint: space 'latent' needs the path of a project VQVAE checkpoint "
@@ -151,8 +150,9 @@ class FlowMatching(GenerativeModule):
         self.declare_direction(condition, output)
         self.cond_drop = cond_drop
 
-        self.log_mel = (LogMel(self.spec("sample_rate"), self.spec("audio_length"), n_mels, frames=audio_frames)
-                        if output == "audio" else None)
+        # a non-pixel output (audio) is generated as its log-mel spectrogram
+        self.log_mel = (None if get_modality(output).pixels else
+                        get_modality(output).log_mel(self.data_spec, n_mels, frames=audio_frames))
         self.vqvae = self._load_vqvae() if space == "latent" else None
         self.register_buffer("latent_std", torch.tensor(float(latent_scale or 1.0)))
         channels, size = self.target_shape()
@@ -165,21 +165,14 @@ class FlowMatching(GenerativeModule):
     def _condition_encoder(self) -> nn.Module:
         hp, name = self.hparams, self.condition
         shared = {"num_layers": hp.condition_layers, "num_heads": hp.num_heads}
-        if name == "text":
-            encoder: nn.Module = TextTokenEncoder(self.spec("vocab_size"), self.spec("max_text_length"), hp.width,
-                                                  **shared)
-        elif name == "label":
+        modality = get_modality(name)
+        if modality.has_token_encoder:  # audio frames, image or video patches
+            encoder: nn.Module = modality.token_encoder(self.data_spec, hp.width, patch_size=hp.condition_patch_size,
+                                                        n_mels=hp.n_mels, frames=hp.audio_frames, **shared)
+        elif name == "text":  # DiT's own caption encoder (the modality's is the Aligner's pooled one)
+            encoder = TextTokenEncoder(self.spec("vocab_size"), self.spec("max_text_length"), hp.width, **shared)
+        else:  # a label: one learned token per class
             encoder = nn.Embedding(self.spec("num_classes"), hp.width)
-        elif name == "audio":
-            encoder = AudioTokenEncoder(self.spec("sample_rate"), self.spec("audio_length"), hp.width,
-                                        n_mels=hp.n_mels, frames=hp.audio_frames, **shared)
-        elif name == "image":
-            encoder = ImageTokenEncoder(self.spec("image_channels"), self.spec("image_size"), hp.width,
-                                        patch_size=hp.condition_patch_size, **shared)
-        else:
-            encoder = VideoTokenEncoder(self.spec("image_channels"), self.spec("num_frames"),
-                                        self.data_spec.get("video_size", self.spec("image_size")), hp.width,
-                                        patch_size=hp.condition_patch_size, **shared)
         return TokensOf(name, encoder)
 
     def _load_vqvae(self) -> nn.Module:
@@ -192,7 +185,7 @@ class FlowMatching(GenerativeModule):
             vqvae = VQVAE(**hp.vqvae_config)
         else:
             vqvae = load_generator(hp.vqvae_checkpoint)
-            if not isinstance(vqvae, VQVAE) or vqvae.modality != "image":
+            if not isinstance(vqvae, VQVAE) or vqvae.modality != self.output:
                 raise ValueError(f"vqvae_checkpoint: {hp.vqvae_checkpoint} holds a {type(vqvae).__name__} "
                                  "that is not an image VQVAE; train one with a configs/vqvae recipe")
             self.hparams["vqvae_config"] = {k: v for k, v in vqvae.hparams.items() if not k.startswith("_")}
@@ -210,7 +203,7 @@ class FlowMatching(GenerativeModule):
 
     def target_shape(self) -> tuple[int, tuple[int, int]]:
         """Channels and ``(H, W)`` of what the flow generates (``x1``)."""
-        if self.output == "audio":
+        if self.log_mel is not None:
             return 1, (self.log_mel.n_mels, self.log_mel.frames)
         if self.vqvae is not None:
             side = self.spec("image_size") // self.vqvae.hparams.downsample
@@ -221,16 +214,16 @@ class FlowMatching(GenerativeModule):
     def to_target(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The output modality -> ``x1``: the image ``B,C,H,W`` in [-1, 1], the scaled log-mel
         ``B,1,n_mels,frames``, or VQVAE latents ``B,D,h,w`` divided by ``latent_std``."""
-        if self.output == "audio":
-            return self.log_mel(batch["audio"]).unsqueeze(1)
+        if self.log_mel is not None:
+            return self.log_mel(batch[self.output]).unsqueeze(1)
         if self.vqvae is not None:
             with torch.no_grad():
-                return self.vqvae.encoder(batch["image"]) / self.latent_std
-        return batch["image"]
+                return self.vqvae.encoder(batch[self.output]) / self.latent_std
+        return batch[self.output]
 
     def from_target(self, x1: Tensor) -> Tensor:
         """``x1`` -> the output modality: ``image: B,C,H,W`` in [-1, 1] or ``audio: B,T`` in [-1, 1]."""
-        if self.output == "audio":
+        if self.log_mel is not None:
             return self.log_mel.invert(x1.squeeze(1).float())
         if self.vqvae is not None:
             quantized = self.vqvae.quantizer(x1 * self.latent_std).quantized
@@ -249,8 +242,7 @@ class FlowMatching(GenerativeModule):
         return self.network(x, t, pooled, context, mask)
 
     def condition_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        keys = list(self.condition_modalities) + (["text_mask"] if self.condition == "text" else [])
-        return {key: batch[key] for key in keys}
+        return {key: batch[key] for name in self.condition_modalities for key in get_modality(name).keys()}
 
     # --- objective ----------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
