@@ -10,8 +10,9 @@ Reported:
   position; a digit), and per class of the first attribute the diversity ratio: the mean pairwise L2
   distance between generated samples of the class divided by the same for the real training images
   of the class, both at ``--diversity-size`` pixels (8: the digits' own resolution);
-* a table over solver steps (1, 2, 4, 8, 16, 32) and guidance scales on the first ``--sweep``
-  test captions, with sampling images/s (this machine, 1 thread) per setting.
+* a table over solver steps (1, 2, 4, 8, 16, 32) and guidance scales (within the recipe's guidance
+  interval of ``t``) on the first ``--sweep`` test captions, with sampling images/s (this machine,
+  1 thread) per setting.
 
 Writes benchmarks/results/flow_<config name>.json.
 """
@@ -115,7 +116,9 @@ def main() -> None:
     conditions = {k: test[k].repeat_interleave(args.repeats, 0) for k in keys}
     truth = judge.targets(test["attributes"]).repeat_interleave(args.repeats, 0)
     hp = model.hparams
-    recipe = {"sampler": hp.sampler, "steps": hp.steps, "guidance_scale": hp.guidance_scale}
+    interval = [hp.get("guidance_start", 0.0), hp.get("guidance_stop", 1.0)]
+    recipe = {"sampler": hp.sampler, "steps": hp.steps, "guidance_scale": hp.guidance_scale,
+              "guidance_interval": interval}
 
     samples, seconds = generate_all(model, conditions)
     per_class = diversity(judge, datamodule, samples, truth, train, args.diversity_size)
@@ -132,7 +135,7 @@ def main() -> None:
     for guidance in args.guidance if args.sweep else []:
         for steps in STEPS:
             sweep_samples, sweep_seconds = generate_all(model, sweep_conditions, steps=steps, guidance_scale=guidance)
-            row = {"steps": steps, "guidance_scale": guidance, "sampler": hp.sampler,
+            row = {"steps": steps, "guidance_scale": guidance, "guidance_interval": interval, "sampler": hp.sampler,
                    **judged(judge, sweep_samples, sweep_truth),
                    "min_diversity_ratio": min(r["diversity_ratio"] for r in diversity(
                        judge, datamodule, sweep_samples, sweep_truth, train, args.diversity_size)),
