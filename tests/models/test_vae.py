@@ -13,6 +13,8 @@ from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.vae import MultimodalVAE
 from tests.conftest import ToyDataModule, fit_two_ranks_in_subprocess, two_rank_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 class VariedToyDataModule(ToyDataModule):
     """The toy with a within-class factor no caption states: each square's brightness is drawn uniformly,
@@ -55,12 +57,17 @@ def trained_toys():
     reconstruction of the image from the caption alone), trained alike on the varied toy."""
     datamodule = VariedToyDataModule(modalities=["image", "text"], size=128)
     models = {}
-    for name, private_dim in (("shared", 0), ("private", {"image": 2})):
-        torch.manual_seed(0)
-        model = MultimodalVAE(datamodule.data_spec, fusion="mopoe", private_dim=private_dim, cross_samples=8,
-                              latent_dim=8, width=8, text_width=32, lr=3e-3)
-        fit(model, datamodule, max_epochs=12, limit_val_batches=0)
-        models[name] = model.eval()
+    threads = torch.get_num_threads()  # a module fixture runs before the function-scoped one_thread
+    torch.set_num_threads(1)
+    try:
+        for name, private_dim in (("shared", 0), ("private", {"image": 2})):
+            torch.manual_seed(0)
+            model = MultimodalVAE(datamodule.data_spec, fusion="mopoe", private_dim=private_dim, cross_samples=8,
+                                  latent_dim=8, width=8, text_width=32, lr=3e-3)
+            fit(model, datamodule, max_epochs=12, limit_val_batches=0)
+            models[name] = model.eval()
+    finally:
+        torch.set_num_threads(threads)
     return models, datamodule
 
 
