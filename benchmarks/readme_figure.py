@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from mmgen_lightning.generate import _to_uint8
+from mmgen_lightning.modalities import to_uint8 as _to_uint8
 from mmgen_lightning.metrics.report import load_datamodule
 from mmgen_lightning.models.base import load_generator
 

@@ -15,7 +15,6 @@ from torch import Tensor
 
 from mmgen_lightning.modalities import get_modality, to_uint8
 
-_to_uint8 = to_uint8  # the name benchmarks/readme_figure.py imports
 
 
 def write_samples(samples: Mapping[str, Tensor], to: str, out_dir: str | Path, conditions: Sequence[dict[str, Any]],
