@@ -122,10 +122,11 @@ class MultimodalVAE(GenerativeModule):
         self.private_prior_log_scales = nn.ParameterDict({
             m: nn.Parameter(torch.tensor(math.log(private_prior_scale)), requires_grad=learn_private_prior_scale)
             for m in self.private})
-        # a modality with a spectrogram frontend (audio) is encoded and scored as its log-mel (``with_log_mel``)
-        self.spectrogram_source = next((m for m in self.modalities if hasattr(get_modality(m), "log_mel")), None)
-        self.log_mel = (get_modality(self.spectrogram_source).log_mel(self.data_spec, n_mels)
-                        if self.spectrogram_source else None)
+        # a modality read through a front end (audio: its log-mel spectrogram) is encoded, scored and decoded
+        # in the front end's terms, computed once per step (``with_log_mel``)
+        frontends = [(m, get_modality(m).condition_frontend(self.data_spec, n_mels=n_mels)) for m in self.modalities]
+        frontends = [(m, frontend) for m, frontend in frontends if frontend is not None]
+        self.spectrogram_source, self.log_mel = frontends[0] if frontends else (None, None)
         self.encoders = nn.ModuleDict({m: self._build_encoder(m) for m in self.modalities})
         self.decoders = nn.ModuleDict({m: self._build_decoder(m) for m in self.modalities})
         continuous = [m for m in self.modalities if get_modality(m).floating]
@@ -206,9 +207,9 @@ class MultimodalVAE(GenerativeModule):
         experts, privates = {}, {}
         latent = self.hparams.latent_dim
         for name in names:
-            # the encoder reads the modality's keys (captions with their mask), audio its log-mel
-            keys = ["log_mel"] if name == self.spectrogram_source else get_modality(name).keys()
-            hidden = self.encoders[name](*(batch[key] for key in keys))
+            inputs = ([batch["log_mel"]] if name == self.spectrogram_source
+                      else get_modality(name).encoder_inputs(batch))  # captions come with their mask
+            hidden = self.encoders[name](*inputs)
             mu, logvar = hidden.float().chunk(2, dim=-1)
             logvar = logvar.clamp(-12.0, 8.0)
             experts[name] = (mu[:, :latent], logvar[:, :latent])
