@@ -105,11 +105,11 @@ def diversity_markdown(diversity: dict) -> str:
 
 
 def run_config(config_path: str, seed: int | None, overrides: list[str], tag: str | None,
-               max_time: str | None = None) -> tuple[Path, str, Path]:
+               max_time: str | None = None, max_epochs: int | None = None) -> tuple[Path, str, Path]:
     """The config to train (a copy when anything is overridden), its result name and checkpoint folder."""
     config = yaml.safe_load((ROOT / config_path).read_text())
     name = Path(config_path).stem
-    if seed is None and not overrides and tag is None and max_time is None:
+    if seed is None and not overrides and tag is None and max_time is None and max_epochs is None:
         return ROOT / config_path, f"vae_{name}", ROOT / config["trainer"]["callbacks"][0]["init_args"]["dirpath"]
     seed = config.get("seed_everything", 0) if seed is None else seed
     run = f"{name}_{tag or 'run'}_seed{seed}"
@@ -123,6 +123,8 @@ def run_config(config_path: str, seed: int | None, overrides: list[str], tag: st
     trainer = config["trainer"]
     if max_time is not None:
         trainer["max_time"] = max_time
+    if max_epochs is not None:
+        trainer["max_epochs"] = max_epochs
     trainer["default_root_dir"] = str(folder)
     if isinstance(trainer.get("logger"), dict):
         trainer["logger"]["init_args"].update(save_dir=str(folder), name="logs")
@@ -139,6 +141,8 @@ def summarize(name: str, tags: list[str]) -> tuple[dict, str]:
     rows, lines = [], []
     for tag in tags:
         for path in sorted(results.glob(f"vae_{name}_{tag}_seed*.json")):
+            if not path.stem.rsplit("seed", 1)[1].isdigit():  # a --sweep of the run
+                continue
             report = json.loads(path.read_text())
             row = {"tag": tag, "seed": int(path.stem.rsplit("seed", 1)[1]), "steps": report["steps"],
                    "fusion": report["fusion"], "private_dim": report["private_dim"],
@@ -207,6 +211,8 @@ def main() -> None:
     parser.add_argument("--tag", default=None, help="names the run's result file")
     parser.add_argument("--max-time", default=None, help="a shorter budget than the recipe's, for prototypes "
                                                         "(DD:HH:MM:SS)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="another epoch cap than the recipe's (its "
+                                                                    "max_time still ends the run)")
     parser.add_argument("--per-class", type=int, default=50, help="samples per digit of the diversity table")
     parser.add_argument("--private-scales", type=float, nargs="*", default=[],
                         help="also tabulate diversity at these private_scale knob values (models with private "
@@ -228,7 +234,7 @@ def main() -> None:
         out.with_suffix(".md").write_text(table)
         print(table)
         return
-    config, name, ckpt_dir = run_config(args.config, args.seed, args.set, args.tag, args.max_time)
+    config, name, ckpt_dir = run_config(args.config, args.seed, args.set, args.tag, args.max_time, args.max_epochs)
     if args.sweep:
         sweep(newest_last(ckpt_dir), name, args.sweep, args.per_class)
         return
