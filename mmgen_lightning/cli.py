@@ -268,6 +268,9 @@ def generate_parser() -> ArgumentParser:
     parser.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64,
                         help="samples per generate() call (>= 1)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model's networks before sampling (callbacks.compile_networks): pays "
+                             "a one-off compile for faster steps, worth it for many samples")
     knobs = parser.add_argument_group("sampling knobs", "passed to the family's sample(); each family takes some "
                                                         "of them, and names its own when given another")
     for knob in CLI_KNOBS:
@@ -314,11 +317,16 @@ def _load_for_generate(args):
     from mmgen_lightning.models.base import load_generator
 
     try:
-        return load_generator(args.ckpt, map_location=args.device).to(args.device)
+        model = load_generator(args.ckpt, map_location=args.device).to(args.device)
     except (ValueError, KeyError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         raise CheckpointError(message.replace(f"{args.ckpt}: ", ""), f"--ckpt {args.ckpt}",
                               "give a checkpoint written by `mmgen fit`") from error
+    if getattr(args, "compile", False):
+        from mmgen_lightning.callbacks.compile import compile_networks
+
+        compile_networks(model)
+    return model
 
 
 def _conditions(args, model) -> tuple[dict[str, Any], list[dict]]:
