@@ -271,12 +271,29 @@ def generate_parser() -> ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model's networks before sampling (callbacks.compile_networks): pays "
                              "a one-off compile for faster steps, worth it for many samples")
+    add_knob_flags(parser)
+    return parser
+
+
+def add_knob_flags(parser) -> None:
+    """The sampling-knob flags of ``mmgen generate`` and ``mmgen evaluate`` (unset: the checkpoint's defaults)."""
     knobs = parser.add_argument_group("sampling knobs", "passed to the family's sample(); each family takes some "
                                                         "of them, and names its own when given another")
     for knob in CLI_KNOBS:
         spec = KNOWN_KNOBS[knob]
         knobs.add_argument(f"--{knob}", type=spec.kind, default=None, help=f"{spec.describe()}: {spec.help}")
-    return parser
+
+
+def knob_values(args) -> dict[str, Any]:
+    """The knob flags given, each checked against the range every family shares (the family's own names and
+    ranges are checked once the model is loaded: :func:`~mmgen_lightning.knobs.check_sampling`)."""
+    sampling = {k: getattr(args, k) for k in CLI_KNOBS if getattr(args, k) is not None}
+    for name, value in sampling.items():
+        problem = KNOWN_KNOBS[name].problem(value)
+        if problem:
+            raise UsageError(f"{name} {problem}, got {value!r}", f"--{name}",
+                             f"give --{name} as {KNOWN_KNOBS[name].describe()}")
+    return sampling
 
 
 def _check_generate_args(args) -> dict[str, Any]:
@@ -285,12 +302,7 @@ def _check_generate_args(args) -> dict[str, Any]:
         if value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}", option, f"give {option} 1 or more")
     check_seed(args.seed)
-    sampling = {k: getattr(args, k) for k in CLI_KNOBS if getattr(args, k) is not None}
-    for name, value in sampling.items():  # ranges shared by every family; names are checked per family
-        problem = KNOWN_KNOBS[name].problem(value)
-        if problem:
-            raise UsageError(f"{name} {problem}, got {value!r}", f"--{name}",
-                             f"give --{name} as {KNOWN_KNOBS[name].describe()}")
+    sampling = knob_values(args)
     counts = {name: len(getattr(args, name)) for name in CONDITIONS if getattr(args, name)}
     if len(set(counts.values())) > 1:
         raise UsageError(f"give the same number of each condition, got {counts}",

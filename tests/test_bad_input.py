@@ -274,6 +274,9 @@ EVALUATE_CASES = [  # (extra, exit status, words)
     (["--split", "nope"], 2, ["--split"]), (["--config", "missing.yaml"], 2, ["--config missing.yaml"]),
     (["--nope"], 2, ["--nope"]),
     (["--config", "broken.yaml"], 2, ["--config", "broken.yaml", "not a YAML mapping"]),
+    (["--steps", "4"], 2, ["--steps", "MultimodalVAE", "truncation"]),  # a knob the family does not take
+    (["--temperature", "nan"], 2, ["--temperature", "finite"]),
+    (["--truncation", "-1"], 2, ["--truncation", ">= 0"]),
 ]
 
 

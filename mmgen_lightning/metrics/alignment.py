@@ -122,8 +122,9 @@ def alignment_scores(generator, aligner, datamodule, directions: list[str], spli
 
 def alignment_report(generator, generator_path: str | Path, aligner_path: str | Path, datamodule,
                      directions: list[str] | None = None, split: str = "test", limit: int | None = None,
-                     batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
-    """What ``mmgen evaluate --aligner`` adds to a report: the aligner's file and one row per direction."""
+                     batch_size: int = 64, seed: int = 0, **sampling: Any) -> dict[str, Any]:
+    """What ``mmgen evaluate --aligner`` adds to a report: the aligner's file and one row per direction
+    (``sampling``: the generator's knobs)."""
     from mmgen_lightning.retrieve import load_aligner
 
     aligner = load_aligner(aligner_path).to(generator.device)
@@ -133,7 +134,8 @@ def alignment_report(generator, generator_path: str | Path, aligner_path: str | 
                          "the aligner could score")
     check_pairing(aligner, aligner_path, generator, generator_path, datamodule, directions)
     return {"aligner": str(aligner_path),
-            "rows": alignment_scores(generator, aligner, datamodule, directions, split, limit, batch_size, seed)}
+            "rows": alignment_scores(generator, aligner, datamodule, directions, split, limit, batch_size, seed,
+                                     **sampling)}
 
 
 def alignment_markdown(section: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from mmgen_lightning.metrics.features import InceptionFeatures
 from mmgen_lightning.metrics.judges import get_judge, judge_path, judged_attributes
 from mmgen_lightning.batch import parse_direction
 from mmgen_lightning.errors import ArgumentParser, CheckpointError, UsageError, one_line
+from mmgen_lightning.knobs import check_sampling
 from mmgen_lightning.models.base import CHECKPOINT_KEY, load_generator
 
 
@@ -61,10 +62,13 @@ def served_directions(model, spec_or_datamodule) -> list[str]:
 
 def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "test", limit: int | None = None,
              seed: int = 0, inception: str | bool | None = None, batch_size: int = 64,
-             directions: list[str] | None = None, aligner: str | Path | None = None) -> dict[str, Any]:
+             directions: list[str] | None = None, aligner: str | Path | None = None,
+             sampling: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score a checkpoint on ``split`` (the first ``limit`` items).
 
     Args:
+        sampling: knobs of the family's ``generate`` (steps, guidance_scale, temperature, ...); unset ones
+            are the checkpoint's defaults. Checked against the family's declared knobs before any judge is trained.
         inception: ``True`` (find the weights: ``$MMGEN_INCEPTION_WEIGHTS`` or torch-fidelity's
             cache) or a weights path adds Inception FID/KID/IS for images; ``None``/``False``: judges only.
         aligner: an Aligner checkpoint: adds the reference-free ``alignment`` section
@@ -80,11 +84,14 @@ def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "t
         return {**retrieval_report(model, ckpt, datamodule, split, limit, batch_size),
                 "seconds": round(time.time() - started, 1)}
     check_directions(model, spec, directions or [])
+    sampling = dict(sampling or {})
+    check_sampling(model, sampling, flag_style=True)
     alignment = None
     if aligner is not None:  # needs no attributes or judges, so it also scores a user's own manifest
         from mmgen_lightning.metrics.alignment import alignment_report
 
-        alignment = alignment_report(model, ckpt, aligner, datamodule, directions, split, limit, batch_size, seed)
+        alignment = alignment_report(model, ckpt, aligner, datamodule, directions, split, limit, batch_size, seed,
+                                     **sampling)
         if "attribute_names" not in spec:
             return {"checkpoint": str(ckpt), "family": type(model).__name__, "dataset": spec["dataset"],
                     "split": split, "samples": alignment["rows"][0]["samples"], "alignment": alignment,
@@ -102,7 +109,7 @@ def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "t
             judges[modality] = get_judge(datamodule, modality, seed=seed)
             judge_files[modality] = judge_path(datamodule, modality, seed).name
     evaluator = Evaluator(datamodule, judges, split=split, num_samples=limit, batch_size=batch_size, seed=seed,
-                          directions=directions, inception=extractor)
+                          directions=directions, inception=extractor, sampling=sampling)
     report: dict[str, Any] = {"checkpoint": str(ckpt), "family": type(model).__name__, "dataset": spec["dataset"],
                               "judges": judge_files}
     report.update(evaluator.run(model))
@@ -248,9 +255,11 @@ def evaluate_cli(argv: Sequence[str]) -> None:
     parser.add_argument("--aligner", default=None, metavar="ALIGNER_CKPT",
                         help="an Aligner checkpoint: adds reference-free alignment (mean cosine of condition and "
                              "sample) and R-precision; works on a manifest with no attributes")
-    args = parser.parse_args(argv)
-    from mmgen_lightning.cli import check_output_file, check_seed
+    from mmgen_lightning.cli import add_knob_flags, check_output_file, check_seed, knob_values
 
+    add_knob_flags(parser)
+    args = parser.parse_args(argv)
+    sampling = knob_values(args)
     for option, value in (("--limit", args.limit), ("--batch_size", args.batch_size)):
         if value is not None and value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}", option, f"give {option} 1 or more")
@@ -262,7 +271,7 @@ def evaluate_cli(argv: Sequence[str]) -> None:
                        f"{option} {path}", "check the path")
     out = check_output_file(args.out, overwrite=args.overwrite, also=(".md",))
     report = evaluate(args.ckpt, args.config, args.split, args.limit, args.seed, inception=args.inception,
-                      batch_size=args.batch_size, directions=args.direction, aligner=args.aligner)
+                      batch_size=args.batch_size, directions=args.direction, aligner=args.aligner, sampling=sampling)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))

@@ -94,6 +94,29 @@ def test_evaluate_writes_a_report_for_each_family(family, digits, digits_judge, 
     assert f"### {family} on digits (test split, 32 samples)" in table
 
 
+def test_evaluate_passes_sampling_knobs_to_generate(digits, digits_judge, tmp_path, monkeypatch):
+    from mmgen_lightning.models.vae import MultimodalVAE
+
+    model = vae(digits.data_spec)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=digits)
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    seen = []
+    real = MultimodalVAE.generate
+
+    def recording(self, conditions, num_samples, to=None, **sampling):
+        seen.append(sampling)
+        return real(self, conditions, num_samples, to=to, **sampling)
+
+    monkeypatch.setattr(MultimodalVAE, "generate", recording)
+    evaluate_cli(["--ckpt", str(ckpt), "--out", str(tmp_path / "r.json"), "--limit", "16", "--batch_size", "16",
+                  "--direction", "text->image", "--truncation", "0.5"])
+    assert seen and all(call == {"truncation": 0.5} for call in seen)
+
+
 def test_evaluate_with_missing_inception_weights_stops_with_the_instructions(digits, digits_judge, tmp_path,
                                                                               monkeypatch, capsys):
     monkeypatch.delenv("MMGEN_INCEPTION_WEIGHTS", raising=False)
