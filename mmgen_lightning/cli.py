@@ -32,7 +32,7 @@ TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_SUBCOMMANDS = ("generate", "evaluate", "shard", "retrieve", "serve")
 #: knobs `mmgen generate` has a flag for; each family takes some of them (its `sample` arguments)
 CLI_KNOBS = ("temperature", "top_k", "top_p", "guidance_scale", "guidance_start", "guidance_stop", "truncation",
-             "num_beams", "steps")
+             "private_scale", "num_beams", "steps")
 #: what `--to` may ask for: batch.MODALITIES without `label` (batch.py imports torch, too slow for --help)
 GENERATED = ("image", "text", "audio", "video")
 #: the condition flags of `mmgen generate`, in their order; the files among them are read by their modality
