@@ -119,6 +119,8 @@ class MultimodalVAE(GenerativeModule):
         if problem:
             raise ValueError(f"private_sample_scale {problem}, got {private_sample_scale!r}")
         self.private = [m for m in self.modalities if self.private_dims[m] > 0]
+        if not self.private:  # private_scale only moves private latents: a shared-latent model does not take it
+            self.sampling_knobs = {k: v for k, v in type(self).sampling_knobs.items() if k != "private_scale"}
         self.private_prior_log_scales = nn.ParameterDict({
             m: nn.Parameter(torch.tensor(math.log(private_prior_scale)), requires_grad=learn_private_prior_scale)
             for m in self.private})
