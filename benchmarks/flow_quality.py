@@ -116,7 +116,7 @@ def main() -> None:
     conditions = {k: test[k].repeat_interleave(args.repeats, 0) for k in keys}
     truth = judge.targets(test["attributes"]).repeat_interleave(args.repeats, 0)
     hp = model.hparams
-    interval = [hp.get("guidance_start", 0.0), hp.get("guidance_stop", 1.0)]
+    interval = [hp.guidance_start, hp.guidance_stop]
     recipe = {"sampler": hp.sampler, "steps": hp.steps, "guidance_scale": hp.guidance_scale,
               "guidance_interval": interval}
 

@@ -183,23 +183,24 @@ def recipe_rows(name: str, report: dict) -> list[str]:
     """One line per direction of a recipe report (the `mmgen evaluate` format), else its top-level numbers."""
     command = report.get("command") or guessed_command(name, report)
     command = f"`{command}`" + ("" if report.get("command") or not command else " (inferred: the JSON names none)")
-    head = f"| `{name}.json` | {report.get('family', '')} | {report.get('steps', '')} | "
+    judged = report.get("recipe_sampling") or (report if "accuracy_per_attribute" in report else None)
+    steps = report.get("steps", "")
+    if judged:
+        steps = report.get("optimizer_steps") or report.get("discriminator_steps") or ""
+    head = f"| `{name}.json` | {report.get('family', '')} | {steps} | "
     if isinstance(report.get("coherence"), list):
         fids = {d: q.get("judge", {}).get("fid") for d, q in (report.get("quality") or {}).items()}
         cells = [f"{r['direction']} {r['accuracy']:.3f}" + (f" (FID {fids[r['direction']]:.0f})"
                                                               if fids.get(r["direction"]) is not None else "")
                  for r in report["coherence"]]
         return [head + "; ".join(cells) + f" | {command} |"]
-    judged = report.get("recipe_sampling") or (report if "accuracy_per_attribute" in report else None)
     if judged:  # a recipe-quality report (flow_quality.py, gan_quality.py): the judge's reading of its samples
-        steps = report.get("optimizer_steps") or report.get("discriminator_steps")
         cells = [f"{report.get('direction', '')} all {judged['accuracy']:.3f}"]
         cells += [f"{k} {v:.3f}" for k, v in judged["accuracy_per_attribute"].items()]
         if judged.get("min_diversity_ratio") is not None:
             cells.append(f"diversity min {judged['min_diversity_ratio']:.3f} of real")
         if judged.get("sampling"):
             cells.append("sampling " + ", ".join(f"{k} {v}" for k, v in judged["sampling"].items()))
-        head = f"| `{name}.json` | {report.get('family', '')} | {steps or ''} | "
         return [head + "; ".join(cells) + f" | {command} |"]
     scalars = [f"{k} {number(v)}" for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return [head + "; ".join(scalars[:8]) + f" | {command} |"]

@@ -334,7 +334,7 @@ def _load_for_generate(args):
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         raise CheckpointError(message.replace(f"{args.ckpt}: ", ""), f"--ckpt {args.ckpt}",
                               "give a checkpoint written by `mmgen fit`") from error
-    if getattr(args, "compile", False):
+    if args.compile:
         from mmgen_lightning.callbacks.compile import compile_networks
 
         compile_networks(model)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmgen_lightning.knobs import KNOWN_KNOBS, Knob
+from mmgen_lightning.knobs import Knob, family_knobs
 from mmgen_lightning.losses import flow_matching_loss
 from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, load_generator
@@ -105,15 +105,10 @@ class FlowMatching(GenerativeModule):
     """
 
     likelihood_options = ("likelihood_steps", "hutchinson_samples")
-    sampling_knobs = {
-        "steps": KNOWN_KNOBS["steps"],
-        "guidance_scale": KNOWN_KNOBS["guidance_scale"],
-        "guidance_start": KNOWN_KNOBS["guidance_start"],
-        "guidance_stop": KNOWN_KNOBS["guidance_stop"],
-        "sampler": Knob(None, help="ODE solver: euler or heun"),
-        "seed": KNOWN_KNOBS["seed"],
-        "return_target": Knob(bool, help="also return what the flow generated (pixels, log-mel or latents)"),
-    }
+    sampling_knobs = family_knobs(
+        "steps", "guidance_scale", "guidance_start", "guidance_stop", "seed",
+        sampler=Knob(None, help="ODE solver: euler or heun"),
+        return_target=Knob(bool, help="also return what the flow generated (pixels, log-mel or latents)"))
 
     def __init__(self, data_spec: dict[str, Any] | None = None, condition: str | None = "text", output: str = "image",
                  space: str = "pixel", vqvae_checkpoint: str | None = None, vqvae_config: dict[str, Any] | None = None,

@@ -65,17 +65,22 @@ FAMILIES = {  # family -> (builder, what its report must hold)
 }
 
 
+def one_step_checkpoint(model, datamodule, folder):
+    """``folder/model.ckpt`` of ``model`` after one training step on ``datamodule``."""
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        default_root_dir=folder)
+    trainer.fit(model, datamodule=datamodule)
+    ckpt = folder / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return ckpt
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_evaluate_writes_a_report_for_each_family(family, digits, digits_judge, tmp_path, capsys):
     build, expected = FAMILIES[family]
     torch.manual_seed(0)
-    model = build(digits.data_spec, tmp_path)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=digits)
-    ckpt = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = one_step_checkpoint(build(digits.data_spec, tmp_path), digits, tmp_path)
 
     out = tmp_path / "reports" / "report.json"
     evaluate_cli(["--ckpt", str(ckpt), "--out", str(out), "--limit", "32", "--batch-size", "16"])
@@ -97,13 +102,7 @@ def test_evaluate_writes_a_report_for_each_family(family, digits, digits_judge, 
 def test_evaluate_passes_sampling_knobs_to_generate(digits, digits_judge, tmp_path, monkeypatch):
     from mmgen_lightning.models.vae import MultimodalVAE
 
-    model = vae(digits.data_spec)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=digits)
-    ckpt = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = one_step_checkpoint(vae(digits.data_spec), digits, tmp_path)
     seen = []
     real = MultimodalVAE.generate
 
