@@ -49,6 +49,10 @@ class MultimodalVAE(GenerativeModule):
             the target's private latent from ``N(0, (c s)^2 I)`` with this ``c`` (1 = ``r`` itself; above 1
             trades coherence for varied samples; ``truncation`` does not scale it), so a recipe can set it.
         learn_private_prior_scale: learn ``s`` (one per modality) instead of keeping it fixed.
+        private_warmup_steps: ``N``: the decoders read ``g * w_m`` with a gate ``g`` that is 0 for the first
+            ``N / 2`` training steps and rises linearly to 1 at step ``N``, so the shared latent learns what
+            the modalities share (the digit, the shape) before a private latent can carry it; a private
+            latent that carries it is drawn from ``r`` at cross-modal generation and gets it wrong.
         cross_samples: draws ``K`` of ``w_n ~ r`` where a term reconstructs ``x_n`` without encoding it; the
             term scores ``log 1/K sum_k p(x_n | z, w_n^k)``, MMVAE+'s importance-weighted cross-reconstruction
             (a bound on ``log E_r p(x_n | z, w_n)`` that rewards samples which vary as ``x_n`` does, where
@@ -82,7 +86,7 @@ class MultimodalVAE(GenerativeModule):
     def __init__(self, data_spec: dict[str, Any] | None = None, modalities: list[str] | None = None,
                  fusion: str = "mopoe", latent_dim: int = 32, private_dim: int | dict[str, int] = 0,
                  private_prior_scale: float = 1.0, learn_private_prior_scale: bool = False, cross_samples: int = 1,
-                 cross_mean_weight: float = 0.0, private_sample_scale: float = 1.0,
+                 cross_mean_weight: float = 0.0, private_sample_scale: float = 1.0, private_warmup_steps: int = 0,
                  width: int = 32, text_width: int = 128,
                  likelihood: str = "laplace", learn_scale: bool = True, init_scale: float = 0.1,
                  likelihood_weights: dict[str, float] | None = None, beta: float = 1.0,
@@ -113,6 +117,8 @@ class MultimodalVAE(GenerativeModule):
             raise ValueError(f"cross_samples must be >= 1, got {cross_samples}")
         if not 0 <= cross_mean_weight <= 1:
             raise ValueError(f"cross_mean_weight must be in [0, 1], got {cross_mean_weight}")
+        if private_warmup_steps < 0:
+            raise ValueError(f"private_warmup_steps must be >= 0, got {private_warmup_steps}")
         if not private_prior_scale > 0:
             raise ValueError(f"private_prior_scale must be > 0, got {private_prior_scale}")
         problem = self.sampling_knobs["private_scale"].problem(private_sample_scale)
@@ -121,6 +127,8 @@ class MultimodalVAE(GenerativeModule):
         self.private = [m for m in self.modalities if self.private_dims[m] > 0]
         if not self.private:  # private_scale only moves private latents: a shared-latent model does not take it
             self.sampling_knobs = {k: v for k, v in type(self).sampling_knobs.items() if k != "private_scale"}
+        if private_warmup_steps and self.private:  # in the checkpoint, so a run stopped mid-warm-up samples as it trained
+            self.register_buffer("private_gate", torch.tensor(0.0))
         self.private_prior_log_scales = nn.ParameterDict({
             m: nn.Parameter(torch.tensor(math.log(private_prior_scale)), requires_grad=learn_private_prior_scale)
             for m in self.private})
@@ -245,6 +253,11 @@ class MultimodalVAE(GenerativeModule):
         noise = torch.randn(*shape, self.private_dims[name], device=device)
         return scale * torch.exp(self.private_prior_log_scales[name]) * noise
 
+    def private_code(self, z: Tensor, w: Tensor) -> Tensor:
+        """The decoder's input ``[z, g * w]`` (``g``: the private warm-up gate, 1 without warm-up)."""
+        gate = getattr(self, "private_gate", None)
+        return torch.cat([z, w if gate is None else gate * w], dim=-1)
+
     def decoder_code(self, name: str, z: Tensor, privates: dict[str, Gaussian], encoded: Tensor | None,
                      scale: float = 1.0, prior_scale: float | None = None) -> Tensor:
         """The decoder's input ``[z, w_name]``: ``...,latent_dim + private_dim`` (``z`` itself without one);
@@ -261,7 +274,7 @@ class MultimodalVAE(GenerativeModule):
         if encoded is not None and name in privates:
             mu, logvar = privates[name]
             w = torch.where(encoded.bool().unsqueeze(-1), reparameterize(mu, logvar, scale), w)
-        return torch.cat([z, w], dim=-1)
+        return self.private_code(z, w)
 
     # --- likelihoods --------------------------------------------------------------------------
     def decode(self, name: str, z: Tensor) -> Tensor:
@@ -299,12 +312,12 @@ class MultimodalVAE(GenerativeModule):
         inside, cross = encoded.nonzero().squeeze(1), (~encoded).nonzero().squeeze(1)
         if len(inside):
             mu, logvar = (t[rows[inside]] for t in privates[name])
-            code = torch.cat([z[inside], reparameterize(mu, logvar)], dim=-1)
+            code = self.private_code(z[inside], reparameterize(mu, logvar))
             log_p[inside] = self.reconstruction_log_prob(name, _rows(batch, rows[inside]), code)
         if len(cross):
             draws = self.hparams.cross_samples
             shared = z[cross].expand(draws, *z[cross].shape)
-            code = torch.cat([shared, self.private_prior_sample(name, tuple(shared.shape[:-1]), z.device)], dim=-1)
+            code = self.private_code(shared, self.private_prior_sample(name, tuple(shared.shape[:-1]), z.device))
             scores = self.reconstruction_log_prob(name, _rows(batch, rows[cross]), code.flatten(0, 1)).view(draws, -1)
             mean_weight = self.hparams.cross_mean_weight
             log_p[cross] = (1 - mean_weight) * log_mean_exp(scores, 0) + mean_weight * scores.mean(0)
@@ -346,7 +359,7 @@ class MultimodalVAE(GenerativeModule):
         for index, name in enumerate(self.modalities):
             users = [i for i, (_, targets, _) in enumerate(terms) if name in targets]
             # a term that does not encode x_name reconstructs it with w_name ~ r (MMVAE+'s cross terms)
-            if name in privates and self.hparams.cross_samples > 1:
+            if name in privates and self.hparams.cross_samples > 1 and self._private_open():
                 z = torch.cat([zs[i] for i in users])  # U*B,D
                 encoded = torch.cat([terms[i][2][index] for i in users]).bool()
                 log_p = self.cross_log_prob(name, batch, z, encoded, privates).view(len(users), batch_size)
@@ -372,7 +385,15 @@ class MultimodalVAE(GenerativeModule):
         objective = elbo.sum(0) if self.hparams.fusion == "poe" else elbo.mean(0)
         return {"loss": -objective.mean(), "kl": kl.mean(), "reconstruction": per_modality}
 
+    def _private_open(self) -> bool:
+        """Whether the decoders read the private latents at all (a closed gate makes K draws of ``w`` alike)."""
+        gate = getattr(self, "private_gate", None)
+        return gate is None or bool(gate > 0)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if hasattr(self, "private_gate"):
+            steps = self.hparams.private_warmup_steps
+            self.private_gate.fill_(min(1.0, max(0.0, 2 * self.global_step / steps - 1)))
         beta = kl_weight(self.global_step, self.hparams.beta, self.hparams.kl_warmup_steps)
         out = self.elbo_terms(batch, beta)
         if self._logging_step():
@@ -407,7 +428,7 @@ class MultimodalVAE(GenerativeModule):
                 w = reparameterize(mu, logvar)  # K,B,P
                 log_q = log_q + gaussian_log_density(w, mu, logvar)
                 log_prior = log_prior + gaussian_log_density(w, torch.zeros_like(w), torch.zeros_like(w))
-                code = torch.cat([z, w], dim=-1)
+                code = self.private_code(z, w)
             log_p = log_p + self.reconstruction_log_prob(name, batch, code.flatten(0, 1)).view(num_samples, batch_size)
         return log_p + log_prior - log_q
 
@@ -473,7 +494,7 @@ class MultimodalVAE(GenerativeModule):
         out = {}
         for name in targets:
             if not sources and self.private_dims[name]:
-                code = torch.cat([z, truncation * torch.randn(num_samples, self.private_dims[name], device=z.device)], -1)
+                code = self.private_code(z, truncation * torch.randn(num_samples, self.private_dims[name], device=z.device))
             else:
                 encoded = torch.full((num_samples,), name in privates, device=z.device)
                 code = self.decoder_code(name, z, privates, encoded, truncation, private_scale)

@@ -303,6 +303,44 @@ def test_private_prior_scale_is_learned_when_asked():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.private_prior_log_scales.values())
 
 
+def test_private_warmup_keeps_the_private_latent_out_of_the_decoders_then_lets_it_in(tmp_path):
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=48)
+    model = MultimodalVAE(datamodule.data_spec, fusion="mopoe", private_dim=2, cross_samples=4, private_warmup_steps=8,
+                          latent_dim=4, width=8, text_width=16)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+
+    class Gates(L.Callback):
+        def __init__(self):
+            self.seen, self.rows = [], []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.rows.append(0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen.append(float(pl_module.private_gate))
+
+    gates = Gates()
+    model.decoders["image"].register_forward_pre_hook(lambda module, inputs: gates.rows.__setitem__(
+        -1, gates.rows[-1] + inputs[0].shape[0]) if gates.rows else None)
+    trainer = fit(model, datamodule, max_steps=10, callbacks=[gates], limit_val_batches=0)
+    # closed for the first half of the warm-up, then rising linearly to 1 at step 8
+    assert gates.seen == [0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0], gates.seen
+    size = batch["image"].shape[0]
+    assert gates.rows[0] == size and gates.rows[-1] > size  # K draws of w only once the gate is open
+    # a closed gate: the decoders do not read w at all
+    model.private_gate.fill_(0.0)
+    caption = {"text": batch["text"][:1], "text_mask": batch["text_mask"][:1]}
+    samples = [model.generate(caption, 1, to="image", truncation=0.0, private_scale=scale)["image"] for scale in (1, 3)]
+    assert torch.equal(*samples)
+    model.private_gate.fill_(1.0)
+    samples = [model.generate(caption, 1, to="image", truncation=0.0, private_scale=scale)["image"] for scale in (1, 3)]
+    assert not torch.equal(*samples)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")  # the gate is in the checkpoint
+    assert float(load_generator(tmp_path / "model.ckpt").private_gate) == 1.0
+
+
 def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
     models, datamodule = trained_toys
     model = models["private"]
@@ -326,7 +364,8 @@ def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
                                                 ({"private_prior_scale": 0.0}, "must be > 0"),
                                                 ({"cross_samples": 0}, "must be >= 1"),
                                                 ({"cross_mean_weight": 1.5}, r"in \[0, 1\]"),
-                                                ({"private_sample_scale": -1.0}, "private_sample_scale must be")])
+                                                ({"private_sample_scale": -1.0}, "private_sample_scale must be"),
+                                                ({"private_warmup_steps": -1}, "private_warmup_steps must be")])
 def test_bad_private_latent_options_say_what_is_wrong(arguments, message):
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
     with pytest.raises(ValueError, match=message):
