@@ -48,6 +48,8 @@ class MultimodalVAE(GenerativeModule):
         private_sample_scale: default of the ``private_scale`` sampling knob: cross-modal generation draws
             the target's private latent from ``N(0, (c s)^2 I)`` with this ``c`` (1 = ``r`` itself; above 1
             trades coherence for varied samples; ``truncation`` does not scale it), so a recipe can set it.
+        sample_truncation: default of the ``truncation`` sampling knob (the shared latent's noise scale at
+            generation; 1 samples the posterior or prior), so a recipe can set it beside ``private_sample_scale``.
         learn_private_prior_scale: learn ``s`` (one per modality) instead of keeping it fixed.
         private_warmup_steps: ``N``: the decoders read ``g * w_m`` with a gate ``g`` that is 0 for the first
             ``N / 2`` training steps and rises linearly to 1 at step ``N``, so the shared latent learns what
@@ -87,6 +89,7 @@ class MultimodalVAE(GenerativeModule):
                  fusion: str = "mopoe", latent_dim: int = 32, private_dim: int | dict[str, int] = 0,
                  private_prior_scale: float = 1.0, learn_private_prior_scale: bool = False, cross_samples: int = 1,
                  cross_mean_weight: float = 0.0, private_sample_scale: float = 1.0, private_warmup_steps: int = 0,
+                 sample_truncation: float = 1.0,
                  width: int = 32, text_width: int = 128,
                  likelihood: str = "laplace", learn_scale: bool = True, init_scale: float = 0.1,
                  likelihood_weights: dict[str, float] | None = None, beta: float = 1.0,
@@ -121,9 +124,11 @@ class MultimodalVAE(GenerativeModule):
             raise ValueError(f"private_warmup_steps must be >= 0, got {private_warmup_steps}")
         if not private_prior_scale > 0:
             raise ValueError(f"private_prior_scale must be > 0, got {private_prior_scale}")
-        problem = self.sampling_knobs["private_scale"].problem(private_sample_scale)
-        if problem:
-            raise ValueError(f"private_sample_scale {problem}, got {private_sample_scale!r}")
+        for option, knob, value in (("private_sample_scale", "private_scale", private_sample_scale),
+                                    ("sample_truncation", "truncation", sample_truncation)):
+            problem = self.sampling_knobs[knob].problem(value)
+            if problem:
+                raise ValueError(f"{option} {problem}, got {value!r}")
         self.private = [m for m in self.modalities if self.private_dims[m] > 0]
         if not self.private:  # private_scale only moves private latents: a shared-latent model does not take it
             self.sampling_knobs = {k: v for k, v in type(self).sampling_knobs.items() if k != "private_scale"}
@@ -464,7 +469,7 @@ class MultimodalVAE(GenerativeModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
     # --- sampling -----------------------------------------------------------------------------
-    def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str], truncation: float = 1.0,
+    def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str], truncation: float | None = None,
                temperature: float = 0.0, top_k: int | None = None, griffin_lim_iterations: int = 32,
                private_scale: float | None = None) -> dict[str, Tensor]:
         """Encode and fuse the conditions (or draw from the prior), then decode each target.
@@ -474,12 +479,14 @@ class MultimodalVAE(GenerativeModule):
 
         Args:
             truncation: scale of the shared latent's noise and of the private posteriors' and ``p(w)``'s
-                draws (0 decodes the posterior or prior mean, 1 samples it).
+                draws (0 decodes the posterior or prior mean, 1 samples it); default: the ``sample_truncation``
+                hparam.
             temperature: text token temperature (0 = greedy); top_k limits text sampling.
             private_scale: ``c`` of the cross-modal private draws ``w ~ N(0, (c s)^2 I)``, apart from
                 ``truncation``, so the shared latent's noise can be cut while ``w`` still varies the samples
                 (0 decodes ``r``'s mean); default: the ``private_sample_scale`` hparam.
         """
+        truncation = self.hparams.get("sample_truncation", 1.0) if truncation is None else truncation
         private_scale = self.hparams.get("private_sample_scale", 1.0) if private_scale is None else private_scale
         sources = [m for m in self.modalities if m in conditions]
         privates = {}

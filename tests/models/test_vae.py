@@ -266,6 +266,20 @@ def test_private_scale_knob_scales_only_the_cross_modal_prior_draws():
         model.generate(caption, 2, to="image", private_scale=-1.0)
 
 
+def test_sample_truncation_is_the_truncation_knobs_default():
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16)
+    model = MultimodalVAE(datamodule.data_spec, fusion="mopoe", sample_truncation=0.0, latent_dim=4, width=8,
+                          text_width=16)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    caption = {"text": batch["text"][:1], "text_mask": batch["text_mask"][:1]}
+    default = model.generate(caption, 4, to="image")["image"]
+    assert torch.allclose(default, default[:1].expand_as(default))  # the posterior mean, every time
+    drawn = model.generate(caption, 4, to="image", truncation=1.0)["image"]
+    assert not torch.allclose(drawn, drawn[:1].expand_as(drawn))
+
+
 def test_cross_reconstruction_draws_k_private_latents_only_where_the_term_does_not_encode_the_target(monkeypatch):
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=48)
@@ -365,7 +379,8 @@ def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
                                                 ({"cross_samples": 0}, "must be >= 1"),
                                                 ({"cross_mean_weight": 1.5}, r"in \[0, 1\]"),
                                                 ({"private_sample_scale": -1.0}, "private_sample_scale must be"),
-                                                ({"private_warmup_steps": -1}, "private_warmup_steps must be")])
+                                                ({"private_warmup_steps": -1}, "private_warmup_steps must be"),
+                                                ({"sample_truncation": -1.0}, "sample_truncation must be")])
 def test_bad_private_latent_options_say_what_is_wrong(arguments, message):
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
     with pytest.raises(ValueError, match=message):
