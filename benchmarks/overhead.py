@@ -52,6 +52,7 @@ BUDGET_VQVAE = ROOT / "runs" / "budget" / "vqvae" / "checkpoints" / "last.ckpt"
 
 # --- plain PyTorch steps: the same objective as each training_step, written by hand ----------------
 def vae_step(model, batch: dict, optimizers: list, step: int) -> torch.Tensor:
+    model.open_private_gate(step)
     beta = kl_weight(step, model.hparams.beta, model.hparams.kl_warmup_steps)
     loss = model.elbo_terms(batch, beta)["loss"]
     optimizers[0].zero_grad(set_to_none=True)

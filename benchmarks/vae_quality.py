@@ -189,7 +189,8 @@ def sweep(ckpt: Path, name: str, settings: list[str], per_class: int) -> None:
     model, datamodule = load_generator(ckpt), load_datamodule(ckpt)
     report = {"command": shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]]), "checkpoint": str(ckpt),
               "steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
-              "defaults": {"private_sample_scale": model.hparams.get("private_sample_scale", 1.0), "truncation": 1.0},
+              "defaults": {"private_sample_scale": model.hparams.get("private_sample_scale", 1.0),
+                           "truncation": model.hparams.get("sample_truncation", 1.0)},
               "settings": {}}
     text = ""
     for setting in settings:
@@ -263,7 +264,10 @@ def main() -> None:
                         f"{report['private_sample_scale']}):\n\n" + diversity_markdown(table)
     command = shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
     report.update({"command": command, "config": args.config, "fusion": model.hparams.fusion,
-                   "private_dim": model.hparams.private_dim, "train_seconds_including_startup": train_seconds,
+                   "private_dim": model.hparams.private_dim,
+                   "private_warmup_steps": model.hparams.get("private_warmup_steps", 0),
+                   "sample_truncation": model.hparams.get("sample_truncation", 1.0),
+                   "train_seconds_including_startup": train_seconds,
                    "steps": steps, "machine": f"{platform.processor() or platform.machine()}, "
                                               f"{torch.get_num_threads()} threads", "torch": torch.__version__})
     out = ROOT / "benchmarks" / "results" / f"{name}.json"

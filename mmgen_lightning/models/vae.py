@@ -395,10 +395,13 @@ class MultimodalVAE(GenerativeModule):
         gate = getattr(self, "private_gate", None)
         return gate is None or bool(gate > 0)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def open_private_gate(self, step: int) -> None:
+        """Set the private warm-up gate for training step ``step`` (closed until ``N / 2``, open from ``N``)."""
         if hasattr(self, "private_gate"):
-            steps = self.hparams.private_warmup_steps
-            self.private_gate.fill_(min(1.0, max(0.0, 2 * self.global_step / steps - 1)))
+            self.private_gate.fill_(min(1.0, max(0.0, 2 * step / self.hparams.private_warmup_steps - 1)))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self.open_private_gate(self.global_step)
         beta = kl_weight(self.global_step, self.hparams.beta, self.hparams.kl_warmup_steps)
         out = self.elbo_terms(batch, beta)
         if self._logging_step():
