@@ -13,10 +13,10 @@ import torch
 
 from mmgen_lightning.callbacks.compile import CompileNetworks, compile_counters, compile_networks, networks
 from mmgen_lightning.models.vae import MultimodalVAE
-from tests.conftest import ToyDataModule
+from tests.conftest import ToyDataModule, fit_two_ranks_in_subprocess, two_rank_config
 
 
-def _fit(callbacks: list, steps: int = 6) -> tuple[MultimodalVAE, list[float]]:
+def _fit(callbacks: list, steps: int = 6, **trainer_kwargs) -> tuple[MultimodalVAE, list[float]]:
     datamodule = ToyDataModule(["image", "text"], size=40, batch_size=16)  # 40 rows: the last batch has 8
     datamodule.setup("fit")
     torch.manual_seed(0)
@@ -29,7 +29,8 @@ def _fit(callbacks: list, steps: int = 6) -> tuple[MultimodalVAE, list[float]]:
 
     L.seed_everything(0)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, callbacks=[*callbacks, Record()])
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[*callbacks, Record()],
+                        **trainer_kwargs)
     train = torch.utils.data.DataLoader(datamodule.dataset("train"), batch_size=16, shuffle=True, drop_last=False)
     trainer.fit(model, train)
     return model, losses
@@ -48,6 +49,24 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys():
     # full batches of 16 and the last of 8, captions of varying length: automatic dynamic shapes
     # recompile once per network at most, not once per batch
     assert counters["recompilations"] <= len(networks(compiled_model)), counters
+
+
+def test_compiled_training_under_bf16_mixed_matches_eager():
+    torch._dynamo.reset()
+    _, eager_losses = _fit([], precision="bf16-mixed")
+    _, compiled_losses = _fit([CompileNetworks(backend="eager")], precision="bf16-mixed")
+    torch.testing.assert_close(torch.tensor(compiled_losses), torch.tensor(eager_losses), rtol=1e-3, atol=1e-3)
+
+
+def test_compiled_training_under_two_process_ddp(tmp_path):
+    config = two_rank_config(tmp_path, {"class_path": "mmgen_lightning.models.MultimodalVAE",
+                                         "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
+                             {"class_path": "tests.conftest.ToyDataModule", "init_args": {"size": 32, "batch_size": 8}})
+    config["trainer"]["callbacks"].append({"class_path": "mmgen_lightning.callbacks.CompileNetworks",
+                                           "init_args": {"backend": "eager"}})
+    fit_two_ranks_in_subprocess(config, tmp_path)
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3 and not any("_orig_mod" in key for key in checkpoint["state_dict"])
 
 
 def test_compile_networks_is_idempotent_and_sampling_still_works():
