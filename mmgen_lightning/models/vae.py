@@ -48,6 +48,8 @@ class MultimodalVAE(GenerativeModule):
         private_sample_scale: default of the ``private_scale`` sampling knob: cross-modal generation draws
             the target's private latent from ``N(0, (c s)^2 I)`` with this ``c`` (1 = ``r`` itself; above 1
             trades coherence for varied samples; ``truncation`` does not scale it), so a recipe can set it.
+        private_beta: weight of the private latents' KL terms relative to ``beta`` (above 1, ``w_m`` keeps less
+            of ``x_m`` and the decoders take what the modalities share from ``z``).
         sample_truncation: default of the ``truncation`` sampling knob (the shared latent's noise scale at
             generation; 1 samples the posterior or prior), so a recipe can set it beside ``private_sample_scale``.
         learn_private_prior_scale: learn ``s`` (one per modality) instead of keeping it fixed.
@@ -89,7 +91,7 @@ class MultimodalVAE(GenerativeModule):
                  fusion: str = "mopoe", latent_dim: int = 32, private_dim: int | dict[str, int] = 0,
                  private_prior_scale: float = 1.0, learn_private_prior_scale: bool = False, cross_samples: int = 1,
                  cross_mean_weight: float = 0.0, private_sample_scale: float = 1.0, private_warmup_steps: int = 0,
-                 sample_truncation: float = 1.0,
+                 sample_truncation: float = 1.0, private_beta: float = 1.0,
                  width: int = 32, text_width: int = 128,
                  likelihood: str = "laplace", learn_scale: bool = True, init_scale: float = 0.1,
                  likelihood_weights: dict[str, float] | None = None, beta: float = 1.0,
@@ -120,6 +122,8 @@ class MultimodalVAE(GenerativeModule):
             raise ValueError(f"cross_samples must be >= 1, got {cross_samples}")
         if not 0 <= cross_mean_weight <= 1:
             raise ValueError(f"cross_mean_weight must be in [0, 1], got {cross_mean_weight}")
+        if not private_beta > 0:
+            raise ValueError(f"private_beta must be > 0, got {private_beta}")
         if private_warmup_steps < 0:
             raise ValueError(f"private_warmup_steps must be >= 0, got {private_warmup_steps}")
         if not private_prior_scale > 0:
@@ -383,6 +387,7 @@ class MultimodalVAE(GenerativeModule):
             kl = torch.stack([kl_standard_normal(mu, logvar) for (mu, logvar), _, _ in terms])
         if self.private:
             private_kl = torch.stack([kl_standard_normal(*privates[m]) for m in self.private])  # P,B
+            private_kl = self.hparams.private_beta * private_kl
             rows = [self.modalities.index(m) for m in self.private]
             kl = kl + torch.stack([(encoded[rows] * private_kl).sum(0) for _, _, encoded in terms])
         elbo = reconstruction - kl_scale * kl  # terms,B

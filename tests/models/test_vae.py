@@ -380,7 +380,8 @@ def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
                                                 ({"cross_mean_weight": 1.5}, r"in \[0, 1\]"),
                                                 ({"private_sample_scale": -1.0}, "private_sample_scale must be"),
                                                 ({"private_warmup_steps": -1}, "private_warmup_steps must be"),
-                                                ({"sample_truncation": -1.0}, "sample_truncation must be")])
+                                                ({"sample_truncation": -1.0}, "sample_truncation must be"),
+                                                ({"private_beta": 0.0}, "private_beta must be > 0")])
 def test_bad_private_latent_options_say_what_is_wrong(arguments, message):
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
     with pytest.raises(ValueError, match=message):
