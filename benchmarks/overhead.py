@@ -211,6 +211,7 @@ def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int)
     loader = datamodule.train_dataloader()
     log_every = config["trainer"].get("log_every_n_steps", 50)
     times: dict[str, list[float]] = {"plain": [], "lightning": []}
+    round_medians: dict[str, list[float]] = {"plain": [], "lightning": []}
     with tempfile.TemporaryDirectory() as root:
         for round_index in range(rounds):
             for kind in ("plain", "lightning"):
@@ -219,6 +220,7 @@ def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int)
                 ends = (plain_round(model, loader, warmup + steps + 1, plain_step) if kind == "plain"
                         else lightning_round(model, datamodule, warmup + steps + 1, log_every, root))
                 times[kind] += per_step(ends, warmup)
+                round_medians[kind].append(statistics.median(per_step(ends, warmup)))
                 print(f"{family} round {round_index} {kind}: "
                       f"{statistics.median(per_step(ends, warmup)) * 1e3:.1f} ms/step", flush=True)
         memory = peak_step_memory(copy.deepcopy(initial), datamodule, log_every, root)
@@ -234,16 +236,22 @@ def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int)
                                              / result["lightning"]["steps_per_second"] - 1)
     result["overhead_percent_median"] = 100 * (result["lightning"]["ms_per_step_median"]
                                                / result["plain"]["ms_per_step_median"] - 1)
+    # each Lightning round against the plain round just before it, so a change of the machine's load between
+    # rounds cancels; the median over rounds is the headline figure
+    paired = [100 * (lightning / plain - 1) for plain, lightning in zip(round_medians["plain"], round_medians["lightning"])]
+    result["overhead_percent_per_round"] = paired
+    result["overhead_percent_paired_median"] = statistics.median(paired)
     return result
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| family | batch | plain steps/s | Lightning steps/s | Lightning samples/s | overhead (mean) "
-             "| overhead (median step) | peak memory / step |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | batch | plain steps/s | Lightning steps/s | Lightning samples/s | overhead (median of rounds) "
+             "| overhead (mean) | overhead (median step) | peak memory / step |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['family']} | {r['batch_size']} | {r['plain']['steps_per_second']:.2f} "
                      f"| {r['lightning']['steps_per_second']:.2f} | {r['lightning']['samples_per_second']:.0f} "
+                     f"| {r['overhead_percent_paired_median']:+.1f}% "
                      f"| {r['overhead_percent_mean']:+.1f}% | {r['overhead_percent_median']:+.1f}% "
                      f"| {r['peak_step_memory_mib']:.1f} MiB |")
     return "\n".join(lines)
