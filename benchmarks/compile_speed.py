@@ -26,12 +26,13 @@ import lightning as L
 import torch
 import yaml
 
-from mmgen_lightning.callbacks.compile import CompileNetworks, compile_counters, compile_networks
+from mmgen_lightning.callbacks.compile import CompileNetworks, compile_counters, compile_networks, reset_compile_counters
 from overhead import build  # the recipe -> (model, datamodule) builder of the overhead benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-#: families whose digits recipe serves text->image (sampling measured in that direction)
-SAMPLING = {"vae": "image", "gan": "image", "flow": "image", "captioner": "text"}
+#: the direction whose sampling is measured for each family's digits recipe: target, condition keys
+SAMPLING = {"vae": ("image", ["text", "text_mask"]), "gan": ("image", ["label"]),
+            "flow": ("image", ["text", "text_mask"]), "captioner": ("text", ["image"])}
 
 
 class StepTimer(L.Callback):
@@ -52,10 +53,9 @@ def train_round(model, datamodule, steps: int, callbacks: list) -> list[float]:
     return [start] + timer.ends
 
 
-def sampling_rate(model, datamodule, target: str, rounds: int = 3) -> float:
+def sampling_rate(model, datamodule, target: str, keys: list[str], rounds: int = 3) -> float:
     batch = next(iter(datamodule.val_dataloader()))
-    keys = ["text", "text_mask"] if target != "text" else ["image"]
-    conditions = {k: batch[k] for k in keys if k in batch}
+    conditions = {k: batch[k] for k in keys}
     count = batch[next(iter(conditions))].shape[0]
     model.generate(conditions, num_samples=count, to=target)  # warm-up (and compilation)
     times = []
@@ -67,7 +67,7 @@ def sampling_rate(model, datamodule, target: str, rounds: int = 3) -> float:
 
 
 def measure(family: str, steps: int, warmup: int, rounds: int, backend: str) -> dict[str, Any]:
-    torch._dynamo.reset()
+    reset_compile_counters()
     eager, datamodule = build(yaml.safe_load((ROOT / "configs" / family / "digits.yaml").read_text()))
     compiled = copy.deepcopy(eager)
     callback = CompileNetworks(backend=backend)
@@ -87,11 +87,13 @@ def measure(family: str, steps: int, warmup: int, rounds: int, backend: str) -> 
                               "compiled_steps_per_s": statistics.median(rates["compiled"]),
                               "compile_seconds": compile_seconds, **counters}
     result["speedup"] = result["compiled_steps_per_s"] / result["eager_steps_per_s"]
-    target = SAMPLING.get(family)
-    if target is not None:
-        result["eager_samples_per_s"] = sampling_rate(eager, datamodule, target)
+    if family in SAMPLING:
+        target, keys = SAMPLING[family]
+        result["sampling_direction"] = f"{'+'.join(k for k in keys if not k.endswith('_mask'))}->{target}"
+        result["eager_samples_per_s"] = sampling_rate(eager, datamodule, target, keys)
         compile_networks(compiled, backend=backend)
-        result["compiled_samples_per_s"] = sampling_rate(compiled, datamodule, target)
+        result["compiled_samples_per_s"] = sampling_rate(compiled, datamodule, target, keys)
+        result["recompilations_after_sampling"] = compile_counters()["recompilations"]
     return result
 
 

@@ -37,7 +37,7 @@ BENCHMARKS = [
     ["bash", "benchmarks/gpu.sh", "--cpu"],  # the GPU script's smoke mode, so it stays tested without a GPU
 ]
 #: JSONs written by the runs above, reported in their own sections below
-OWN = {"run_all", "overhead", "peer_multivae", "budget_quality", "profile_vae", "gpu", "gpu_cpu_smoke"}
+OWN = {"run_all", "overhead", "peer_multivae", "budget_quality", "profile_vae", "gpu", "gpu_cpu_smoke", "compile_speed"}
 
 
 def versions() -> str:
@@ -160,6 +160,25 @@ def profile_section(report: dict, steps: list[dict]) -> list[str]:
                     "steps for 8-token captions); the six training metrics are made only on logging steps.", ""]
 
 
+def compile_section(report: dict) -> list[str]:
+    lines = ["## torch.compile vs eager (CompileNetworks)", "", f"`{report['command']}` ({report['machine']})", "",
+             "| family | batch | eager steps/s | compiled steps/s | speed-up | compile s | graphs | recompilations "
+             "| sampling | eager samples/s | compiled samples/s | sampling speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        eager, compiled = r.get("eager_samples_per_s"), r.get("compiled_samples_per_s")
+        sampling = (f"{r.get('sampling_direction', '')} | {eager:.0f} | {compiled:.0f} | {compiled / eager:.2f}x"
+                    if eager and compiled else "- | - | - | -")
+        lines.append(f"| {r['family']} | {r['batch']} | {r['eager_steps_per_s']:.2f} | {r['compiled_steps_per_s']:.2f} "
+                     f"| {r['speedup']:.2f}x | {r['compile_seconds']:.0f} | {r['unique_graphs']} | {r['recompilations']} "
+                     f"| {sampling} |")
+    lines += [f"- {r['family']}: {r['note']}" for r in report["results"] if r.get("note")]
+    lines += ["", "Both copies start from the same weights and train in alternating rounds inside Lightning; compile "
+              "seconds are the first steps' extra time (inductor's cache in /tmp makes a rerun's short). "
+              "Recompilations: dynamo's count over the whole run, training and sampling (a partial last batch and "
+              "varying caption lengths included).", ""]
+    return lines
+
+
 def gpu_section(report: dict, name: str) -> list[str]:
     lines = [f"## GPU throughput ({'CPU smoke run' if name == 'gpu_cpu_smoke' else report['device']})", "",
              f"`bash benchmarks/gpu.sh{' --cpu' if name == 'gpu_cpu_smoke' else ''}` ({report['device']}, "
@@ -225,7 +244,8 @@ def write_report() -> None:
         lines += ["| command | exit | seconds |", "|---|---|---|"]
         lines += [f"| `{r['command']}` | {r['exit']} | {r['seconds']} |" for r in run["runs"]]
         lines.append("")
-    sections = [("overhead", overhead_section), ("peer_multivae", peer_section), ("budget_quality", budget_section)]
+    sections = [("overhead", overhead_section), ("compile_speed", compile_section), ("peer_multivae", peer_section),
+                ("budget_quality", budget_section)]
     for name, section in sections:
         report = load(name)
         if report:

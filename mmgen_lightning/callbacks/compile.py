@@ -59,14 +59,26 @@ def compile_networks(model: nn.Module, backend: str = "inductor", mode: str | No
 
 
 def compile_counters() -> dict[str, int]:
-    """How many graphs dynamo compiled and how many times it recompiled, since the process started
-    (or since ``torch._dynamo.reset()``)."""
-    from torch._dynamo.utils import counters
+    """How many graphs dynamo compiled, and how many of its compilations were recompilations (a frame
+    compiled again because a guard failed: a new shape, dtype or value), since the process started or
+    since :func:`reset_compile_counters`. Recompilations are read from dynamo's compilation records
+    (``recompile_reason``), which keep the last 64 compilations."""
+    from torch._dynamo.utils import counters, get_compilation_metrics
 
     stats = counters["stats"]
     return {"unique_graphs": int(stats.get("unique_graphs", 0)),
-            "recompilations": int(sum(counters["recompiles"].values())) if "recompiles" in counters else 0,
+            "recompilations": sum(1 for record in get_compilation_metrics() if record.recompile_reason),
             "frames_compiled": int(stats.get("calls_captured", 0))}
+
+
+def reset_compile_counters() -> None:
+    """Forget dynamo's compiled code and its counts (``torch._dynamo.reset()`` and its compilation records)."""
+    import torch
+    from torch._dynamo.utils import clear_compilation_metrics, counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    clear_compilation_metrics()
 
 
 class CompileNetworks(L.Callback):

@@ -11,7 +11,8 @@ import lightning as L
 import pytest
 import torch
 
-from mmgen_lightning.callbacks.compile import CompileNetworks, compile_counters, compile_networks, networks
+from mmgen_lightning.callbacks.compile import (CompileNetworks, compile_counters, compile_networks, networks,
+                                               reset_compile_counters)
 from mmgen_lightning.models.vae import MultimodalVAE
 from tests.conftest import ToyDataModule, fit_two_ranks_in_subprocess, two_rank_config
 
@@ -37,7 +38,7 @@ def _fit(callbacks: list, steps: int = 6, **trainer_kwargs) -> tuple[MultimodalV
 
 
 def test_compiled_training_matches_eager_and_keeps_checkpoint_keys():
-    torch._dynamo.reset()
+    reset_compile_counters()
     eager_model, eager_losses = _fit([])
     compiled_model, compiled_losses = _fit([CompileNetworks(backend="eager")])
     assert set(networks(compiled_model)) == {"encoders.image", "encoders.text", "decoders.image", "decoders.text"}
@@ -51,8 +52,19 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys():
     assert counters["recompilations"] <= len(networks(compiled_model)), counters
 
 
+def test_recompilations_are_counted():
+    reset_compile_counters()
+    network = torch.nn.Linear(3, 2)
+    compile_networks(torch.nn.ModuleDict({"net": network}), backend="eager")
+    for rows in (4, 4, 5, 6, 7):  # a new batch size recompiles once, dynamic from then on
+        network(torch.randn(rows, 3))
+    assert compile_counters()["recompilations"] == 1
+    reset_compile_counters()
+    assert compile_counters()["recompilations"] == 0
+
+
 def test_compiled_training_under_bf16_mixed_matches_eager():
-    torch._dynamo.reset()
+    reset_compile_counters()
     _, eager_losses = _fit([], precision="bf16-mixed")
     _, compiled_losses = _fit([CompileNetworks(backend="eager")], precision="bf16-mixed")
     torch.testing.assert_close(torch.tensor(compiled_losses), torch.tensor(eager_losses), rtol=1e-3, atol=1e-3)
@@ -70,7 +82,7 @@ def test_compiled_training_under_two_process_ddp(tmp_path):
 
 
 def test_compile_networks_is_idempotent_and_sampling_still_works():
-    torch._dynamo.reset()
+    reset_compile_counters()
     datamodule = ToyDataModule(["image", "text"], size=8, batch_size=4)
     model = MultimodalVAE(data_spec=datamodule.data_spec, latent_dim=8, width=8, text_width=32).eval()
     names = compile_networks(model, backend="eager")
