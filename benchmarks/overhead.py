@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
+from mmgen_lightning.callbacks.compile import CompileNetworks
 from mmgen_lightning.losses import kl_weight
 from mmgen_lightning.metrics.report import _import
 from mmgen_lightning.models.captioner import IGNORE_INDEX
@@ -146,11 +147,14 @@ def plain_round(model, loader, steps: int, plain_step: PlainStep) -> list[float]
     return ends
 
 
-def lightning_round(model, datamodule, steps: int, log_every: int, root: str) -> list[float]:
+def lightning_round(model, datamodule, steps: int, log_every: int, root: str, compiled: bool = False) -> list[float]:
+    """Lightning's steps; ``compiled``: with the CompileNetworks callback (inductor), its compilation inside the
+    round's untimed warm-up steps."""
     timer = StepTimer(steps)
+    callbacks = [CompileNetworks(), timer] if compiled else [timer]
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=10_000, logger=L.pytorch.loggers.TensorBoardLogger(
                             root, name="overhead"), log_every_n_steps=log_every, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=callbacks)
     trainer.fit(model, datamodule=datamodule)
     return timer.ends
 
@@ -197,7 +201,7 @@ def build(config: dict) -> tuple[Any, Any]:
     return model, datamodule
 
 
-def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
+def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int, compiled: bool = False) -> dict[str, Any]:
     config = yaml.safe_load((ROOT / config_path).read_text())
     init_args = config["model"].setdefault("init_args", {})
     stage_one = init_args.get("vqvae_checkpoint")
@@ -210,15 +214,17 @@ def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int)
     plain_step = PLAIN_STEPS.get(family, training_step_step)
     loader = datamodule.train_dataloader()
     log_every = config["trainer"].get("log_every_n_steps", 50)
-    times: dict[str, list[float]] = {"plain": [], "lightning": []}
-    round_medians: dict[str, list[float]] = {"plain": [], "lightning": []}
+    kinds = ("plain", "lightning", "compiled") if compiled else ("plain", "lightning")
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    round_medians: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as root:
         for round_index in range(rounds):
-            for kind in ("plain", "lightning"):
+            for kind in kinds:
                 model = copy.deepcopy(initial)
                 torch.manual_seed(round_index)
                 ends = (plain_round(model, loader, warmup + steps + 1, plain_step) if kind == "plain"
-                        else lightning_round(model, datamodule, warmup + steps + 1, log_every, root))
+                        else lightning_round(model, datamodule, warmup + steps + 1, log_every, root,
+                                             compiled=kind == "compiled"))
                 times[kind] += per_step(ends, warmup)
                 round_medians[kind].append(statistics.median(per_step(ends, warmup)))
                 print(f"{family} round {round_index} {kind}: "
@@ -241,6 +247,10 @@ def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int)
     paired = [100 * (lightning / plain - 1) for plain, lightning in zip(round_medians["plain"], round_medians["lightning"])]
     result["overhead_percent_per_round"] = paired
     result["overhead_percent_paired_median"] = statistics.median(paired)
+    if compiled:  # the compiled Lightning step against the eager plain loop, paired the same way
+        result["compiled_speedup_vs_plain_per_round"] = [plain / step for plain, step in
+                                                         zip(round_medians["plain"], round_medians["compiled"])]
+        result["compiled_speedup_vs_plain_paired_median"] = statistics.median(result["compiled_speedup_vs_plain_per_round"])
     return result
 
 
@@ -265,6 +275,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per round")
     parser.add_argument("--warmup", type=int, default=5, help="steps of each round left untimed")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also a third loop: Lightning with CompileNetworks (inductor), against the plain loop")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -275,12 +287,12 @@ def main() -> None:
             skipped.append(f"{family}: no {config_path}")
             continue
         try:
-            results.append(measure(family, config_path, args.rounds, args.steps, args.warmup))
+            results.append(measure(family, config_path, args.rounds, args.steps, args.warmup, args.compiled))
         except Exception as error:  # a family that cannot be built here must not hide the others' rows
             skipped.append(f"{family}: {type(error).__name__}: {str(error)[:300]}")
     report = {"command": "python benchmarks/overhead.py " + " ".join(
-                  f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-                  if v is not None),
+                  f"--{k}" if v is True else f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                  for k, v in vars(args).items() if v is not None and v is not False),
               "results": results, "skipped": skipped,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads "
                          "(shared machine: other jobs ran at the same time; both loops alike)",

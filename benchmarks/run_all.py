@@ -93,6 +93,15 @@ def overhead_section(report: dict) -> list[str]:
                      f"{'-' if paired is None else f'{paired:+.1f}%'} | {rounds or '-'} | "
                      f"{r['overhead_percent_mean']:+.1f}% | {r['overhead_percent_median']:+.1f}% | "
                      f"{r['peak_step_memory_mib']:.1f} MiB | {r['plain_loop']} |")
+    compiled = [r for r in report["results"] if "compiled_speedup_vs_plain_paired_median" in r]
+    if compiled:
+        lines += ["", "Compiled (`--compiled`: Lightning with `CompileNetworks`, inductor, compiled inside each round's "
+                  "untimed warm-up) against the eager plain loop, median over rounds of the paired ratio:", "",
+                  "| family | compiled steps/s | compiled / eager plain loop | per round |", "|---|---|---|---|"]
+        for r in compiled:
+            rounds = " / ".join(f"{x:.2f}" for x in r["compiled_speedup_vs_plain_per_round"])
+            lines.append(f"| {r['family']} | {r['compiled']['steps_per_second']:.2f} | "
+                         f"{r['compiled_speedup_vs_plain_paired_median']:.2f}x | {rounds} |")
     lines += [f"- not measured: {s}" for s in report.get("skipped", [])]
     lines += ["", "Overhead = how much slower a Lightning step is than the hand-written loop's, both timed data "
               "loading included, in alternating rounds (plain, Lightning, plain, ...). Headline: the median over "
