@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmgen_lightning.knobs import KNOWN_KNOBS, Knob
+from mmgen_lightning.knobs import Knob, family_knobs
 from mmgen_lightning.losses import (LIKELIHOODS, continuous_log_likelihood, gaussian_log_density, kl_standard_normal,
                                     kl_weight, log_mean_exp, mixture_log_density, product_of_experts, reparameterize)
 from mmgen_lightning.modalities import MODALITIES, Modality, TextModality, get_modality
@@ -78,14 +78,8 @@ class MultimodalVAE(GenerativeModule):
         lr: AdamW learning rate.
     """
 
-    sampling_knobs: dict[str, Knob] = {
-        "truncation": KNOWN_KNOBS["truncation"],
-        "temperature": KNOWN_KNOBS["temperature"],
-        "top_k": KNOWN_KNOBS["top_k"],
-        "griffin_lim_iterations": KNOWN_KNOBS["griffin_lim_iterations"],
-        "private_scale": Knob(float, 0, 4, help="scale of the cross-modal private latents' prior draws, relative to "
-                                                 "the auxiliary prior (1 = r; 0 = its mean); default private_sample_scale"),
-    }
+    sampling_knobs: dict[str, Knob] = family_knobs("truncation", "temperature", "top_k", "griffin_lim_iterations",
+                                                   "private_scale")
 
     def __init__(self, data_spec: dict[str, Any] | None = None, modalities: list[str] | None = None,
                  fusion: str = "mopoe", latent_dim: int = 32, private_dim: int | dict[str, int] = 0,
