@@ -225,10 +225,10 @@ def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int,
                 ends = (plain_round(model, loader, warmup + steps + 1, plain_step) if kind == "plain"
                         else lightning_round(model, datamodule, warmup + steps + 1, log_every, root,
                                              compiled=kind == "compiled"))
-                times[kind] += per_step(ends, warmup)
-                round_medians[kind].append(statistics.median(per_step(ends, warmup)))
-                print(f"{family} round {round_index} {kind}: "
-                      f"{statistics.median(per_step(ends, warmup)) * 1e3:.1f} ms/step", flush=True)
+                durations = per_step(ends, warmup)
+                times[kind] += durations
+                round_medians[kind].append(statistics.median(durations))
+                print(f"{family} round {round_index} {kind}: {round_medians[kind][-1] * 1e3:.1f} ms/step", flush=True)
         memory = peak_step_memory(copy.deepcopy(initial), datamodule, log_every, root)
     batch_size = datamodule.batch_size
     result: dict[str, Any] = {"family": type(initial).__name__, "config": config_path, "batch_size": batch_size,

@@ -1,4 +1,5 @@
-"""What the recipe-quality benchmarks share: train a recipe from scratch exactly as a user would."""
+"""What the recipe-quality benchmarks share: train a recipe from scratch exactly as a user would, and the
+digits' per-class spread measure."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 ROOT = Path(__file__).resolve().parents[1]
+DATA_RESOLUTION = 8  # the digits' scans are 8x8; the datamodule upsamples them
 
 
 def checkpoint_dir(config: dict) -> Path:
@@ -27,3 +32,10 @@ def fit_from_scratch(config_path: str, config: dict, fit_args: list[str]) -> flo
                     "--trainer.enable_progress_bar", "false", *fit_args], check=True, cwd=ROOT,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     return round(time.time() - started, 1)
+
+
+def pairwise_spread(images: torch.Tensor) -> float:
+    """Mean pairwise L2 distance of ``N,C,H,W`` images after area-downsampling to 8x8 (the digits' own
+    resolution): the spread that per-class diversity ratios divide."""
+    small = F.interpolate(images.float(), size=(DATA_RESOLUTION, DATA_RESOLUTION), mode="area")
+    return torch.pdist(small.flatten(1)).mean().item()

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
+from recipe_run import pairwise_spread
 from torch.utils.data import DataLoader
 
 from mmgen_lightning.metrics.judges import get_judge
@@ -45,18 +45,11 @@ from mmgen_lightning.models.base import load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 DIVERSITY_DIRECTIONS = ("text->image", "audio->image")
-DATA_RESOLUTION = 8  # the digits' scans are 8x8; the datamodule upsamples them
 
 
 def split_tensors(datamodule, split: str) -> dict[str, torch.Tensor]:
     batches = list(DataLoader(datamodule.dataset(split), batch_size=512))
     return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
-
-
-def pairwise_spread(images: torch.Tensor) -> float:
-    """Mean pairwise L2 distance of ``N,C,H,W`` images after area-downsampling to 8x8."""
-    small = F.interpolate(images.float(), size=(DATA_RESOLUTION, DATA_RESOLUTION), mode="area")
-    return torch.pdist(small.flatten(1)).mean().item()
 
 
 @torch.no_grad()

@@ -54,11 +54,12 @@ from mmgen_lightning.metrics.judges import get_judge, judge_accuracy, judge_path
 from mmgen_lightning.models import MultimodalVAE
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the quality benchmarks' shared helpers
+from recipe_run import pairwise_spread  # noqa: E402  (the diversity measure of benchmarks/vae_quality.py)
 PEER_VENV = ROOT / "benchmarks" / ".peer-venv"
 PEER_PYTHON = PEER_VENV / "bin" / "python"
 SIZES = {"latent_dim": 32, "width": 32, "text_width": 128, "image_scale": 0.1, "lr": 1e-3, "seed": 0,
          "private_dim": 8, "cross_samples": 8}  # the last two: MMVAE+ only
-DATA_RESOLUTION = 8  # the digits' scans are 8x8; the datamodule upsamples them
 
 
 def ensure_peer(timeout: int) -> str | None:
@@ -142,12 +143,6 @@ def run_peer(data: Path, fusion: str, steps: int, warmup: int, out: Path) -> tup
         raise RuntimeError(f"MultiVae run failed: {done.stderr[-2000:]}")
     saved = torch.load(out, weights_only=True)
     return json.loads(saved["result"]), saved
-
-
-def pairwise_spread(images: torch.Tensor) -> float:
-    """Mean pairwise L2 distance of ``N,C,H,W`` images after area-downsampling to 8x8."""
-    small = torch.nn.functional.interpolate(images.float(), size=(DATA_RESOLUTION,) * 2, mode="area")
-    return torch.pdist(small.flatten(1)).mean().item()
 
 
 def diversity(images: torch.Tensor, test: dict, train: dict) -> float:
