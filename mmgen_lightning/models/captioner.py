@@ -116,7 +116,7 @@ class Captioner(GenerativeModule):
             raise ValueError(f"glimpse_size is only used with modality 'video', not {self.modality!r}")
         if (image_encoder_path or image_encoder_config) and self.modality != "image":
             raise ValueError(f"image_encoder_path is only used with modality 'image', not {self.modality!r}")
-        self.condition_modalities, self.output_modalities = (self.modality,), ("text",)
+        self.declare_direction(self.modality, "text")  # the data must carry both: one line at init, not a KeyError later
         self.encoder = self._build_encoder()
         self.decoder = self._build_decoder()
         # encoder tokens enter every cross-attention at the decoder's width

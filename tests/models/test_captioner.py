@@ -255,6 +255,10 @@ def test_bad_arguments_are_named(tmp_path):
     spec = ToyDataModule().data_spec
     with pytest.raises(ValueError, match="modality: unknown 'smell'; allowed: image, audio, video"):
         Captioner(spec, modality="smell")
+    image_and_text = ToyDataModule(modalities=["image", "text"]).data_spec
+    with pytest.raises(ValueError, match="condition: 'audio' is not carried by the data; the datamodule's "
+                                         "modalities are image, text"):
+        Captioner(image_and_text, modality="audio")
     with pytest.raises(FileNotFoundError, match="text_decoder_path"):
         Captioner(spec, text_decoder_path=str(tmp_path))
     GPT2LMHeadModel(GPT2Config(vocab_size=99, n_positions=8, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path)
