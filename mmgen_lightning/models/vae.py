@@ -52,6 +52,9 @@ class MultimodalVAE(GenerativeModule):
             of ``x_m`` and the decoders take what the modalities share from ``z``).
         sample_truncation: default of the ``truncation`` sampling knob (the shared latent's noise scale at
             generation; 1 samples the posterior or prior), so a recipe can set it beside ``private_sample_scale``.
+        private_dropout: the chance that a training row whose term encodes ``x_m`` decodes it with
+            ``w_m ~ r`` instead of ``q(w_m|x_m)`` (and pays no private KL there, so each row stays a bound):
+            the decoder then learns to draw from ``z`` all it can, as cross-modal generation needs.
         learn_private_prior_scale: learn ``s`` (one per modality) instead of keeping it fixed.
         private_warmup_steps: ``N``: the decoders read ``g * w_m`` with a gate ``g`` that is 0 for the first
             ``N / 2`` training steps and rises linearly to 1 at step ``N``, so the shared latent learns what
@@ -85,7 +88,7 @@ class MultimodalVAE(GenerativeModule):
                  fusion: str = "mopoe", latent_dim: int = 32, private_dim: int | dict[str, int] = 0,
                  private_prior_scale: float = 1.0, learn_private_prior_scale: bool = False, cross_samples: int = 1,
                  cross_mean_weight: float = 0.0, private_sample_scale: float = 1.0, private_warmup_steps: int = 0,
-                 sample_truncation: float = 1.0, private_beta: float = 1.0,
+                 sample_truncation: float = 1.0, private_beta: float = 1.0, private_dropout: float = 0.0,
                  width: int = 32, text_width: int = 128,
                  likelihood: str = "laplace", learn_scale: bool = True, init_scale: float = 0.1,
                  likelihood_weights: dict[str, float] | None = None, beta: float = 1.0,
@@ -118,6 +121,8 @@ class MultimodalVAE(GenerativeModule):
             raise ValueError(f"cross_mean_weight must be in [0, 1], got {cross_mean_weight}")
         if not private_beta > 0:
             raise ValueError(f"private_beta must be > 0, got {private_beta}")
+        if not 0 <= private_dropout < 1:
+            raise ValueError(f"private_dropout must be in [0, 1), got {private_dropout}")
         if private_warmup_steps < 0:
             raise ValueError(f"private_warmup_steps must be >= 0, got {private_warmup_steps}")
         if not private_prior_scale > 0:
@@ -355,6 +360,7 @@ class MultimodalVAE(GenerativeModule):
         batch = self.prepare(batch)
         experts, privates = self.encode_with_private(batch, self.modalities)
         terms = self.term_posteriors(experts)
+        readers = [self._private_readers(encoded) for _, _, encoded in terms]  # M,B: rows decoding q(w_m|x_m)
         zs = [reparameterize(mu, logvar) for (mu, logvar), _, _ in terms]
         batch_size = zs[0].shape[0]
         reconstruction = torch.zeros(len(terms), batch_size, device=zs[0].device)
@@ -364,10 +370,10 @@ class MultimodalVAE(GenerativeModule):
             # a term that does not encode x_name reconstructs it with w_name ~ r (MMVAE+'s cross terms)
             if name in privates and self.hparams.cross_samples > 1 and self._private_open():
                 z = torch.cat([zs[i] for i in users])  # U*B,D
-                encoded = torch.cat([terms[i][2][index] for i in users]).bool()
+                encoded = torch.cat([readers[i][index] for i in users]).bool()
                 log_p = self.cross_log_prob(name, batch, z, encoded, privates).view(len(users), batch_size)
             else:
-                codes = torch.cat([self.decoder_code(name, zs[i], privates, terms[i][2][index]) for i in users])
+                codes = torch.cat([self.decoder_code(name, zs[i], privates, readers[i][index]) for i in users])
                 log_p = self.reconstruction_log_prob(name, batch, codes).view(len(users), batch_size)
             weight = self.weights[name] if weighted else 1.0
             reconstruction[users] += weight * log_p
@@ -383,11 +389,19 @@ class MultimodalVAE(GenerativeModule):
             private_kl = torch.stack([kl_standard_normal(*privates[m]) for m in self.private])  # P,B
             private_kl = self.hparams.private_beta * private_kl
             rows = [self.modalities.index(m) for m in self.private]
-            kl = kl + torch.stack([(encoded[rows] * private_kl).sum(0) for _, _, encoded in terms])
+            kl = kl + torch.stack([(reader[rows] * private_kl).sum(0) for reader in readers])
         elbo = reconstruction - kl_scale * kl  # terms,B
         # MVAE sums its sub-sampled ELBOs; MMVAE averages over its (stratified) components
         objective = elbo.sum(0) if self.hparams.fusion == "poe" else elbo.mean(0)
         return {"loss": -objective.mean(), "kl": kl.mean(), "reconstruction": per_modality}
+
+    def _private_readers(self, encoded: Tensor) -> Tensor:
+        """``M,B``: the rows of a term (``encoded``, ``M,B``) that decode ``x_m`` with ``w_m ~ q(w_m|x_m)``:
+        those that encode ``x_m``, less a ``private_dropout`` share of them while training."""
+        dropout = self.hparams.get("private_dropout", 0.0)
+        if not (dropout and self.training and self.private):
+            return encoded
+        return encoded * (torch.rand(encoded.shape, device=encoded.device) >= dropout)
 
     def _private_open(self) -> bool:
         """Whether the decoders read the private latents at all (a closed gate makes K draws of ``w`` alike)."""

@@ -355,6 +355,34 @@ def test_private_warmup_keeps_the_private_latent_out_of_the_decoders_then_lets_i
     assert float(load_generator(tmp_path / "model.ckpt").private_gate) == 1.0
 
 
+def test_private_dropout_decodes_some_encoded_rows_from_the_prior_and_charges_them_no_private_kl():
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16)
+    model = MultimodalVAE(datamodule.data_spec, fusion="mopoe", private_dim=2, private_dropout=0.5, latent_dim=4,
+                          width=8, text_width=16)
+    encoded = torch.ones(2, 4000)
+    model.train()
+    assert 0.45 < float(model._private_readers(encoded).mean()) < 0.55
+    assert torch.equal(model._private_readers(torch.zeros(2, 10)), torch.zeros(2, 10))  # never adds a reader
+    model.eval()
+    assert torch.equal(model._private_readers(encoded), encoded)  # only while training
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+
+    def private_kl_weight_moves_the_kl(readers):
+        model._private_readers = readers
+        kls = []
+        for private_beta in (1.0, 100.0):
+            model.hparams.private_beta = private_beta
+            torch.manual_seed(1)
+            kls.append(model.elbo_terms(batch, kl_scale=1.0)["kl"].item())
+        return kls[0] != kls[1]
+
+    model.train()
+    assert private_kl_weight_moves_the_kl(lambda encoded: encoded)
+    assert not private_kl_weight_moves_the_kl(torch.zeros_like)  # every row dropped: no private KL anywhere
+
+
 def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
     models, datamodule = trained_toys
     model = models["private"]
@@ -381,7 +409,8 @@ def test_checkpoint_round_trip_keeps_private_latents(trained_toys, tmp_path):
                                                 ({"private_sample_scale": -1.0}, "private_sample_scale must be"),
                                                 ({"private_warmup_steps": -1}, "private_warmup_steps must be"),
                                                 ({"sample_truncation": -1.0}, "sample_truncation must be"),
-                                                ({"private_beta": 0.0}, "private_beta must be > 0")])
+                                                ({"private_beta": 0.0}, "private_beta must be > 0"),
+                                                ({"private_dropout": 1.0}, "private_dropout must be in")])
 def test_bad_private_latent_options_say_what_is_wrong(arguments, message):
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
     with pytest.raises(ValueError, match=message):
