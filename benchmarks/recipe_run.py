@@ -34,8 +34,8 @@ def fit_from_scratch(config_path: str, config: dict, fit_args: list[str]) -> flo
     return round(time.time() - started, 1)
 
 
-def pairwise_spread(images: torch.Tensor) -> float:
-    """Mean pairwise L2 distance of ``N,C,H,W`` images after area-downsampling to 8x8 (the digits' own
-    resolution): the spread that per-class diversity ratios divide."""
-    small = F.interpolate(images.float(), size=(DATA_RESOLUTION, DATA_RESOLUTION), mode="area")
+def pairwise_spread(images: torch.Tensor, resolution: int = DATA_RESOLUTION) -> float:
+    """Mean pairwise L2 distance of ``N,C,H,W`` images after area-downsampling to ``resolution`` (default
+    8x8, the digits' own): the spread that per-class diversity ratios divide."""
+    small = F.interpolate(images.float(), size=(resolution, resolution), mode="area")
     return torch.pdist(small.flatten(1)).mean().item()

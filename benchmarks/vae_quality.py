@@ -1,5 +1,5 @@
-"""Train a MultimodalVAE recipe within its wall-clock budget, then score it with `mmgen evaluate`, and (on
-digits) the per-class diversity and precision/recall of its conditional samples.
+"""Train a MultimodalVAE recipe within its wall-clock budget, then score it with `mmgen evaluate`, and the
+per-class diversity and precision/recall of its conditional samples.
 
     python benchmarks/vae_quality.py [--config configs/vae/digits.yaml] [--seed S] [--set fusion=mopoe ...]
                                      [--tag NAME] [--skip-fit] [--private-scales 1.0 1.5]
@@ -14,12 +14,14 @@ seed, the given ``model.init_args`` and its output folders (same ``max_time``). 
 training time, steps and the coherence of every direction, each read by a judge trained only on the
 real training split.
 
-Diversity (digits only, text->image and audio->image): ``--per-class`` samples of each digit, each
-conditioned on a test item of that digit (cycled); per digit, the mean pairwise L2 distance between
-its samples at the data's 8x8 resolution (area-downsampled; the real images go through the same
-operator) divided by the same for the real training images of that digit; reported per digit and
-as the mean over digits. The same samples give the judge's coherence and precision/recall/density/
-coverage (k = 5) in the judge's feature space against as many real training images.
+Diversity (text->image and audio->image): ``--per-class`` samples of each class, each conditioned on a
+test item of that class (cycled); per class, the mean pairwise L2 distance between its samples divided
+by the same for the real training images of that class (both area-downsampled to the data's own
+resolution), reported per class, as the mean and as the minimum over classes. A class is a digit
+(at the scans' 8x8) on digits; on Shapes, one of the first 32 combinations of shape, colour, size and
+position in the test split (at the images' size), and a sample is coherent only when the judge reads
+all four. The same samples give the judge's precision/recall/density/coverage (k = 5) in its feature
+space against as many real training images of the same classes.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from recipe_run import pairwise_spread
+from recipe_run import DATA_RESOLUTION, pairwise_spread
 from torch.utils.data import DataLoader
 
+from mmgen_lightning.datamodules.shapes import ATTRIBUTE_SIZES
 from mmgen_lightning.metrics.judges import get_judge
 from mmgen_lightning.metrics.quality import PrecisionRecall
 from mmgen_lightning.metrics.report import evaluate, load_datamodule, markdown
@@ -52,18 +55,36 @@ def split_tensors(datamodule, split: str) -> dict[str, torch.Tensor]:
     return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
 
 
+def image_classes(datamodule, attributes: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Each item's class for the diversity table, how many leading attributes define it, and the resolution
+    its spread is measured at: the digit at the digits' 8x8; on Shapes the four attributes one image shows
+    (shape, colour, size, position: motion needs frames), one integer per combination, at the images' own
+    size, where the data's within-class jitter (a few pixels of position and radius, the tint) shows."""
+    if datamodule.data_spec["dataset"] == "digits":
+        return attributes[:, 0], 1, DATA_RESOLUTION
+    code = torch.zeros(len(attributes), dtype=torch.long)
+    for column, size in enumerate(ATTRIBUTE_SIZES[:4]):
+        code = code * size + attributes[:, column]
+    return code, 4, datamodule.data_spec["image_size"]
+
+
 @torch.no_grad()
-def class_diversity(model, datamodule, per_class: int, seed: int, **sampling) -> dict:
-    """Per-digit diversity, coherence and precision/recall of ``DIVERSITY_DIRECTIONS`` (see the module doc);
+def class_diversity(model, datamodule, per_class: int, seed: int, max_classes: int = 32, **sampling) -> dict:
+    """Per-class diversity, coherence and precision/recall of ``DIVERSITY_DIRECTIONS`` (see the module doc);
+    the classes: every digit, or the first ``max_classes`` Shapes combinations the test split holds;
     ``sampling``: knobs for ``generate`` (the model's defaults otherwise)."""
     judge = get_judge(datamodule, "image", seed=0)
     test, train = split_tensors(datamodule, "test"), split_tensors(datamodule, "train")
-    test_digits, train_digits = test["attributes"][:, 0], train["attributes"][:, 0]
-    digits = sorted(set(test_digits.tolist()))
+    (test_classes, width, resolution), (train_classes, _, _) = (image_classes(datamodule, split["attributes"])
+                                                                for split in (test, train))
+    classes = [c for c in dict.fromkeys(test_classes.tolist()) if (train_classes == c).sum() >= 2][:max_classes]
+    if width == 1:
+        classes.sort()
     generator = torch.Generator().manual_seed(seed)
-    real_rows = torch.randperm(len(train_digits), generator=generator)[:per_class * len(digits)]
+    pool = torch.isin(train_classes, torch.tensor(classes)).nonzero().squeeze(1)  # real images of the same classes
+    real_rows = pool[torch.randperm(len(pool), generator=generator)[:per_class * len(classes)]]
     real_features, _ = judge.features_and_logits(train["image"][real_rows])
-    real_spread = {d: pairwise_spread(train["image"][train_digits == d]) for d in digits}
+    real_spread = {c: pairwise_spread(train["image"][train_classes == c], resolution) for c in classes}
     result = {}
     for index, direction in enumerate(DIVERSITY_DIRECTIONS):
         source = direction.split("->")[0]
@@ -71,19 +92,21 @@ def class_diversity(model, datamodule, per_class: int, seed: int, **sampling) ->
             continue
         keys = [source] + (["text_mask"] if source == "text" else [])
         ratios, correct, samples = {}, 0, []
-        for digit in digits:
-            rows = (test_digits == digit).nonzero().squeeze(1)
+        for number, label in enumerate(classes):
+            rows = (test_classes == label).nonzero().squeeze(1)
             rows = rows[torch.arange(per_class) % len(rows)]
-            torch.manual_seed(seed * 1000 + index * 100 + digit)
+            torch.manual_seed(seed * 1000 + index * 100 + number)
             images = model.generate({k: test[k][rows] for k in keys}, per_class, to="image", **sampling)["image"]
-            ratios[str(digit)] = pairwise_spread(images) / real_spread[digit]
-            correct += (judge.predict(images)[:, 0].cpu() == digit).sum().item()
+            ratios[str(label)] = pairwise_spread(images, resolution) / real_spread[label]
+            wanted = test["attributes"][rows[0], :width]
+            correct += (judge.predict(images)[:, :width].cpu() == wanted).all(1).sum().item()
             samples.append(images)
         metric = PrecisionRecall(nearest_k=5)
         metric.update(real_features, real=True)
         metric.update(judge.features_and_logits(torch.cat(samples))[0], real=False)
-        result[direction] = {"samples": per_class * len(digits), "coherence": correct / (per_class * len(digits)),
-                             "diversity_vs_real": sum(ratios.values()) / len(ratios), "diversity_per_digit": ratios,
+        result[direction] = {"samples": per_class * len(classes), "coherence": correct / (per_class * len(classes)),
+                             "diversity_vs_real": sum(ratios.values()) / len(ratios),
+                             "diversity_min": min(ratios.values()), "diversity_per_class": ratios,
                              **{k: v.item() for k, v in metric.compute().items()}}
     return result
 
@@ -141,7 +164,7 @@ def summarize(name: str, tags: list[str]) -> tuple[dict, str]:
                    "fusion": report["fusion"], "private_dim": report["private_dim"],
                    "private_sample_scale": report.get("private_sample_scale"), "file": path.name}
             for direction, scores in report.get("diversity", {}).items():
-                row.update({f"{direction} {k}": v for k, v in scores.items() if k != "diversity_per_digit"})
+                row.update({f"{direction} {k}": v for k, v in scores.items() if k not in ("diversity_per_digit", "diversity_per_class")})
             for coherence in report["coherence"]:
                 if coherence["direction"] == "text->image":
                     row.update({f"text->image test coherence {a}": coherence[f"accuracy_{a}"]
@@ -180,20 +203,26 @@ def newest_last(ckpt_dir: Path) -> Path:
 def sweep(ckpt: Path, name: str, settings: list[str], per_class: int) -> None:
     """The diversity table of ``ckpt`` at each setting (``truncation=0.5,private_scale=1.25``)."""
     model, datamodule = load_generator(ckpt), load_datamodule(ckpt)
-    report = {"command": shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]]), "checkpoint": str(ckpt),
+    command = shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
+    report = {"command": command, "checkpoint": str(ckpt),
               "steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
               "defaults": {"private_sample_scale": model.hparams.get("private_sample_scale", 1.0),
                            "truncation": model.hparams.get("sample_truncation", 1.0)},
               "settings": {}}
-    text = ""
-    for setting in settings:
-        knobs = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in setting.split(","))}
-        report["settings"][setting] = class_diversity(model, datamodule, per_class, seed=0, **knobs)
-        text += f"\n{setting} ({report['steps']} steps):\n\n" + diversity_markdown(report["settings"][setting])
     out = ROOT / "benchmarks" / "results" / f"{name}_sweep.json"
+    if out.exists():  # an earlier sweep of the same checkpoint keeps its settings; one of another is replaced
+        earlier = json.loads(out.read_text())
+        if earlier.get("checkpoint") == report["checkpoint"] and earlier.get("steps") == report["steps"]:
+            report["settings"] = earlier["settings"]
+            report["command"] = "; ".join(dict.fromkeys(earlier["command"].split("; ") + [command]))
+    for setting in settings:
+        knobs = {} if setting == "defaults" else {  # "defaults": the checkpoint's own
+            key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in setting.split(","))}
+        report["settings"][setting] = class_diversity(model, datamodule, per_class, seed=0, **knobs)
+        print(f"\n{setting} ({report['steps']} steps):\n\n" + diversity_markdown(report["settings"][setting]))
     out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    out.with_suffix(".md").write_text("".join(f"\n{setting} ({report['steps']} steps):\n\n" + diversity_markdown(table)
+                                              for setting, table in report["settings"].items()))
 
 
 def main() -> None:
@@ -213,7 +242,8 @@ def main() -> None:
                              "latents; the headline table uses the model's own default)")
     parser.add_argument("--sweep", nargs="+", default=None, metavar="KNOB=VALUE[,KNOB=VALUE]",
                         help="no training and no main report: the diversity table of the run's last.ckpt at each "
-                             "setting of generate's knobs, written to <run>_sweep.json")
+                             "setting of generate's knobs ('defaults': the checkpoint's own), written to "
+                             "<run>_sweep.json")
     parser.add_argument("--skip-fit", action="store_true", help="evaluate the existing last.ckpt")
     parser.add_argument("--summarize", nargs="+", metavar=("NAME", "TAG"), default=None,
                         help="only tabulate the finished runs: NAME (config stem) then the tags to compare")
@@ -243,9 +273,9 @@ def main() -> None:
     report = evaluate(ckpt)
     text = markdown(report)
     model, datamodule = load_generator(ckpt), load_datamodule(ckpt)
-    if datamodule.data_spec["dataset"] == "digits":
+    if datamodule.data_spec["dataset"] in ("digits", "shapes"):
         report["diversity"] = class_diversity(model, datamodule, args.per_class, seed=0)
-        text += "\nPer-digit diversity (mean pairwise L2 at 8x8 / the real digits'), with coherence and " \
+        text += "\nPer-class diversity (mean pairwise L2 / the real images' of the class), with coherence and " \
                 "precision/recall of the same samples:\n\n" + diversity_markdown(report["diversity"])
         if args.private_scales and any(model.private_dims.values()):
             report["private_sample_scale"] = model.hparams.get("private_sample_scale", 1.0)
