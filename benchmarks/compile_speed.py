@@ -24,15 +24,15 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 
 from mmgen_lightning.callbacks.compile import CompileNetworks, compile_counters, compile_networks, reset_compile_counters
-from overhead import build  # the recipe -> (model, datamodule) builder of the overhead benchmark
+from overhead import build, load_recipe  # the recipe -> (model, datamodule) builder of the overhead benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the direction whose sampling is measured for each family's digits recipe: target, condition keys
 SAMPLING = {"vae": ("image", ["text", "text_mask"]), "gan": ("image", ["label"]),
-            "flow": ("image", ["text", "text_mask"]), "captioner": ("text", ["image"])}
+            "flow": ("image", ["text", "text_mask"]), "captioner": ("text", ["image"]),
+            "tokens": ("image", ["text", "text_mask"])}
 
 
 class StepTimer(L.Callback):
@@ -68,7 +68,7 @@ def sampling_rate(model, datamodule, target: str, keys: list[str], rounds: int =
 
 def measure(family: str, steps: int, warmup: int, rounds: int, backend: str) -> dict[str, Any]:
     reset_compile_counters()
-    eager, datamodule = build(yaml.safe_load((ROOT / "configs" / family / "digits.yaml").read_text()))
+    eager, datamodule = build(load_recipe(f"configs/{family}/digits.yaml"))
     compiled = copy.deepcopy(eager)
     callback = CompileNetworks(backend=backend)
     rates: dict[str, list[float]] = {"eager": [], "compiled": []}

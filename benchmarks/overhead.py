@@ -201,12 +201,19 @@ def build(config: dict) -> tuple[Any, Any]:
     return model, datamodule
 
 
-def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int, compiled: bool = False) -> dict[str, Any]:
+def load_recipe(config_path: str) -> dict:
+    """The recipe's config; a TokenTransformer whose stage 1 was not trained on this clone gets the
+    budget benchmark's VQVAE instead."""
     config = yaml.safe_load((ROOT / config_path).read_text())
     init_args = config["model"].setdefault("init_args", {})
     stage_one = init_args.get("vqvae_checkpoint")
     if stage_one and not (ROOT / stage_one).is_file() and BUDGET_VQVAE.is_file():
-        init_args["vqvae_checkpoint"] = str(BUDGET_VQVAE)  # the recipe's stage 1 was not trained on this clone
+        init_args["vqvae_checkpoint"] = str(BUDGET_VQVAE)
+    return config
+
+
+def measure(family: str, config_path: str, rounds: int, steps: int, warmup: int, compiled: bool = False) -> dict[str, Any]:
+    config = load_recipe(config_path)
     torch.manual_seed(0)
     initial, datamodule = build(config)
     if family not in PLAIN_STEPS and not initial.automatic_optimization:
