@@ -33,6 +33,7 @@ from mmgen_lightning.knobs import Knob, family_knobs
 from mmgen_lightning.losses import flow_matching_loss
 from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, load_generator
+from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.dit import DiT, ConditionTokens, TextTokenEncoder
 from mmgen_lightning.models.layers.flow_sampling import (SAMPLERS, TIME_DENSITIES, guided,
                                                          ode_log_likelihood, sample_time, straight_path)
@@ -161,9 +162,10 @@ class FlowMatching(GenerativeModule):
         hp, name = self.hparams, self.condition
         shared = {"num_layers": hp.condition_layers, "num_heads": hp.num_heads}
         modality = get_modality(name)
-        if modality.has_token_encoder:  # audio frames, image or video patches
-            encoder: nn.Module = modality.token_encoder(self.data_spec, hp.width, patch_size=hp.condition_patch_size,
-                                                        n_mels=hp.n_mels, frames=hp.audio_frames, **shared)
+        if modality_networks.has_token_encoder(modality):  # audio frames, image or video patches
+            encoder: nn.Module = modality_networks.token_encoder(
+                modality, self.data_spec, hp.width, patch_size=hp.condition_patch_size, n_mels=hp.n_mels,
+                frames=hp.audio_frames, **shared)
         elif name == "text":  # DiT's own caption encoder (the modality's is the Aligner's pooled one)
             encoder = TextTokenEncoder(self.spec("vocab_size"), self.spec("max_text_length"), hp.width, **shared)
         else:  # a label: one learned token per class
