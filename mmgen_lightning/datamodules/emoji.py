@@ -64,6 +64,9 @@ IMAGE_SIZES = (32, 48, 64, 96, 128)
 _TONE_PHRASE = re.compile(r"(?:^|\s)(medium-light|medium-dark|light|medium|dark) skin tone\b")
 _GENDER_OF_WORD = {"man": 1, "men": 1, "woman": 2, "women": 2}
 _WORD = re.compile(r"[a-z]+")
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+#: a tone phrase in :func:`_normalised` text ("medium - light skin tone")
+_SPACED_TONE_PHRASE = re.compile(r"(?:^|\s)(medium - light|medium - dark|light|medium|dark) skin tone\b")
 
 
 @dataclass(frozen=True)
@@ -110,28 +113,33 @@ def describe_name(code: str, name: str) -> Emoji:
     return Emoji(code, caption, figure, tone, gender, tones)
 
 
-@functools.cache
 def catalogue(svg_dir: Path) -> tuple[Emoji, ...]:
     """Every SVG in ``svg_dir`` that the ``emoji`` package names (components left out), sorted by code."""
+    if not svg_dir.is_dir():
+        raise InputError(f"SVG folder not found: {svg_dir}", "EmojiDataModule svg_dir")
+    items = _named(tuple(sorted(path.stem for path in svg_dir.glob("*.svg"))))
+    if not items:
+        raise InputError(f"{svg_dir} holds no SVG named by an emoji's code points (such as 1F34E.svg)",
+                         "EmojiDataModule svg_dir")
+    return items
+
+
+@functools.cache
+def _named(stems: tuple[str, ...]) -> tuple[Emoji, ...]:
+    """The :class:`Emoji` of every file stem the ``emoji`` package names, once per folder listing."""
     try:
         import emoji
     except ImportError as error:
         raise _missing("emoji", "2.16.0", "(the CLDR names)") from error
-    if not svg_dir.is_dir():
-        raise InputError(f"SVG folder not found: {svg_dir}", "EmojiDataModule svg_dir")
     items = []
-    for path in sorted(svg_dir.glob("*.svg")):
+    for stem in stems:
         try:
-            sequence = "".join(chr(int(part, 16)) for part in path.stem.split("-"))
+            sequence = "".join(chr(int(part, 16)) for part in stem.split("-"))
         except ValueError:
             continue  # not named by its code points: not an emoji file
         data = emoji.EMOJI_DATA.get(sequence)
-        if data is None or data["status"] == emoji.STATUS["component"]:
-            continue
-        items.append(describe_name(path.stem, data["en"]))
-    if not items:
-        raise InputError(f"{svg_dir} holds no SVG named by an emoji's code points (such as 1F34E.svg)",
-                         "EmojiDataModule svg_dir")
+        if data is not None and data["status"] != emoji.STATUS["component"]:
+            items.append(describe_name(stem, data["en"]))
     return tuple(items)
 
 
@@ -157,16 +165,22 @@ def render_svgs(paths: list[Path], size: int) -> np.ndarray:
     return pixels
 
 
+def _normalised(text: str) -> str:
+    """Lower case, words and punctuation marks apart: decoded captions ("flag : japan") and names alike."""
+    return " ".join(_TOKEN.findall(text.lower()))
+
+
 def parse_caption(text: str, figures: tuple[str, ...]) -> dict[str, int] | None:
     """``{figure, tone, gender}`` indices stated by a caption of this grammar: the figure when the part
     before the tones is one of ``figures`` (its gender read from it), the tone from its tone phrases
     (``none`` when a known figure has none); ``None`` when it states nothing."""
-    stated = [TONES.index(tone) for tone in _TONE_PHRASE.findall(text.lower())]
-    figure = re.sub(r"\s*:\s*$", "", _TONE_PHRASE.sub("", text.lower()).replace(" ,", "").strip(" ,"))
-    lowered = [f.lower() for f in figures]
+    caption = _normalised(text)
+    stated = [TONES.index(tone.replace(" - ", "-")) for tone in _SPACED_TONE_PHRASE.findall(caption)]
+    figure = re.sub(r"[\s,:]+$", "", _SPACED_TONE_PHRASE.sub("", caption))
+    known = [_normalised(f) for f in figures]
     parsed: dict[str, int] = {}
-    if figure in lowered:
-        parsed["figure"] = lowered.index(figure)
+    if figure in known:
+        parsed["figure"] = known.index(figure)
         words = {_GENDER_OF_WORD[w] for w in _WORD.findall(figure) if w in _GENDER_OF_WORD}
         parsed["gender"] = 0 if not words else words.pop() if len(words) == 1 else 3
         if not stated:
