@@ -1,6 +1,7 @@
 """NotesDataModule: the SoundFont's notes at the asked pitch and loudness, captions that parse back, held-out
 (instrument, octave) pairs, the render cache, bad input. Three instruments are rendered (216 notes)."""
 
+import collections
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ from mmgen_lightning.datamodules import NotesDataModule
 from mmgen_lightning.datamodules import notes as notes_module
 from mmgen_lightning.datamodules.notes import (HELDOUT, INSTRUMENT_NAMES, OCTAVES, PITCHES, TEMPLATES, caption,
                                                parse_caption)
+from mmgen_lightning.datamodules.notes import INSTRUMENTS as GM_INSTRUMENTS
 from mmgen_lightning.errors import InputError
 
 try:
@@ -23,6 +25,7 @@ needs_synth = pytest.mark.skipif(SYNTH is not None, reason=f"FluidSynth cannot b
                                  "apt-get install libfluidsynth3")
 
 INSTRUMENTS = ["flute", "electric piano", "violin"]
+INSTRUMENTS_BY_NAME = {entry[0]: entry for entry in GM_INSTRUMENTS}
 ALL = ["audio", "text", "label"]
 
 
@@ -57,6 +60,15 @@ def test_captions_parse_back_in_every_wording():
     assert caption(10, 72, 1) == "a violin playing a loud high C"
     assert caption(1, 61, 0, 1) == "a soft middle C sharp on the electric piano"
     assert parse_caption("a smiling cat") is None
+
+
+def test_heldout_pairs_cover_every_family_once_and_every_octave(tmp_path):
+    full = NotesDataModule(cache_dir=str(tmp_path))
+    families = [INSTRUMENTS_BY_NAME[name][2] for name, _ in HELDOUT]
+    assert sorted(families) == list(range(11))
+    assert sorted(collections.Counter(octave for _, octave in HELDOUT).values()) == [3, 4, 4]
+    assert np.bincount(full.split_of).tolist() == [1056, 132, 132, 264]
+    assert not list(tmp_path.iterdir())  # splitting renders nothing
 
 
 @needs_synth
@@ -130,6 +142,14 @@ def test_a_missing_or_broken_soundfont_is_one_line_and_caches_nothing(tmp_path):
         with pytest.raises(InputError, match="broken.sf2: FluidSynth cannot load this file as a SoundFont"):
             make(tmp_path, soundfont=str(broken)).setup()
     assert not (tmp_path / "cache").exists()
+
+
+@needs_synth
+def test_a_render_that_fails_midway_names_the_note_and_caches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(notes_module, "VELOCITIES", (64, 0))  # velocity 0 is a note-off: the loud notes are silent
+    with pytest.raises(InputError, match=r"TimGM6mb\.sf2: program 73 plays nothing at MIDI key 48"):
+        make(tmp_path, instruments=["flute"]).setup()
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
 
 
 def test_a_missing_synthesizer_is_one_line(tmp_path, monkeypatch):
