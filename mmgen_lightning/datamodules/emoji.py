@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import io
 import re
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ def describe_name(code: str, name: str) -> Emoji:
     text = name.strip(":").replace("_", " ")
     stated = _TONE_PHRASE.findall(text)
     figure = _TONE_PHRASE.sub("", text).strip()
-    if all(0x1F1E6 <= p <= 0x1F1FF for p in points) or (points[0] == 0x1F3F4 and len(points) > 2):
+    if all(0x1F1E6 <= p <= 0x1F1FF for p in points) or any(0xE0020 <= p <= 0xE007F for p in points):
         figure = f"flag: {figure}"  # regional-indicator pairs and tag sequences are CLDR's "flag: ..." names
     elif figure.startswith("keycap "):
         figure = f"keycap: {figure[len('keycap '):]}"
@@ -285,7 +286,8 @@ class EmojiDataModule(RenderedDataModule):
         return [item.caption for item in self.items]
 
     def cache_path(self) -> Path:
-        """The render's file: its name says the source version, the size and a hash of the item list."""
+        """The render's file: its name says the source version and the size, and hashes the renderer's version
+        and the item list."""
         codes = "\n".join(item.code for item in self.items)
         if self.source_version is None:  # a user's folder: its files' names, sizes and times are its version
             stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in
@@ -293,7 +295,11 @@ class EmojiDataModule(RenderedDataModule):
             version = "dir" + hashlib.sha256(repr((str(self.svg_dir.resolve()), stats)).encode()).hexdigest()[:8]
         else:
             version = f"openmoji{self.source_version}"
-        digest = hashlib.sha256(f"{BACKGROUND}\n{codes}".encode()).hexdigest()[:12]
+        try:
+            renderer = importlib.metadata.version("resvg-py")
+        except importlib.metadata.PackageNotFoundError:
+            renderer = "missing"  # rendering will say how to install it
+        digest = hashlib.sha256(f"{BACKGROUND}\nresvg-py {renderer}\n{codes}".encode()).hexdigest()[:12]
         return self.cache_dir / f"emoji-{version}-{self.image_size}px-{digest}.npz"
 
     def images(self) -> np.ndarray:

@@ -3,8 +3,8 @@
 The SoundFont is ``TimGM6mb.sf2``, which the ``pretty-midi`` package ships (pretty-midi's code is
 MIT; the SoundFont is by Tim Brechbill (2004) and David Bolton (2010), **GPL-2.0**, as MuseScore
 and Debian's ``timgm6mb-soundfont`` package distribute it; the file itself states no licence). It is
-played by FluidSynth through ``pyfluidsynth`` (LGPL-2.1), with reverb and chorus off, so each clip is
-the instrument's own sample. FluidSynth is a system library: ``apt-get install libfluidsynth3``
+played by FluidSynth (LGPL-2.1) through ``pyfluidsynth`` (MIT), with reverb and chorus off, so each
+clip is the instrument's own sample. FluidSynth is a system library: ``apt-get install libfluidsynth3``
 (Debian/Ubuntu) or ``brew install fluid-synth`` (macOS).
 
 Each item is one ``(instrument, pitch, loudness)`` of ``INSTRUMENTS`` (22 General MIDI programs, two
@@ -26,7 +26,8 @@ other two octaves in training and each octave is played by the other instruments
 to train/val/test by a permutation seeded with ``seed`` cut by ``split_fractions``.
 
 Every clip is rendered once per configuration and cached (:mod:`.rendered`) as int16, FluidSynth's
-own output.
+own output; the cache is keyed by the SoundFont's bytes and the settings, not by the FluidSynth
+library's version (a cached set loads without the library), so delete it after changing FluidSynth.
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ def test_names_become_cldr_captions_and_attributes():
     assert two.caption == "woman and man holding hands: light skin tone, dark skin tone"
     assert (TONES[two.tone], two.gender, two.tones) == ("mixed", 3, (1, 5))
     assert describe_name("1F1EF-1F1F5", ":Japan:").caption == "flag: Japan"
+    assert describe_name("1F3F4-E0067-E0062-E0073-E0063-E0074-E007F", ":Scotland:").caption == "flag: Scotland"
+    assert describe_name("1F3F4-200D-2620-FE0F", ":pirate_flag:").caption == "pirate flag"
     assert describe_name("0037-FE0F-20E3", ":keycap_7:").caption == "keycap: 7"
     apple = describe_name("1F34E", ":red_apple:")
     assert (apple.caption, apple.tone, apple.gender) == ("red apple", 0, 0)
