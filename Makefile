@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo test test-fast bench clean
+.PHONY: install browser synth demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -34,7 +34,17 @@ browser:
 			>/dev/null 2>&1 || echo "apt-get could not install chromium; the browser test will be skipped"; \
 	fi
 
-test: $(STAMP) browser
+# Debian's FluidSynth library, which NotesDataModule plays the General MIDI SoundFont through (pyfluidsynth
+# is only its Python binding); where it cannot be installed the note-rendering tests are skipped and say why.
+synth:
+	@if ldconfig -p 2>/dev/null | grep -q libfluidsynth.so.3; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing libfluidsynth3 (apt-get) for the notes data"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3) >/dev/null 2>&1 \
+			|| echo "apt-get could not install libfluidsynth3; the note-rendering tests will be skipped"; \
+	fi
+
+test: $(STAMP) browser synth
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

@@ -18,7 +18,6 @@ Each run reads the recipe of its own tree (``--root``, default: the folder above
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 from pathlib import Path
@@ -28,11 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-
-
-def _class(path: str):
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+from recipe_run import build_recipe  # noqa: E402
 
 
 def fingerprint(module: torch.nn.Module) -> list[list[float]]:
@@ -58,12 +53,7 @@ def main() -> None:
     root = Path(args.root)
     config = yaml.safe_load((root / args.config).read_text())
     L.seed_everything(config.get("seed_everything", 0), workers=True)
-    data = config["data"]
-    datamodule = _class(data["class_path"])(**data.get("init_args", {}))
-    datamodule.setup("fit")
-    model_config = config["model"]
-    model = _class(model_config["class_path"])(datamodule.data_spec, **model_config.get("init_args", {}))
-    model.tokenizer = datamodule.tokenizer
+    model, datamodule = build_recipe(config)
     before = fingerprint(model)
     trainer = L.Trainer(max_steps=args.steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[])

@@ -2,7 +2,7 @@
 ``w_m`` per modality), trained by an ELBO whose joint posterior is a product of experts (MVAE), a
 mixture of experts (MMVAE, MMVAE+) or a mixture of products of experts (MoPoE): ``objectives/vae.py``.
 
-Every modality brings its default encoder and decoder (``get_modality(m).encoder/decoder``); audio is
+Every modality brings its default encoder and decoder (``models/layers/modality_networks.py``); audio is
 encoded, scored and decoded as its log-mel spectrogram (inverted by Griffin-Lim when sampled). Any
 subset of the modalities generates any other: the conditions' experts are fused as in training and each
 target is decoded from the drawn ``z`` (and its private latent: from its posterior when the target is
@@ -25,6 +25,7 @@ from mmgen_lightning.knobs import Knob, family_knobs
 from mmgen_lightning.losses import continuous_log_likelihood, kl_weight, reparameterize
 from mmgen_lightning.modalities import MODALITIES, Modality, TextModality, get_modality
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, Likelihood, scored_dimensions
+from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.objectives.vae import (FUSIONS, Gaussian, VAEObjective, iwae_log_weights, joint_components,
                                             multimodal_elbo, private_gate)
@@ -286,14 +287,14 @@ class MultimodalVAE(GenerativeModule):
     def build_encoder(self, name: str, private_dim: int) -> nn.Module:
         """The modality's default encoder -> the means and log-variances of ``[z, w_name]``."""
         net, modality = self.config.network, get_modality(name)
-        return modality.encoder(self.data_spec, 2 * (net.latent_dim + private_dim),
-                                self.width_of(modality, decoder=False), n_mels=net.n_mels)
+        return modality_networks.encoder(modality, self.data_spec, 2 * (net.latent_dim + private_dim),
+                                         self.width_of(modality, decoder=False), n_mels=net.n_mels)
 
     def build_decoder(self, name: str, private_dim: int) -> nn.Module:
         """The modality's default decoder from ``[z, w_name]`` (means; log-mel for audio; logits for label)."""
         net, modality = self.config.network, get_modality(name)
-        return modality.decoder(self.data_spec, net.latent_dim + private_dim, self.width_of(modality, decoder=True),
-                                n_mels=net.n_mels)
+        return modality_networks.decoder(modality, self.data_spec, net.latent_dim + private_dim,
+                                         self.width_of(modality, decoder=True), n_mels=net.n_mels)
 
     def width_of(self, modality: Modality, decoder: bool) -> int:
         """Captions run at ``text_width`` (their encoder at half of it); frame sequences at half ``width``,

@@ -24,10 +24,10 @@ from torchmetrics import Metric
 from mmgen_lightning.knobs import Knob
 from mmgen_lightning.losses import codebook_perplexity
 from mmgen_lightning.models.base import GenerativeModule
-from mmgen_lightning.models.layers.audio import LOG_FLOOR, LOG_SCALE
 from mmgen_lightning.models.layers.quantizers import QUANTIZERS, FiniteScalarQuantizer, Quantized, VectorQuantizer
 from mmgen_lightning.models.layers.vq_codecs import GridDecoder, GridEncoder
 from mmgen_lightning.modalities import get_modality
+from mmgen_lightning.modalities.audio import LOG_FLOOR, LOG_SCALE
 
 VQ_MODALITIES = ("image", "audio")
 
