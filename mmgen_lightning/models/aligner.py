@@ -33,6 +33,7 @@ from torchmetrics.retrieval import RetrievalHitRate
 from mmgen_lightning.losses import symmetric_info_nce
 from mmgen_lightning.modalities import MODALITIES, get_modality
 from mmgen_lightning.models.base import GenerativeModule
+from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.optim import adamw_warmup_cosine
 
 ALIGNABLE = MODALITIES
@@ -119,11 +120,13 @@ class Aligner(GenerativeModule):
     def _build_encoder(self, modality: str) -> nn.Module:
         """The modality's token encoder pooled by a learned query, or its own pooled encoder (text, label)."""
         hp, kind = self.hparams, get_modality(modality)
-        if not kind.has_token_encoder:
-            return kind.encoder(self.data_spec, hp.width, hp.width, num_layers=hp.text_layers, num_heads=hp.num_heads)
-        tokens = kind.token_encoder(self.data_spec, hp.width, num_layers=hp.encoder_layers, num_heads=hp.num_heads,
-                                    dropout=hp.dropout, patch_size=hp.patch_size, n_mels=hp.n_mels,
-                                    frames=hp.audio_frames, glimpse_size=hp.glimpse_size)
+        if not modality_networks.has_token_encoder(kind):
+            return modality_networks.encoder(kind, self.data_spec, hp.width, hp.width, num_layers=hp.text_layers,
+                                             num_heads=hp.num_heads)
+        tokens = modality_networks.token_encoder(kind, self.data_spec, hp.width, num_layers=hp.encoder_layers,
+                                                 num_heads=hp.num_heads, dropout=hp.dropout, patch_size=hp.patch_size,
+                                                 n_mels=hp.n_mels, frames=hp.audio_frames,
+                                                 glimpse_size=hp.glimpse_size)
         return nn.Sequential(tokens, AttentionPool(hp.width, hp.num_heads))
 
     def logit_scale_value(self) -> Tensor:

@@ -30,6 +30,7 @@ from transformers import GenerationConfig, GPT2Config
 from mmgen_lightning.knobs import family_knobs
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
 from mmgen_lightning.models.optim import adamw_warmup_cosine
+from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
 from mmgen_lightning.models.layers.token_encoders import PretrainedImageEncoder
 from mmgen_lightning.modalities import get_modality, random_shift
@@ -138,9 +139,10 @@ class Captioner(GenerativeModule):
                                              hp.image_encoder_config)
             self.hparams["image_encoder_config"] = encoder.config_dict  # the checkpoint rebuilds it alone
             return encoder
-        return get_modality(self.modality).token_encoder(
-            self.data_spec, hp.width, num_layers=hp.encoder_layers, num_heads=hp.num_heads, dropout=hp.dropout,
-            patch_size=hp.patch_size, glimpse_size=hp.glimpse_size, n_mels=hp.n_mels, frames=hp.audio_frames)
+        return modality_networks.token_encoder(
+            get_modality(self.modality), self.data_spec, hp.width, num_layers=hp.encoder_layers,
+            num_heads=hp.num_heads, dropout=hp.dropout, patch_size=hp.patch_size, glimpse_size=hp.glimpse_size,
+            n_mels=hp.n_mels, frames=hp.audio_frames)
 
     def _build_decoder(self) -> ConditionedGPT2:
         hp = self.hparams

@@ -27,6 +27,7 @@ from mmgen_lightning.config import ConfigGroup, build_groups
 from mmgen_lightning.knobs import Knob, family_knobs
 from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, Likelihood, load_generator
+from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.codecs import LatentCodec, LogMelCodec, PixelCodec
 from mmgen_lightning.models.layers.dit import ConditionTokens, DiT, TextTokenEncoder
 from mmgen_lightning.models.layers.flow_sampling import SAMPLERS, guided, ode_log_likelihood, straight_path
@@ -273,10 +274,10 @@ class FlowMatching(GenerativeModule):
     def build_condition_encoder(self) -> nn.Module:
         net, name = self.config.network, self.condition
         modality = get_modality(name)
-        if modality.has_token_encoder:  # audio frames, image or video patches
-            encoder: nn.Module = modality.token_encoder(self.data_spec, net.width, patch_size=net.condition_patch_size,
-                                                        n_mels=net.n_mels, frames=net.audio_frames,
-                                                        num_layers=net.condition_layers, num_heads=net.num_heads)
+        if modality_networks.has_token_encoder(modality):  # audio frames, image or video patches
+            encoder: nn.Module = modality_networks.token_encoder(
+                modality, self.data_spec, net.width, patch_size=net.condition_patch_size, n_mels=net.n_mels,
+                frames=net.audio_frames, num_layers=net.condition_layers, num_heads=net.num_heads)
         elif name == "text":  # DiT's own caption encoder (the modality's is the Aligner's pooled one)
             encoder = TextTokenEncoder(self.spec("vocab_size"), self.spec("max_text_length"), net.width,
                                        num_layers=net.condition_layers, num_heads=net.num_heads)

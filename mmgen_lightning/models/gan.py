@@ -38,6 +38,7 @@ from mmgen_lightning.losses import (ADVERSARIAL_LOSSES, discriminator_loss, gene
                                     r1_penalty, symmetric_info_nce)
 from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.models.base import GenerativeModule
+from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.conditioning import FeatureEmbedder, PretrainedTextEncoder
 from mmgen_lightning.models.layers.gan_blocks import (ClipAndFramesTrunk, ImageGenerator, ProjectionDiscriminator,
                                                       VideoGenerator, WarpVideoGenerator, image_trunk, video_trunk)
@@ -168,9 +169,9 @@ class ConditionalGAN(GenerativeModule):
             return None
         if self.text_encoder is not None:
             return FeatureEmbedder(self.text_encoder.hidden_size, hp.condition_dim)
-        return get_modality(self.condition).condition_embedder(
-            self.data_spec, hp.condition_dim, text_width=hp.text_width, text_layers=hp.text_layers, n_mels=hp.n_mels,
-            audio_width=hp.audio_width)
+        return modality_networks.condition_embedder(
+            get_modality(self.condition), self.data_spec, hp.condition_dim, text_width=hp.text_width,
+            text_layers=hp.text_layers, n_mels=hp.n_mels, audio_width=hp.audio_width)
 
     def build_generator(self) -> nn.Module:
         """``G(z: B,latent_dim, conditions) -> samples`` in [-1, 1]."""

@@ -26,6 +26,7 @@ from mmgen_lightning.losses import (LIKELIHOODS, continuous_log_likelihood, gaus
                                     kl_weight, log_mean_exp, mixture_log_density, product_of_experts, reparameterize)
 from mmgen_lightning.modalities import MODALITIES, Modality, TextModality, get_modality
 from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
+from mmgen_lightning.models.layers import modality_networks
 
 FUSIONS = ("poe", "moe", "mopoe", "mmvae_plus")
 VAE_MODALITIES = MODALITIES  # every batch key: each modality brings its own encoder and decoder
@@ -172,13 +173,15 @@ class MultimodalVAE(GenerativeModule):
         """The modality's default encoder -> the means and log-variances of ``[z, w_name]``."""
         out = 2 * (self.hparams.latent_dim + self.private_dims[name])
         modality = get_modality(name)
-        return modality.encoder(self.data_spec, out, self._width(modality, decoder=False), n_mels=self.hparams.n_mels)
+        return modality_networks.encoder(modality, self.data_spec, out, self._width(modality, decoder=False),
+                                         n_mels=self.hparams.n_mels)
 
     def _build_decoder(self, name: str) -> nn.Module:
         """The modality's default decoder from ``[z, w_name]`` (means; log-mel for audio; logits for label)."""
         latent = self.hparams.latent_dim + self.private_dims[name]
         modality = get_modality(name)
-        return modality.decoder(self.data_spec, latent, self._width(modality, decoder=True), n_mels=self.hparams.n_mels)
+        return modality_networks.decoder(modality, self.data_spec, latent, self._width(modality, decoder=True),
+                                         n_mels=self.hparams.n_mels)
 
     def _width(self, modality: Modality, decoder: bool) -> int:
         """Captions run at ``text_width`` (their encoder at half of it); frame sequences at half ``width``,

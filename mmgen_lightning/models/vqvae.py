@@ -27,11 +27,11 @@ from mmgen_lightning.config import ConfigGroup, build_groups
 from mmgen_lightning.knobs import Knob
 from mmgen_lightning.losses import codebook_perplexity
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout
-from mmgen_lightning.models.layers.audio import LOG_FLOOR, LOG_SCALE
 from mmgen_lightning.models.layers.quantizers import QUANTIZERS, FiniteScalarQuantizer, Quantized, VectorQuantizer
 from mmgen_lightning.models.layers.vq_codecs import GridDecoder, GridEncoder
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.modalities import get_modality
+from mmgen_lightning.modalities.audio import LOG_FLOOR, LOG_SCALE
 from mmgen_lightning.objectives.vqvae import VQObjective, vqvae_objective
 
 VQ_MODALITIES = ("image", "audio")

@@ -41,7 +41,7 @@ class TextEmbedder(nn.Module):
 
 
 class AudioEmbedder(nn.Module):
-    """``log_mel: B,n_mels,frames`` (a :class:`~mmgen_lightning.models.layers.audio.LogMel` of the
+    """``log_mel: B,n_mels,frames`` (a :class:`~mmgen_lightning.modalities.audio.LogMel` of the
     ``audio`` condition, computed once per batch by the family and shared by every embedder) -> ``B,dim``."""
 
     def __init__(self, n_mels: int, dim: int, width: int = 32) -> None:

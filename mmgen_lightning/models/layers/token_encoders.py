@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmgen_lightning.models.layers.audio import LogMel
+from mmgen_lightning.modalities.audio import LogMel
 
 PATCH_SIZES = (1, 2, 4, 8)
 
