@@ -21,8 +21,10 @@ and it syncs once per optimizer step rather than per micro-batch.
 
 The averaged generator that sampling uses comes from the recipe's EMA callback (``callbacks/ema.py``,
 Lightning's weight averaging, with the ``min(decay, (1 + n) / (10 + n))`` warm-up): it updates once per
-training batch that stepped (``trainer.global_step`` counts both players' steps), swaps the average in
-for validation and writes it into the checkpoint's ``state_dict``, which :meth:`generate` samples.
+training batch in which a player stepped (``trainer.global_step`` counts both players' steps), i.e. once
+per generator step when ``n_critic = 1`` (with ``n_critic > 1`` also after the discriminator-only
+batches, which average the unchanged generator in again), swaps the average in for validation and
+writes it into the checkpoint's ``state_dict``, which :meth:`generate` samples.
 """
 
 from __future__ import annotations
