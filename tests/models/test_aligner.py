@@ -174,7 +174,8 @@ def manifest_files(tmp_path_factory):
     aligner = fit_aligner(data, folder / "aligner", steps=6)
     audio_data = ManifestDataModule(str(manifest), modalities=["text", "audio"], **options)
     audio_aligner = fit_aligner(audio_data, folder / "audio_aligner")
-    gan = ConditionalGAN(data.data_spec, condition="text", width=8, latent_dim=8, condition_dim=8, text_width=16)
+    gan = ConditionalGAN(data.data_spec, condition="text",
+                         network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16})
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0,
                         callbacks=[ModelCheckpoint(dirpath=str(folder / "gan"), save_last=True)])
