@@ -36,14 +36,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from mmgen_lightning.callbacks.compile import CompileNetworks
 from mmgen_lightning.losses import kl_weight
 from mmgen_lightning.metrics.report import _import
-from mmgen_lightning.models.captioner import IGNORE_INDEX
+from mmgen_lightning.objectives.captioner import captioning_objective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gan_overhead import plain_step as gan_step  # noqa: E402  (the GAN's game from its objective functions)
@@ -67,9 +66,7 @@ def vae_step(model, batch: dict, optimizers: list, step: int) -> torch.Tensor:
 
 
 def captioner_step(model, batch: dict, optimizers: list, step: int) -> torch.Tensor:
-    logits, targets = model(batch).float(), model.targets(batch)
-    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
-                           label_smoothing=model.hparams.label_smoothing)
+    loss = captioning_objective(model, batch, model.modality, model.config.objective)["loss"]
     optimizer, scheduler = optimizers
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -159,7 +159,8 @@ def test_generate_from_an_aligner_says_it_generates_nothing(world, capsys, tmp_p
     from mmgen_lightning.models.aligner import Aligner
 
     toy = ToyDataModule(["image", "text"], size=8)
-    model = Aligner(toy.data_spec, embed_dim=8, width=16, encoder_layers=1, text_layers=1, num_heads=2)
+    model = Aligner(toy.data_spec, network={"embed_dim": 8, "width": 16, "encoder_layers": 1, "text_layers": 1,
+                                            "num_heads": 2})
     trainer = L.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.strategy.connect(model)

@@ -29,7 +29,7 @@ def gan(spec, folder=None):
 def captioner(spec, folder=None):
     from mmgen_lightning.models.captioner import Captioner
 
-    return Captioner(spec, modality="image", width=32, encoder_layers=1, decoder_layers=1, dropout=0.0)
+    return Captioner(spec, modality="image", network={"width": 32, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0})
 
 
 def vqvae(spec, folder=None):

@@ -530,7 +530,7 @@ def test_frozen_aligner_guides_the_generator_and_stays_out_of_the_checkpoint(tmp
 
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text", "label"], size=16, batch_size=8)
-    tiny_aligner = {"embed_dim": 8, "width": 16, "encoder_layers": 1, "text_layers": 1, "num_heads": 2}
+    tiny_aligner = {"network": {"embed_dim": 8, "width": 16, "encoder_layers": 1, "text_layers": 1, "num_heads": 2}}
     for name, modalities in (("aligner", ["image", "text"]), ("label_aligner", ["image", "label"])):
         fit(Aligner(datamodule.data_spec, modalities=modalities, **tiny_aligner), datamodule, max_steps=1,
             limit_val_batches=0, default_root_dir=str(tmp_path),
@@ -563,8 +563,8 @@ def test_aligner_term_reads_an_audio_condition_beside_its_log_mel():
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "audio"], size=8, batch_size=4)
     model = tiny(datamodule.data_spec, condition="audio")
-    aligner = Aligner(datamodule.data_spec, modalities=["image", "audio"], embed_dim=8, width=16, encoder_layers=1,
-                      num_heads=2, n_mels=16).requires_grad_(False)
+    aligner = Aligner(datamodule.data_spec, modalities=["image", "audio"], network={
+        "embed_dim": 8, "width": 16, "encoder_layers": 1, "num_heads": 2, "n_mels": 16}).requires_grad_(False)
     batch = next(iter(DataLoader(datamodule.dataset("train"), batch_size=4)))
     conditions = model.condition_inputs(batch)
     assert sorted(conditions) == ["audio", "log_mel"]  # the embedders read log_mel, the aligner the clip
