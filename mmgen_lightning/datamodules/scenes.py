@@ -56,6 +56,7 @@ from torch.utils.data import Dataset
 
 from mmgen_lightning.datamodules.attributes import AttributeReading
 from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
+# Shapes' geometry, so an object looks the same in both sources
 from mmgen_lightning.datamodules.shapes import COLOR_RGB, COLORS, SHAPES, SIZES, _signed_distance
 from mmgen_lightning.tokenizer import CaptionTokenizer
 
@@ -69,9 +70,8 @@ SCENE_SPLITS = (*SPLITS, "heldout")
 HELDOUT_PAIRS = tuple((COLORS.index(color), SHAPES.index(shape)) for color, shape in (
     ("red", "triangle"), ("green", "diamond"), ("blue", "circle"), ("yellow", "square"), ("purple", "diamond"),
     ("cyan", "triangle")))
-SEEN_PAIRS = tuple(pair for pair in itertools.product(range(len(COLORS)), range(len(SHAPES)))
-                   if pair not in HELDOUT_PAIRS)
 ALL_PAIRS = tuple(itertools.product(range(len(COLORS)), range(len(SHAPES))))
+SEEN_PAIRS = tuple(pair for pair in ALL_PAIRS if pair not in HELDOUT_PAIRS)
 
 ATTRIBUTE_NAMES = ("kind", "relation", "count", *(f"object{k}_{field}" for k in range(MAX_OBJECTS)
                                                   for field in ("present", "shape", "color", "size", "x", "y")))
@@ -94,7 +94,8 @@ GAP, EDGE = 0.03, 0.02
 RELATION_MARGIN = 0.1
 #: the data places related objects a further pixel apart, so a judge's sub-pixel centroid cannot flip a real scene
 PLACEMENT_SLACK = 1 / IMAGE_SIZE
-#: candidate positions drawn per object, and fresh starts, before placement gives up (never seen to happen)
+#: candidate positions drawn per object, and fresh starts before placement gives up (four large
+#: triangles, the most crowded scene, need a few starts)
 PLACEMENT_TRIES, PLACEMENT_RESTARTS = 64, 1000
 #: per relation: the axis (0 x, 1 y) and the sign of (second - first) along it when the relation holds
 RELATION_AXIS = ((0, 1.0), (0, -1.0), (1, 1.0), (1, -1.0))
@@ -135,7 +136,7 @@ class Named:
     color: int
     size: int | None = None
 
-    def allows(self, found: "SceneObject") -> bool:
+    def allows(self, found: SceneObject) -> bool:
         return found.shape == self.shape and found.color == self.color and self.size in (None, found.size)
 
 

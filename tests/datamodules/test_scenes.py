@@ -15,7 +15,7 @@ from mmgen_lightning.datamodules.scenes import (ATTRIBUTE_NAMES, BOUNDING, GAP, 
                                                 RELATIONS, WORDINGS, FreeTextCaption, Named, Scene, SceneCaption,
                                                 SceneObject, caption_text, draw_scene, match_scene,
                                                 parse_scene_caption, relation_holds, render_scene)
-from mmgen_lightning.datamodules.shapes import COLOR_RGB, COLORS, SHAPES
+from mmgen_lightning.datamodules.shapes import COLOR_RGB, SHAPES
 
 
 def make(**kwargs):
@@ -190,7 +190,8 @@ def test_parser_reads_more_than_the_data_writes():
         "binding", (Named(0, 0), Named(1, 2), Named(2, 1)))
     assert parse_scene_caption("two red circles and a small blue square") == SceneCaption(
         "binding", (Named(0, 0), Named(0, 0), Named(1, 2, 0)))
-    assert parse_scene_caption("red circle under blue square") == SceneCaption("relation", (Named(0, 0), Named(1, 2)), 3)
+    assert parse_scene_caption("red circle under blue square") == SceneCaption(
+        "relation", (Named(0, 0), Named(1, 2)), 3)
 
 
 @pytest.mark.parametrize("text, word", [
