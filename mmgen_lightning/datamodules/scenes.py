@@ -121,6 +121,7 @@ _RELATION_PHRASES = sorted(((tuple(phrase.split()), r) for r, phrases in enumera
 _READ_LEADS = (("there", "is"), ("there", "are"), ("a", "picture", "of"), ("an", "image", "of"),
                ("a", "photo", "of"), ("an", "image", "with"))
 _SCENE_WORDS = set(COLORS) | set(_SHAPE_OF_WORD) | set(_SIZE_OF_WORD) | set(_COUNT_OF_WORD)
+_OBJECT = "[a|count] [size] colour shape"
 
 
 class FreeTextCaption(ValueError):
@@ -305,7 +306,7 @@ def _join_relation_phrases(words: list[str]) -> list[str]:
 
 
 def _object_phrase(tokens: list[str], position: int, text: str) -> tuple[tuple[int, bool, Named], int]:
-    """``[a|an|count] [size] colour shape`` from ``tokens[position:]``: ``((count, counted, named), next)``."""
+    """``[a|an|the|count] [size] colour shape`` from ``tokens[position:]``: ``((count, counted, named), next)``."""
     def at(offset: int = 0) -> str | None:
         return tokens[position + offset] if position + offset < len(tokens) else None
 
@@ -313,7 +314,7 @@ def _object_phrase(tokens: list[str], position: int, text: str) -> tuple[tuple[i
         return token is None or token in ("and", ",") or token in RELATIONS
 
     count, counted = 1, False
-    if at() in ("a", "an"):
+    if at() in ("a", "an", "the"):
         position += 1
     elif at() is not None and (at() in _COUNT_OF_WORD or at().isdigit()):
         word = at()
@@ -332,16 +333,20 @@ def _object_phrase(tokens: list[str], position: int, text: str) -> tuple[tuple[i
         position += 1
     elif ends(word):
         before = f"after {tokens[position - 1]!r}" if position else "at the start"
-        raise ValueError(f"caption {text!r}: an object is missing {before}; name one as '[size] colour shape'")
+        raise ValueError(f"caption {text!r}: an object is missing {before}; name one as '{_OBJECT}'")
     elif word in _SHAPE_OF_WORD:
         raise ValueError(f"caption {text!r}: {word!r} has no colour; colours: {', '.join(COLORS)}")
-    elif at(1) in _SHAPE_OF_WORD or not ends(at(1)):  # a word where the colour goes
+    elif word in _SCENE_WORDS or word.isdigit():
+        raise ValueError(f"caption {text!r}: unexpected {word!r} where the colour goes; name an object as '{_OBJECT}'")
+    elif at(1) in _SHAPE_OF_WORD or not ends(at(1)):  # an unknown word where the colour goes
         raise ValueError(f"caption {text!r}: unknown colour {word!r}; colours: {', '.join(COLORS)}")
     else:  # a lone word where the object goes names its shape
         raise ValueError(f"caption {text!r}: unknown shape {word!r}; shapes: {', '.join(SHAPES)}")
     word = at()
     if ends(word):
         raise ValueError(f"caption {text!r}: no shape after {COLORS[color]!r}; shapes: {', '.join(SHAPES)}")
+    if word in _SCENE_WORDS and word not in _SHAPE_OF_WORD:
+        raise ValueError(f"caption {text!r}: unexpected {word!r} where the shape goes; name an object as '{_OBJECT}'")
     if word not in _SHAPE_OF_WORD:
         raise ValueError(f"caption {text!r}: unknown shape {word!r}; shapes: {', '.join(SHAPES)}")
     return (count, counted, Named(_SHAPE_OF_WORD[word], color, size)), position + 1

@@ -190,7 +190,7 @@ def test_parser_reads_more_than_the_data_writes():
         "binding", (Named(0, 0), Named(1, 2), Named(2, 1)))
     assert parse_scene_caption("two red circles and a small blue square") == SceneCaption(
         "binding", (Named(0, 0), Named(0, 0), Named(1, 2, 0)))
-    assert parse_scene_caption("red circle under blue square") == SceneCaption(
+    assert parse_scene_caption("the red circle under the blue square") == SceneCaption(
         "relation", (Named(0, 0), Named(1, 2)), 3)
 
 
@@ -205,6 +205,7 @@ def test_parser_reads_more_than_the_data_writes():
     ("four red circles and a blue square", "5 objects"),
     ("a circle", "'circle'"),
     ("a red", "'red'"),
+    ("a big small red circle", "'small'"),
     ("a red circle on the left", "'on'"),
     ("a red circle above a blue square and a green triangle", "'above'"),
     ("two red circles to the left of a blue square", "'left of'"),
