@@ -91,7 +91,7 @@ def main() -> None:
     ceiling = real_ceiling(datamodule, judge, num_captions=args.captions, samples_per_caption=args.samples)
     table = scenes_markdown(ceiling)
     print(table)
-    result = {"command": "python benchmarks/scenes_judge.py " + " ".join(sys.argv[1:]),
+    result = {"command": " ".join(["python benchmarks/scenes_judge.py", *sys.argv[1:]]),
               "judge_version": SCENE_JUDGE_VERSION, "recipe": asdict(SceneJudgeRecipe()),
               "judge_train_seconds": train_seconds, "data": speed, "degradations": DEGRADATIONS,
               "judge_accuracy": {"items_per_split": args.items, **accuracy}, "real_renders": ceiling,
