@@ -48,7 +48,7 @@ def world(tmp_path_factory):
                        root / "vae.ckpt")
     toy_image = ToyDataModule(["image"], size=16, batch_size=8)
     toy_image.setup("fit")
-    vq = fit_and_save(VQVAE(toy_image.data_spec, num_codes=8, code_dim=4, width=8), toy_image, root / "vqvae.ckpt")
+    vq = fit_and_save(VQVAE(toy_image.data_spec, network={"num_codes": 8, "code_dim": 4, "width": 8}), toy_image, root / "vqvae.ckpt")
 
     data = root / "data"
     data.mkdir()

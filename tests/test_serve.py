@@ -51,7 +51,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
                                condition="text", output="video", **GAN_SIZES)
     vae.tokenizer = text_gan.tokenizer = video_gan.tokenizer = tokenizer
     label_gan = ConditionalGAN({**spec, "modalities": ["image", "label"]}, condition="label", **GAN_SIZES)
-    vqvae = VQVAE({**spec, "modalities": ["image"]}, num_codes=16, code_dim=8, width=16)
+    vqvae = VQVAE({**spec, "modalities": ["image"]}, network={"num_codes": 16, "code_dim": 8, "width": 16})
     models = {"vae": vae, "text_gan": text_gan, "video_gan": video_gan, "label_gan": label_gan, "vqvae": vqvae}
     return {name: save(model, folder / f"{name}.ckpt") for name, model in models.items()}
 
