@@ -25,7 +25,7 @@ from mmgen_lightning.serve import (MAX_UPLOAD_MB, Server, UserError, build_app, 
 
 SPEC = {"dataset": "toy", "image_size": 16, "image_channels": 1, "max_text_length": 6, "sample_rate": 8000,
         "audio_length": 2000, "num_classes": 4}
-GAN_SIZES = {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}
+GAN_SIZES = {"network": {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}}
 
 
 def save(model, path: Path) -> Path:

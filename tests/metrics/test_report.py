@@ -23,7 +23,8 @@ def vae(spec, folder=None):
 def gan(spec, folder=None):
     from mmgen_lightning.models.gan import ConditionalGAN
 
-    return ConditionalGAN(spec, condition="label", width=8, latent_dim=8, condition_dim=8, text_width=16, n_mels=16)
+    return ConditionalGAN(spec, condition="label",
+                          network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16})
 
 
 def captioner(spec, folder=None):
