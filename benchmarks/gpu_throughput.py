@@ -68,7 +68,7 @@ def train_throughput(family: str, args, accelerator: str, precision: str) -> dic
 @torch.no_grad()
 def sampling_throughput(args, device: torch.device, dtype: torch.dtype) -> dict:
     config = yaml.safe_load((ROOT / "configs/captioner/digits.yaml").read_text())
-    config["model"]["init_args"]["max_positions"] = args.tokens + 1
+    config["model"]["init_args"].setdefault("network", {})["max_positions"] = args.tokens + 1
     torch.manual_seed(0)
     model, _ = build(config)
     model = model.to(device).eval()

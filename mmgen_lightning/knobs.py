@@ -103,7 +103,6 @@ KNOWN_KNOBS: dict[str, Knob] = {
     "max_new_tokens": Knob(int, 1, help="at most this many tokens after the start token"),
     "griffin_lim_iterations": Knob(int, 1, help="Griffin-Lim iterations turning a spectrogram into a waveform"),
     "use_cache": Knob(bool, help="reuse the keys/values of earlier positions (KV cache)"),
-    "use_ema": Knob(bool, help="sample from the averaged weights"),
     "interpolate": Knob(bool, help="the samples walk from one latent draw to a second"),
 }
 

@@ -48,7 +48,7 @@ def world(tmp_path_factory):
                        root / "vae.ckpt")
     toy_image = ToyDataModule(["image"], size=16, batch_size=8)
     toy_image.setup("fit")
-    vq = fit_and_save(VQVAE(toy_image.data_spec, num_codes=8, code_dim=4, width=8), toy_image, root / "vqvae.ckpt")
+    vq = fit_and_save(VQVAE(toy_image.data_spec, network={"num_codes": 8, "code_dim": 4, "width": 8}), toy_image, root / "vqvae.ckpt")
 
     data = root / "data"
     data.mkdir()
@@ -159,7 +159,8 @@ def test_generate_from_an_aligner_says_it_generates_nothing(world, capsys, tmp_p
     from mmgen_lightning.models.aligner import Aligner
 
     toy = ToyDataModule(["image", "text"], size=8)
-    model = Aligner(toy.data_spec, embed_dim=8, width=16, encoder_layers=1, text_layers=1, num_heads=2)
+    model = Aligner(toy.data_spec, network={"embed_dim": 8, "width": 16, "encoder_layers": 1, "text_layers": 1,
+                                            "num_heads": 2})
     trainer = L.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.strategy.connect(model)

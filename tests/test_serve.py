@@ -25,7 +25,7 @@ from mmgen_lightning.serve import (MAX_UPLOAD_MB, Server, UserError, build_app, 
 
 SPEC = {"dataset": "toy", "image_size": 16, "image_channels": 1, "max_text_length": 6, "sample_rate": 8000,
         "audio_length": 2000, "num_classes": 4}
-GAN_SIZES = {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}
+GAN_SIZES = {"network": {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}}
 
 
 def save(model, path: Path) -> Path:
@@ -51,7 +51,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
                                condition="text", output="video", **GAN_SIZES)
     vae.tokenizer = text_gan.tokenizer = video_gan.tokenizer = tokenizer
     label_gan = ConditionalGAN({**spec, "modalities": ["image", "label"]}, condition="label", **GAN_SIZES)
-    vqvae = VQVAE({**spec, "modalities": ["image"]}, num_codes=16, code_dim=8, width=16)
+    vqvae = VQVAE({**spec, "modalities": ["image"]}, network={"num_codes": 16, "code_dim": 8, "width": 16})
     models = {"vae": vae, "text_gan": text_gan, "video_gan": video_gan, "label_gan": label_gan, "vqvae": vqvae}
     return {name: save(model, folder / f"{name}.ckpt") for name, model in models.items()}
 

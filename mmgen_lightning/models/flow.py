@@ -165,6 +165,10 @@ def _legacy_space(flat: dict[str, Any]) -> dict[str, Any]:
     if flat.pop("space", "pixel") != "latent":
         for key in ("vqvae_checkpoint", "vqvae_config", "latent_scale"):
             flat.pop(key, None)
+    elif flat.get("vqvae_config") is not None:  # the VQVAE's own flat hyper-parameters, mapped by its layout
+        from mmgen_lightning.models.vqvae import VQVAE
+
+        flat["vqvae_config"] = VQVAE.legacy.hyperparameters(VQVAE, flat["vqvae_config"])
     return flat
 
 

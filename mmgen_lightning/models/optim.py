@@ -122,11 +122,3 @@ def configure_optimization(module: L.LightningModule, config: Optimization,
         return {"optimizer": optimizers[0], "lr_scheduler": schedulers[0]}
     return optimizers, schedulers
 
-
-def adamw_warmup_cosine(module: L.LightningModule, no_decay: tuple[str, ...]) -> dict[str, Any]:
-    """The flat-keyword families' recipe (hparams ``lr``, ``betas``, ``weight_decay``, ``warmup_steps``) as an
-    :class:`Optimization`; goes once every family takes the group."""
-    hp = module.hparams
-    config = Optimization(lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
-                          schedule="cosine")
-    return configure_optimization(module, config, no_decay=no_decay)

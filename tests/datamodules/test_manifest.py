@@ -38,13 +38,15 @@ def datamodule(manifest, **options):
 FAMILIES = {
     "vae_every_modality": (None, lambda s: MultimodalVAE(s, latent_dim=4, width=16, text_width=16, n_mels=16)),
     "gan_text_to_image": (["image", "text"], lambda s: ConditionalGAN(
-        s, condition="text", width=8, latent_dim=8, condition_dim=8, text_width=16)),
+        s, condition="text", network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16})),
     "gan_audio_to_video": (["video", "audio"], lambda s: ConditionalGAN(
-        s, condition="audio", output="video", width=8, latent_dim=8, condition_dim=8, n_mels=16)),
-    "captioner_image": (["image", "text"], lambda s: Captioner(s, width=16, encoder_layers=1, decoder_layers=1)),
+        s, condition="audio", output="video", network={"width": 8, "latent_dim": 8, "condition_dim": 8, "n_mels": 16})),
+    "captioner_image": (["image", "text"], lambda s: Captioner(
+        s, network={"width": 16, "encoder_layers": 1, "decoder_layers": 1})),
     "captioner_audio": (["audio", "text"], lambda s: Captioner(
-        s, width=16, encoder_layers=1, decoder_layers=1, n_mels=16, audio_frames=8)),
-    "captioner_video": (["video", "text"], lambda s: Captioner(s, width=16, encoder_layers=1, decoder_layers=1)),
+        s, network={"width": 16, "encoder_layers": 1, "decoder_layers": 1, "n_mels": 16, "audio_frames": 8})),
+    "captioner_video": (["video", "text"], lambda s: Captioner(
+        s, network={"width": 16, "encoder_layers": 1, "decoder_layers": 1})),
 }
 
 

@@ -280,7 +280,7 @@ def test_latent_flow_at_128_px_keeps_its_frozen_vqvae_in_the_checkpoint(tmp_path
     torch.manual_seed(0)
     datamodule = ShapesDataModule(modalities=["image", "text"], image_size=128, train_size=8, val_size=4, test_size=4,
                                   batch_size=4)
-    vqvae = VQVAE(datamodule.data_spec, num_codes=8, code_dim=4, width=8, downsample=16)
+    vqvae = VQVAE(datamodule.data_spec, network={"num_codes": 8, "code_dim": 4, "width": 8, "downsample": 16})
     fit(vqvae, datamodule, max_steps=1, limit_val_batches=0).save_checkpoint(tmp_path / "vqvae.ckpt")
     model = tiny(datamodule.data_spec, condition="text", latent={"vqvae_checkpoint": str(tmp_path / "vqvae.ckpt")},
                  network={"patch_size": 2})
