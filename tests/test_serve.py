@@ -44,8 +44,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     tokenizer = CaptionTokenizer.train(["class zero one two three"], max_length=6)
     spec = {**SPEC, "vocab_size": tokenizer.vocab_size}
     torch.manual_seed(0)
-    vae = MultimodalVAE({**spec, "modalities": ["image", "text", "audio"]}, latent_dim=4, width=8, text_width=16,
-                        n_mels=16)
+    vae = MultimodalVAE({**spec, "modalities": ["image", "text", "audio"]},
+                        network={"latent_dim": 4, "width": 8, "text_width": 16, "n_mels": 16})
     text_gan = ConditionalGAN({**spec, "modalities": ["image", "text"]}, condition="text", **GAN_SIZES)
     video_gan = ConditionalGAN({**spec, "modalities": ["video", "text"], "num_frames": 4, "video_size": 16},
                                condition="text", output="video", **GAN_SIZES)
@@ -156,7 +156,8 @@ def test_bad_uploads_are_one_line_and_the_server_goes_on(server, checkpoints, tm
 
 def test_checkpoint_paths_outside_the_given_folders_are_refused(server, checkpoints, tmp_path):
     folder = checkpoints["vae"].parent
-    outside = save(MultimodalVAE({**SPEC, "modalities": ["image"]}, latent_dim=4, width=8), tmp_path / "else.ckpt")
+    outside = save(MultimodalVAE({**SPEC, "modalities": ["image"]}, network={"latent_dim": 4, "width": 8}),
+                   tmp_path / "else.ckpt")
     (folder / "link.ckpt").symlink_to(outside)
     for path in (outside, folder / ".." / tmp_path.name / "else.ckpt", folder / "link.ckpt", "/etc/passwd"):
         with pytest.raises(UserError, match="refused, it is outside the folders this server was started with"):

@@ -17,7 +17,7 @@ from mmgen_lightning.metrics.report import evaluate_cli, markdown
 def vae(spec, folder=None):
     from mmgen_lightning.models.vae import MultimodalVAE
 
-    return MultimodalVAE(spec, latent_dim=4, width=8, text_width=16)
+    return MultimodalVAE(spec, network={"latent_dim": 4, "width": 8, "text_width": 16})
 
 
 def gan(spec, folder=None):
