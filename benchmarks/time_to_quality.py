@@ -2,6 +2,7 @@
 
     python benchmarks/time_to_quality.py --config configs/flow/shapes.yaml [--every 20] [--budget 180]
                                          [--tag baseline] [--fit-args --model.init_args.optimization.lr=4e-3 ...]
+    python benchmarks/time_to_quality.py ... --every-steps 250 --max-steps 2000   # quality per step
 
 One run: ``mmgen fit`` of the recipe (one torch thread, from an empty folder, exactly as a user runs it),
 with an extra ``ModelCheckpoint`` that keeps a snapshot every ``--every`` seconds of training
@@ -44,16 +45,22 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKS = (60, 120, 180, 300, 600)
 
 
-def train(config_path: str, folder: Path, every: int, budget: int | None, fit_args: list[str]) -> tuple[float, Path]:
-    """Fit the recipe with snapshots every ``every`` s into ``folder``; returns the launch time and the log."""
+def train(config_path: str, folder: Path, every: int, budget: int | None, fit_args: list[str],
+          every_steps: int | None = None, max_steps: int | None = None) -> tuple[float, Path]:
+    """Fit the recipe with snapshots every ``every`` s (or ``every_steps`` steps, up to ``max_steps``) into
+    ``folder``; returns the launch time and the log."""
     log = folder / "fit.log"
+    interval = ([f"--trainer.callbacks.every_n_train_steps={every_steps}"] if every_steps else
+                [f"--trainer.callbacks.train_time_interval=0:00:{every:02d}"])
     command = [sys.executable, "-m", "mmgen_lightning.cli", "fit", "--config", config_path,
                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(folder / "run"),
                "--trainer.logger.init_args.save_dir", str(folder / "run"),
                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                f"--trainer.callbacks.dirpath={folder / 'snapshots'}", "--trainer.callbacks.filename={step}",
-               "--trainer.callbacks.save_top_k=-1", f"--trainer.callbacks.train_time_interval=0:00:{every:02d}"]
-    if budget is not None:
+               "--trainer.callbacks.save_top_k=-1", *interval]
+    if max_steps is not None:  # steps, not time: quality per step does not depend on the machine's load
+        command += ["--trainer.max_steps", str(max_steps), "--trainer.max_time", "null"]
+    elif budget is not None:
         command += ["--trainer.max_time", f"00:00:{budget // 60:02d}:{budget % 60:02d}"]
     launched = time.time()
     with log.open("w") as stream:
@@ -79,6 +86,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=20, help="seconds of training between snapshots (< 60)")
     parser.add_argument("--budget", type=int, default=None, help="training seconds (default: the recipe's max_time)")
     parser.add_argument("--captions", type=int, default=500, help="held-out test captions scored per snapshot")
+    parser.add_argument("--every-steps", type=int, default=None, help="snapshot every this many steps instead")
+    parser.add_argument("--max-steps", type=int, default=None, help="train this many steps instead of the budget")
     parser.add_argument("--tag", default="run")
     parser.add_argument("--keep", default=None, help="keep the run's folder here instead of a temporary one")
     parser.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[], help="extra `mmgen fit` arguments")
@@ -90,7 +99,7 @@ def main() -> None:
     folder = Path(args.keep or tempfile.mkdtemp(prefix="ttq_"))
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    launched, _ = train(args.config, folder, args.every, args.budget, args.fit_args)
+    launched, _ = train(args.config, folder, args.every, args.budget, args.fit_args, args.every_steps, args.max_steps)
     snapshots = sorted((folder / "snapshots").glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
     datamodule = load_datamodule(snapshots[-1], ROOT / args.config)
     judge = get_judge(datamodule, "image")
