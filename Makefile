@@ -14,7 +14,7 @@ install: $(STAMP)
 # pillow is pinned below 13 because Gradio (the serve extra, for `mmgen serve`) requires pillow<13.
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,pretrained,serve]"
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,pretrained,serve,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
