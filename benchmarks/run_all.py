@@ -266,6 +266,20 @@ def recipe_rows(name: str, report: dict, with_note: bool = False) -> list[str]:
         if judged.get("sampling"):
             cells.append("sampling " + ", ".join(f"{k} {v}" for k, v in judged["sampling"].items()))
         return [head + "; ".join(cells) + f" | {command} |"]
+    if "text_to_image" in report and "image_to_text" in report:  # tokens_quality.py: both stages, both orders
+        cells = [f"image->text {report['image_to_text']['accuracy']:.3f}"]
+        for row in report["text_to_image"]["by_sampling"]:  # the last row samples with the recipe's own defaults
+            knobs = (row["sampling"] if isinstance(row["sampling"], str)
+                     else f"top_k {row['sampling']['top_k']}, guidance {row['sampling']['guidance_scale']}")
+            cells.append(f"text->image {row['accuracy']:.3f} ({knobs})")
+        return [head + "; ".join(cells) + f" | {command} |"]
+    retrieval = {key: value for key, value in report.items() if "->" in key and isinstance(value, dict)
+                 and "relevant_hit@1" in value}
+    if retrieval:  # aligner_quality.py: hit@1 counts any item with the query's attributes, exact only the pair
+        cells = [f"{direction} hit@1 {row['relevant_hit@1']:.2f} (exact recall@1 {row['exact_recall@1']:.2f})"
+                 for direction, row in retrieval.items()]
+        cells.append(f"among {report.get('items', '?')} items, exact ceiling {report['exact_recall_at_1_ceiling']:.2f}")
+        return [head + "; ".join(cells) + f" | {command} |"]
     if isinstance(report.get("settings"), dict):  # vae_quality.py --sweep: one checkpoint at other sampling knobs
         cells = [f"{setting}: {direction} coherence {row['coherence']:.3f}, diversity {row['diversity_vs_real']:.3f}"
                  for setting, directions in report["settings"].items() for direction, row in directions.items()]
