@@ -1,6 +1,6 @@
 """TokenTransformer: stage 2 of the two-stage (DALL-E / Chameleon) recipe. One decoder-only
 transformer models a single token stream of caption tokens and the stage-1 :class:`VQVAE`'s codes,
-in both orders (see ``layers/token_stream.py``), so the same weights do text -> image and
+in both orders (:class:`~mmgen_lightning.tokenizer.TokenLayout`), so the same weights do text -> image and
 image -> text (or text <-> audio, with an audio VQVAE).
 
 The objective (``objectives/tokens.py``) is next-token cross-entropy on the text and code slots, the
@@ -37,11 +37,12 @@ from transformers.generation import (LogitsProcessorList, TemperatureLogitsWarpe
 from mmgen_lightning.config import ConfigGroup, build_groups
 from mmgen_lightning.knobs import KNOWN_KNOBS, family_knobs
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, load_generator
-from mmgen_lightning.models.layers.token_stream import StreamTransformer, TokenLayout
+from mmgen_lightning.models.layers.token_stream import StreamTransformer
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.models.vqvae import VQVAE
 from mmgen_lightning.modalities import get_modality, random_shift
 from mmgen_lightning.objectives.tokens import TokenObjective, token_stream_objective
+from mmgen_lightning.tokenizer import TokenLayout
 
 
 def classifier_free_guidance(conditional: Tensor, unconditional: Tensor, scale: float) -> Tensor:
