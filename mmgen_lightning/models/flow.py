@@ -30,9 +30,9 @@ from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, Likeliho
 from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.codecs import LatentCodec, LogMelCodec, PixelCodec
 from mmgen_lightning.models.layers.dit import ConditionTokens, DiT, TextTokenEncoder
-from mmgen_lightning.models.layers.flow_sampling import SAMPLERS, guided, ode_log_likelihood, straight_path
+from mmgen_lightning.models.layers.flow_sampling import SAMPLERS, guided, ode_log_likelihood
 from mmgen_lightning.models.optim import Optimization
-from mmgen_lightning.objectives.flow import FlowObjective, flow_matching_objective
+from mmgen_lightning.objectives.flow import FlowObjective, flow_matching_objective, straight_path
 
 FLOW_CONDITIONS = ("text", "label", "audio", "image", "video")
 FLOW_OUTPUTS = ("image", "audio")
