@@ -90,16 +90,22 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="train this many steps instead of the budget")
     parser.add_argument("--tag", default="run")
     parser.add_argument("--keep", default=None, help="keep the run's folder here instead of a temporary one")
+    parser.add_argument("--scored-run", default=None, help="score the snapshots of an earlier run's folder (no fit)")
     parser.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[], help="extra `mmgen fit` arguments")
     args = parser.parse_args()
     if not 1 <= args.every < 60:
         parser.error("--every must be 1-59 seconds")
     torch.set_num_threads(1)
     config = yaml.safe_load((ROOT / args.config).read_text())
-    folder = Path(args.keep or tempfile.mkdtemp(prefix="ttq_"))
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    launched, _ = train(args.config, folder, args.every, args.budget, args.fit_args, args.every_steps, args.max_steps)
+    if args.scored_run:
+        folder = Path(args.scored_run)
+        launched = (folder / "fit.log").stat().st_ctime
+    else:
+        folder = Path(args.keep or tempfile.mkdtemp(prefix="ttq_"))
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        launched, _ = train(args.config, folder, args.every, args.budget, args.fit_args, args.every_steps,
+                            args.max_steps)
     snapshots = sorted((folder / "snapshots").glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
     datamodule = load_datamodule(snapshots[-1], ROOT / args.config)
     judge = get_judge(datamodule, "image")
@@ -115,7 +121,8 @@ def main() -> None:
         row.update(score(snapshot, datamodule, judge, test, train_split, args.captions))
         row["train_images_per_second"] = row["step"] * batch_size / row["train_seconds"] if row["train_seconds"] else None
         rows.append(row)
-        print(f"step {row['step']:5d} train {row['train_seconds']:6.1f} s wall {row['wall_seconds']:6.1f} s: "
+        seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"
+        print(f"step {row['step']:5d} train {seconds:>6} s wall {row['wall_seconds']:6.1f} s: "
               f"all {row['accuracy']:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in row["accuracy_per_attribute"].items())
               + f" div {row['min_diversity_ratio']:.2f}", flush=True)
     at = {}
@@ -133,7 +140,7 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(at, indent=1))
     print(f"wrote {out}")
-    if args.keep is None:
+    if args.keep is None and args.scored_run is None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
