@@ -130,7 +130,10 @@ class AttentionPool(nn.Module):
 
 # --- the family -----------------------------------------------------------------------------------
 class Aligner(GenerativeModule):
-    """Args:
+    """Encoders of several modalities into one L2-normalised space, trained by symmetric InfoNCE over
+    every pair; retrieval, and scores of any generator's samples against their conditions.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modalities: the modalities embedded into the shared space (at least two of ``image``, ``text``,
             ``audio``, ``video``, ``label``); default: every one the data carries.

@@ -195,7 +195,9 @@ def _legacy_pretrained(flat: dict[str, Any]) -> dict[str, Any]:
 
 # --- the family -----------------------------------------------------------------------------------
 class Captioner(GenerativeModule):
-    """Args:
+    """Image, audio or video -> text: an encoder and a causal GPT-2 decoder that cross-attends to it.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modality: the condition, one of ``image``, ``audio``, ``video``; default: the first of them
             the data carries.

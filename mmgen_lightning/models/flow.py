@@ -209,7 +209,10 @@ class VelocityField(nn.Module):
 
 # --- the family -----------------------------------------------------------------------------------
 class FlowMatching(GenerativeModule):
-    """Args:
+    """Conditional flow matching with a DiT velocity network: text, label, audio, image, video or nothing
+    -> image or audio, sampled by an ODE solver with classifier-free guidance.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         condition: what the velocity network reads: ``text``, ``label``, ``audio``, ``image`` or ``video``;
             ``None`` trains an unconditional model.

@@ -125,7 +125,10 @@ def _legacy_options(flat: dict[str, Any]) -> dict[str, Any]:
 
 # --- the family -----------------------------------------------------------------------------------
 class TokenTransformer(GenerativeModule):
-    """Args:
+    """One decoder-only transformer over caption tokens and a stage-1 :class:`VQVAE`'s codes, in both
+    orders: text -> image and image -> text (or audio) with the same weights.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         vqvae_checkpoint: path of the stage-1 :class:`VQVAE` checkpoint (``mmgen fit`` of a
             ``configs/vqvae`` recipe); read once, when the model is first built.

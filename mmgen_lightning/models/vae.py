@@ -216,7 +216,10 @@ def _private_dims(private_dim: int | Mapping[str, int], modalities: list[str]) -
 
 # --- the family -----------------------------------------------------------------------------------
 class MultimodalVAE(GenerativeModule):
-    """Args:
+    """One latent space shared by every modality, trained by a multimodal ELBO; any subset of modalities
+    -> any other, or unconditional.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modalities: modalities the model encodes and decodes; default: all the data carries.
         fusion: joint posterior of the shared ``z``: ``poe`` (MVAE), ``moe`` (MMVAE), ``mopoe`` (MoPoE) or
