@@ -156,7 +156,9 @@ class TokenLayout:
         num_codes: ``K`` codes of the stage-1 tokenizer.
         text_length: ``L``, padded caption length (``[BOS]`` and ``[EOS]`` included).
         grid: ``(rows, cols)`` of the codes of one sample.
-        bos_id, eos_id, pad_id: the caption tokenizer's special ids.
+        bos_id: the caption tokenizer's ``[BOS]`` id.
+        eos_id: its ``[EOS]`` id.
+        pad_id: its ``[PAD]`` id.
     """
 
     def __init__(self, text_vocab_size: int, num_codes: int, text_length: int, grid: tuple[int, int],

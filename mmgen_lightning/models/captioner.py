@@ -394,8 +394,8 @@ class Captioner(GenerativeModule):
         Args:
             num_beams: beam width (1 = no beam search).
             temperature: 0 decodes the most likely tokens (greedy, or beam search); above 0 samples.
-            top_k, top_p: keep only the ``k`` most likely tokens / the smallest set of mass ``p``
-                when sampling.
+            top_k: keep only the ``k`` most likely tokens when sampling.
+            top_p: keep only the smallest set of tokens whose probability mass reaches ``p`` when sampling.
             repetition_penalty: divides the logits of tokens already generated (> 1 discourages repeats).
             no_repeat_ngram_size: forbid any n-gram of this size from occurring twice (0 = off).
             length_penalty: beam scores are divided by ``length ** length_penalty`` (> 0 favours

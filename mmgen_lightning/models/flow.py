@@ -361,8 +361,10 @@ class FlowMatching(GenerativeModule):
         Args:
             steps: solver steps.
             guidance_scale: classifier-free guidance ``w`` (1 = the conditional velocity alone).
-            guidance_start, guidance_stop: the times ``t`` (0 = noise, 1 = data) between which guidance
-                applies; the conditional velocity alone outside them.
+            guidance_start: the time ``t`` (0 = noise, 1 = data) from which guidance applies; the conditional
+                velocity alone before it.
+            guidance_stop: the time ``t`` after which guidance stops and the conditional velocity alone
+                steers.
             sampler: ``euler`` or ``heun``.
             seed: makes the noise reproducible without touching the global random state.
             return_target: also return what the flow generated (pixels, log-mel or latents) as ``"target"``.

@@ -275,7 +275,8 @@ class TokenTransformer(GenerativeModule):
         Args:
             temperature: softmax temperature; 0 picks the most likely token. Default: 1 for codes,
                 0 (greedy) for text.
-            top_k, top_p: keep only the ``k`` most likely tokens / the smallest set of mass ``p``.
+            top_k: keep only the ``k`` most likely tokens.
+            top_p: keep only the smallest set of tokens whose probability mass reaches ``p``.
             guidance_scale: classifier-free guidance ``s``; each step also runs the model without the
                 condition and samples from ``uncond + s * (cond - uncond)``. ``None``: no unconditional
                 pass (plain conditional sampling, which ``s = 1`` equals at twice the cost).

@@ -110,11 +110,13 @@ class MultimodalAutoencoder(nn.Module):
     likelihood, and the log-mel front end that audio is encoded, scored and decoded through.
 
     Args:
-        encoders, decoders: per modality, in the model's order of modalities.
+        encoders: one per modality, in the model's order of modalities.
+        decoders: one per modality, in the same order.
         latent_dim: size of the shared ``z``.
         private_dims: size of each modality's private latent (0: none).
         likelihood: ``laplace`` or ``gaussian``, of image, log-mel and video around the decoded mean.
-        init_scale, learn_scale: the continuous likelihoods' scale, and whether it is learned.
+        init_scale: the continuous likelihoods' scale at the start.
+        learn_scale: whether that scale is learned.
         log_mel: ``(modality, LogMel)``, the front end of the modality read as a spectrogram (audio), or None.
         gated: keep a private warm-up gate (a buffer, so a run stopped mid-warm-up samples as it trained).
     """
