@@ -63,9 +63,10 @@ def guided(velocity: Callable[[Tensor, Tensor, Tensor | None], Tensor], guidance
 
     ``interval = (start, stop)`` applies the guidance only for ``start <= t <= stop`` (``t = 0`` is
     noise, ``1`` data) and the plain conditional velocity elsewhere (Kynkäänniemi et al. 2024, "Applying
-    guidance in a limited interval"): guidance near the noise end pulls every sample of a condition
-    toward one mode, so leaving it out there keeps the samples as varied as the data while the middle
-    of the path still gets the sharper, better-conditioned velocity."""
+    guidance in a limited interval"). Which interval suits depends on the model and the data: that paper
+    leaves out the noise end, where guidance pulls every sample of a condition toward one mode, and the
+    data end, where it adds little; the flow recipes (``guidance_stop: 0.5``) keep it on the noisy half,
+    where what the condition names is decided, and leave the data half to the conditional velocity."""
     start, stop = interval
     if not 0.0 <= start <= stop <= 1.0:
         raise ValueError(f"guidance interval must satisfy 0 <= start <= stop <= 1, got ({start}, {stop})")
