@@ -25,7 +25,10 @@ from mmgen_lightning.modalities import JUDGEABLE
 
 
 class EvaluationCallback(L.Callback):
-    """Args:
+    """Scores the model with the report's :class:`~mmgen_lightning.metrics.evaluator.Evaluator` at the end of validation
+    and logs every number as ``eval/<direction>/<metric>``.
+
+    Args:
         directions: e.g. ``["text->image", "->image"]``; default: every scorable direction the model serves.
         num_samples: items of ``split`` evaluated, shared out over processes.
         batch_size: samples generated at once (fixes the chunks: keep it when comparing runs).
