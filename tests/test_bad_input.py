@@ -466,12 +466,12 @@ def test_debug_shows_the_traceback_and_a_real_bug_keeps_its_stack(world, capsys,
         main(argv)
     monkeypatch.delenv("MMGEN_DEBUG")
 
-    import mmgen_lightning.cli as cli
+    import mmgen_lightning.service as service
 
-    def broken(args):
+    def broken(request):
         return {}["a bug"]
 
-    monkeypatch.setattr(cli, "_check_generate_args", broken)
+    monkeypatch.setattr(service, "check_request", broken)
     with pytest.raises(KeyError):
         main(generate(world))
 

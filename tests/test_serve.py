@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -217,15 +218,18 @@ def test_the_page_has_a_tab_per_direction_and_its_handlers_speak_in_one_line(ser
         compare(" ", ["vae.ckpt"], "", 1, 0)
 
 
-def test_help_stays_fast_and_a_bad_start_is_one_line(tmp_path):
+def test_help_stays_fast_and_a_bad_start_is_one_line(tmp_path, capsys):
     code = ("import sys; from mmgen_lightning.cli import main; main(['--help']); "
             "assert 'gradio' not in sys.modules and 'torch' not in sys.modules, 'heavy import on --help'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0 and "serve" in result.stdout, result.stderr[-2000:]
-    from mmgen_lightning.serve import main as serve_main
-
-    with pytest.raises(SystemExit, match="mmgen serve: error: --ckpt .*missing.ckpt: no such checkpoint"):
-        serve_main(["--ckpt", str(tmp_path / "missing.ckpt")])
-    with pytest.raises(SystemExit, match="--port must be in 0..65535"):
-        serve_main(["--ckpt", str(tmp_path), "--port", "70000"])
+    for argv, code, message in (
+            (["--ckpt", str(tmp_path / "missing.ckpt")], 1,
+             rf"--ckpt {tmp_path}/missing.ckpt: no such checkpoint file or folder$"),
+            (["--ckpt", str(tmp_path), "--port", "70000"], 2, r"--port must be in 0\.\.65535, got 70000")):
+        with pytest.raises(SystemExit) as stop:
+            mmgen(["serve", *argv])
+        err = capsys.readouterr().err
+        assert stop.value.code == code and re.search(rf"^mmgen serve: error: .*{message}", err), err
+        assert len(err.splitlines()) == 1

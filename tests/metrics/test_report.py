@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmgen_lightning.cli import main
-from mmgen_lightning.metrics.report import evaluate_cli, markdown
+from mmgen_lightning.metrics.report import markdown
 
 
 def vae(spec, folder=None):
@@ -83,7 +83,7 @@ def test_evaluate_writes_a_report_for_each_family(family, digits, digits_judge, 
     ckpt = one_step_checkpoint(build(digits.data_spec, tmp_path), digits, tmp_path)
 
     out = tmp_path / "reports" / "report.json"
-    evaluate_cli(["--ckpt", str(ckpt), "--out", str(out), "--limit", "32", "--batch-size", "16"])
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(out), "--limit", "32", "--batch-size", "16"])
     report = json.loads(out.read_text())
     assert report["family"] == family and report["dataset"] == "digits" and report["samples"] == 32
     directions = [row["direction"] for row in report["coherence"]]
@@ -111,8 +111,8 @@ def test_evaluate_passes_sampling_knobs_to_generate(digits, digits_judge, tmp_pa
         return real(self, conditions, num_samples, to=to, **sampling)
 
     monkeypatch.setattr(MultimodalVAE, "generate", recording)
-    evaluate_cli(["--ckpt", str(ckpt), "--out", str(tmp_path / "r.json"), "--limit", "16", "--batch_size", "16",
-                  "--direction", "text->image", "--truncation", "0.5"])
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "r.json"), "--limit", "16", "--batch_size", "16",
+          "--direction", "text->image", "--truncation", "0.5"])
     assert seen and all(call == {"truncation": 0.5} for call in seen)
 
 
