@@ -34,7 +34,7 @@ from typing import Any
 from mmgen_lightning.errors import ArgumentParser, CheckpointError, InputError, MMGenError, UsageError, report
 from mmgen_lightning.knobs import KNOWN_KNOBS
 from mmgen_lightning.service import (CONDITIONS, GENERATED, OFFERED_KNOBS, Request, check_at_least_one, check_caption,
-                                     check_checkpoint_file, check_device, check_input_file,
+                                     check_checkpoint_file, check_config_file, check_device, check_input_file,
                                      check_knobs, check_output_file, check_output_folder, check_seed, generate, warn)
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -51,31 +51,63 @@ def _checkpoint_family(path: str | Path) -> str | None:
     return (extras or {}).get("class_path", "").rpartition(".")[2] or None
 
 
+def _config_files(args: Sequence[str]) -> list[str]:
+    """The files given to ``--config``/``-c`` (LightningCLI also takes an inline YAML string there)."""
+    found = []
+    for index, argument in enumerate(args):
+        if argument in ("--config", "-c") and index + 1 < len(args):
+            found.append(args[index + 1])
+        elif argument.startswith("--config="):
+            found.append(argument.partition("=")[2])
+    return [path for path in found if Path(path).is_file()]
+
+
+def free_name(folder: str | Path, filename: str) -> str:
+    """``filename``, or the first of ``stem-v1.suffix``, ``stem-v2.suffix``, ... not taken in ``folder``
+    (the suffix ModelCheckpoint gives a checkpoint name that is taken)."""
+    stem, suffix = Path(filename).stem, Path(filename).suffix
+    name, version = filename, 0
+    while (Path(folder) / name).exists():
+        version += 1
+        name = f"{stem}-v{version}{suffix}"
+    return name
+
+
 def lightning_main(args: Sequence[str]) -> None:
+    for path in _config_files(args):
+        check_config_file(path)
+
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     import mmgen_lightning.datamodules  # noqa: F401 - registers the built-in sources for class_path
     import mmgen_lightning.models  # noqa: F401 - registers the families for class_path
     from mmgen_lightning.callbacks.faults import DataErrorReport, RandomStateCheckpoint, StopOnNonFiniteLoss
-    from mmgen_lightning.checkpoint_io import AtomicCheckpointIO
+    from mmgen_lightning.checkpoint_io import AtomicCheckpointIO, state_dict_mismatch
     from mmgen_lightning.datamodules.base import MultimodalDataModule
     from mmgen_lightning.models.base import GenerativeModule
 
     command = args[0] if args else "fit"
 
     class SaveConfigBesideTheUsers(SaveConfigCallback):
-        """Lightning's saving of the run's config to its log folder, except over a config file the run was
-        started from: with the logger off the log folder is ``default_root_dir``, often that file's folder."""
+        """Lightning's saving of the run's config to its log folder, but never over a file: not over a config
+        file the run was started from (with the logger off the log folder is ``default_root_dir``, often that
+        file's folder; the run's is then ``config.run.yaml``), nor over an earlier run's (``config-v1.yaml``, ...)."""
+
+        def wanted_filename(self, folder: str) -> str:
+            given = {os.path.abspath(str(path)) for path in (self.config.get("config") or [])}
+            if os.path.abspath(os.path.join(folder, self.config_filename)) in given:
+                return f"{Path(self.config_filename).stem}.run.yaml"
+            return self.config_filename
 
         def setup(self, trainer, pl_module, stage: str) -> None:
-            given = {os.path.abspath(str(path)) for path in (self.config.get("config") or [])}
-            target = os.path.abspath(os.path.join(trainer.log_dir or ".", self.config_filename))
-            if target in given:
-                self.config_filename = f"{Path(self.config_filename).stem}.run.yaml"
-                if trainer.is_global_zero:
-                    warn(command, f"{target} is this run's --config: the resolved config is saved beside it as "
-                                  f"{self.config_filename}")
+            if not self.already_saved:
+                folder = trainer.log_dir or "."
+                wanted = self.wanted_filename(folder)
+                if wanted != self.config_filename and trainer.is_global_zero:
+                    warn(command, f"{os.path.join(folder, self.config_filename)} is this run's --config: the "
+                                  f"resolved config is saved beside it as {free_name(folder, wanted)}")
+                self.config_filename = free_name(folder, wanted)
             super().setup(trainer, pl_module, stage)
 
     class MMGenCLI(LightningCLI):
@@ -117,6 +149,21 @@ def lightning_main(args: Sequence[str]) -> None:
                 error.mmgen_exit_code = 2  # a config value a class refused: a usage error, unless it says otherwise
                 raise
 
+        def _run_subcommand(self, subcommand: str) -> None:
+            try:
+                super()._run_subcommand(subcommand)
+            except RuntimeError as error:
+                # the checkpoint's hyper-parameters rebuilt the model, but sizes linked from the data (image size,
+                # vocabulary, ...) can still differ: torch then lists every mismatching tensor; the first is enough
+                mismatch = state_dict_mismatch(str(error))
+                ckpt_path = self.config[subcommand].get("ckpt_path")
+                if mismatch is None or not ckpt_path:
+                    raise
+                raise CheckpointError(f"the checkpoint does not fit the {type(self.model).__name__} this config "
+                                      f"builds: {mismatch}", f"--ckpt_path {ckpt_path}",
+                                      "use the model and data settings it was trained with (the data's sizes set "
+                                      "the model's)") from error
+
         def _check_ckpt_family(self, config) -> None:
             """``--ckpt_path`` of another family would fail deep in ``load_state_dict``; name both at once."""
             ckpt_path, model = config.get("ckpt_path"), config.get("model")
@@ -132,19 +179,34 @@ def lightning_main(args: Sequence[str]) -> None:
         def before_fit(self) -> None:
             if self.config[self.subcommand].get("ckpt_path"):
                 return  # resuming continues the run in its own folder
+            run_folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective call under DDP
+            if not self.trainer.is_global_zero:
+                return
+            for saver in self.trainer.callbacks:
+                wanted = saver.wanted_filename(str(run_folder)) if isinstance(saver, SaveConfigBesideTheUsers) else None
+                if wanted and (run_folder / wanted).exists():
+                    warn(command, f"{run_folder} already holds a run's {wanted}; it is kept, and this run's config is "
+                                  f"saved beside it as {free_name(run_folder, wanted)}")
             for callback in self.trainer.checkpoint_callbacks:
-                folder = Path(callback.dirpath) if isinstance(callback, ModelCheckpoint) and callback.dirpath else None
-                held = sorted(p.name for p in folder.glob("*.ckpt")) if folder and folder.is_dir() else []
+                if not isinstance(callback, ModelCheckpoint):
+                    continue
+                folder = Path(callback.dirpath) if callback.dirpath else run_folder / "checkpoints"
+                held = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
                 if held:
                     warn(command, f"{folder} already holds a run's checkpoints ({', '.join(held[:3])}); they are kept, "
                                   f"and this run's get a -vN suffix there (e.g. last-v1.ckpt); the names follow at the end")
 
         def after_fit(self) -> None:
-            for callback in self.trainer.checkpoint_callbacks:
-                written = [p for p in (getattr(callback, "last_model_path", ""), callback.best_model_path) if p]
-                if written and self.trainer.is_global_zero:
-                    print(f"mmgen {command}: this run's checkpoints: {', '.join(dict.fromkeys(written))}",
-                          file=sys.stderr)
+            run_folder = self.trainer.log_dir or "."  # a collective call under DDP
+            if not self.trainer.is_global_zero:
+                return
+            written = [p for callback in self.trainer.checkpoint_callbacks
+                       for p in (getattr(callback, "last_model_path", ""), callback.best_model_path) if p]
+            configs = [os.path.join(run_folder, c.config_filename) for c in self.trainer.callbacks
+                       if isinstance(c, SaveConfigCallback) and c.already_saved]
+            if written or configs:
+                print(f"mmgen {command}: this run's checkpoints: {', '.join(dict.fromkeys(written)) or 'none'}"
+                      + (f"; its config: {configs[0]}" if configs else ""), file=sys.stderr)
 
     # Fault tolerance by default: a NaN/Inf loss stops with the last finite state saved, checkpoints carry
     # the random state (exact resumption) and are written atomically, skipped samples are reported.
@@ -253,6 +315,8 @@ def shard_main(argv: Sequence[str]) -> None:
     argv = [a for a in argv]
     if "--overwrite" in argv:  # a plain switch, as in generate and evaluate
         argv[argv.index("--overwrite")] = "--overwrite=true"
+    for path in _config_files(argv):
+        check_config_file(path, expected="a data: section of ManifestDataModule options")
     args = shard_parser().parse_args(argv)
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}", "--workers", "give 1 or more")
@@ -318,9 +382,8 @@ def evaluate_main(argv: Sequence[str]) -> None:
     check_at_least_one("--batch_size", args.batch_size)
     check_seed(args.seed)
     check_checkpoint_file(args.ckpt)
-    if args.config is not None and not Path(args.config).is_file():
-        raise UsageError("file not found" if not Path(args.config).exists() else "is a folder, not a file",
-                         f"--config {args.config}", "check the path")
+    if args.config is not None:
+        check_config_file(args.config, expected="a data: section (class_path and init_args)")
     if args.aligner is not None:
         check_checkpoint_file(args.aligner, "--aligner")
     out = check_output_file(args.out, overwrite=args.overwrite, also=(".md",))

@@ -7,7 +7,7 @@ The index is a manifest in the format of ``ManifestDataModule`` (JSONL or CSV; p
 folder); its files are read by the same readers training uses, sized by the aligner's checkpoint.
 :func:`retrieve` returns the top ``K`` as ``{"rank", "score", "line", "file" | "caption"}``; the command
 (``cli.py``) prints them as a table and writes them as JSON lines with ``--out``. A caption query is read
-by the aligner's tokenizer.
+by the aligner's tokenizer, with the warnings ``mmgen generate`` gives about words it will not read.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch.utils.data import default_collate
 
 from mmgen_lightning.errors import CheckpointError, InputError, UsageError
 from mmgen_lightning.modalities import get_modality
+from mmgen_lightning.service import warn_unread_caption
 
 #: what of each row is ranked when --target is not given: the first of these the aligner embeds
 TARGETS = ("image", "video", "audio", "text")
@@ -43,6 +44,10 @@ def embed_query(model, kind: str, query: str) -> torch.Tensor:
         raise UsageError(f"the aligner aligns {', '.join(model.modalities)}, not {kind}", f"--query_{kind}",
                          "give a query of one of those kinds")
     if not get_modality(kind).from_files:  # a caption
+        if model.tokenizer is None:
+            raise CheckpointError("the aligner carries no tokenizer, so it cannot read a caption", f"--query_{kind}",
+                                  "query with an image or audio file, or give an aligner fitted with captions")
+        warn_unread_caption("retrieve", f"--query_{kind}", model.tokenizer, query)
         return model.embed_captions([query])
     path = Path(query)
     try:  # the reader training uses
@@ -60,6 +65,8 @@ def index_rows(model, manifest: Path, target: str | None, query_kind: str):
                                                       read_manifest)
 
     raw = read_manifest(manifest)
+    if not raw:
+        raise InputError("the index has no rows", f"--index {manifest}", "give a manifest with one row per file")
     columns = {key for _, row in raw for key in row}
     has = given_modalities(columns)
     if target is None:

@@ -142,6 +142,29 @@ def check_checkpoint_file(path: str, option: str = "--ckpt") -> Path:
     return ckpt
 
 
+def check_config_file(path: str, option: str = "--config",
+                      expected: str = "trainer, model and data sections, as configs/quickstart.yaml") -> None:
+    """A YAML config that exists and holds a mapping (an empty file or one of only comments is named here;
+    the options inside are checked by the parser that reads them)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError("file not found" if not file.exists() else "is a folder, not a file", f"{option} {file}",
+                         "check the path")
+    try:
+        content = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UsageError(f"not a YAML mapping ({' '.join(str(error).split())})", f"{option} {file}",
+                         f"fix the YAML syntax; give a mapping with {expected}") from error
+    if content is None:
+        raise UsageError("the config is empty (no YAML content)", f"{option} {file}",
+                         f"give a YAML mapping with {expected}")
+    if not isinstance(content, dict):
+        raise UsageError(f"the config is a YAML {type(content).__name__}, not a mapping", f"{option} {file}",
+                         f"give a YAML mapping with {expected}")
+
+
 def check_knobs(given: Mapping[str, Any]) -> dict[str, Any]:
     """The knob flags given (``None``: not given, the checkpoint's default), each checked against the range
     every family shares; the family's own names and ranges are checked once the model is loaded
@@ -152,6 +175,11 @@ def check_knobs(given: Mapping[str, Any]) -> dict[str, Any]:
         if problem:
             raise UsageError(f"{name} {problem}, got {value!r}", f"--{name}",
                              f"give --{name} as {KNOWN_KNOBS[name].describe()}")
+    start, stop = sampling.get("guidance_start"), sampling.get("guidance_stop")
+    if start is not None and stop is not None and start > stop:
+        raise UsageError(f"the guidance interval is reversed: it starts at {start:g} and stops at {stop:g}",
+                         f"--guidance_start {start:g} --guidance_stop {stop:g}",
+                         "give guidance_start <= guidance_stop (times from 0 = noise to 1 = data)")
     return sampling
 
 
@@ -380,7 +408,7 @@ def clear_earlier_run(out: Path) -> None:
 
 
 __all__ = ["CONDITIONS", "FILE_CONDITIONS", "GENERATED", "OFFERED_KNOBS", "Request", "check_at_least_one",
-           "check_caption", "check_checkpoint_file", "check_device", "check_input_file",
+           "check_caption", "check_checkpoint_file", "check_config_file", "check_device", "check_input_file",
            "check_knobs", "check_output_file", "check_output_folder", "check_request", "check_seed",
            "clear_earlier_run", "generate", "load_model", "read_conditions", "warn", "warn_unread_caption",
            "write_samples"]
