@@ -454,15 +454,25 @@ def retrieve_main(argv: Sequence[str]) -> None:
 
 # --- serve -----------------------------------------------------------------------------------
 def serve_parser() -> ArgumentParser:
+    from mmgen_lightning.serve import AUTH_ENV
+
     parser = ArgumentParser(prog="mmgen serve", description=(
-        "A local web page to try checkpoints: one tab per direction each checkpoint serves, a compare tab, "
-        "downloads and the `mmgen generate` command of every sample. Needs `pip install mmgen-lightning[serve]`."))
+        "A web page to try checkpoints: one tab per direction each checkpoint serves, a compare tab, downloads "
+        "and the `mmgen generate` command of every sample. Runs one request at a time and holds at most "
+        "--queue_size more; beyond that a request is refused as busy. Listening on anything but loopback needs a "
+        f"login (--auth_file or ${AUTH_ENV}). Needs `pip install mmgen-lightning[serve]`."))
     parser.add_argument("--ckpt", action="append", required=True,
                         help="checkpoint file, or a folder of *.ckpt (repeatable); the page loads checkpoints "
                              "only from these folders")
     parser.add_argument("--port", type=int, default=7860, help="TCP port (0 = a free one)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; the default is this machine only (0.0.0.0 opens it to the network)")
+                        help="address to listen on; the default is this machine only (0.0.0.0 opens it to the "
+                             "network and needs a login)")
+    parser.add_argument("--auth_file", "--auth-file", dest="auth_file", default=None,
+                        help=f"file of user:password lines, one login each (keep it private: chmod 600); or set "
+                             f"${AUTH_ENV}=user:password. A password is never given on the command line")
+    parser.add_argument("--queue_size", "--queue-size", dest="queue_size", type=int, default=16,
+                        help="requests that may wait while one runs; more are refused with a busy message")
     parser.add_argument("--out", default="outputs/serve", help="folder the page writes samples to")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     return parser
@@ -471,12 +481,18 @@ def serve_parser() -> ArgumentParser:
 def start_serving(argv: Sequence[str]):
     """Check the arguments, build the page and serve it in the background; returns the Gradio app (its
     ``local_url``; ``close()`` stops it)."""
-    from mmgen_lightning.serve import Server, UserError, launch
+    from mmgen_lightning.serve import AUTH_ENV, Server, UserError, is_loopback, launch, read_logins
 
     args = serve_parser().parse_args(list(argv))
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}", f"--port {args.port}",
                          "give 0 for a free port")
+    check_at_least_one("--queue_size", args.queue_size)
+    logins = read_logins(args.auth_file, os.environ.get(AUTH_ENV))
+    if not logins and not is_loopback(args.host):
+        raise UsageError(f"listening on {args.host} opens the page to other machines, and no login is set",
+                         f"--host {args.host}", f"give --auth_file FILE (user:password lines, chmod 600) or set "
+                         f"{AUTH_ENV}=user:password, or listen on 127.0.0.1")
     check_device(args.device)
     try:
         import gradio  # noqa: F401
@@ -487,10 +503,11 @@ def start_serving(argv: Sequence[str]):
         server = Server(args.ckpt, args.out, device=args.device)
     except UserError as error:
         raise CheckpointError(str(error)) from error
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        warn("serve", f"listening on {args.host}: other machines can reach this page")
-    app = launch(server, args.host, args.port)
-    print(f"mmgen serve: {app.local_url} (Ctrl-C stops it)", flush=True)
+    if not is_loopback(args.host):
+        warn("serve", f"listening on {args.host}: other machines can reach this page (with a login)")
+    app = launch(server, args.host, args.port, logins=logins, queue_size=args.queue_size)
+    print(f"mmgen serve: {app.local_url} ({'login required; ' if logins else ''}one request at a time, "
+          f"{args.queue_size} more may wait, beyond that busy; Ctrl-C stops it)", flush=True)
     return app
 
 
@@ -509,7 +526,7 @@ HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate,shard,retrie
   evaluate   metrics report:           mmgen evaluate --ckpt CKPT --out report.json
   shard      manifest -> shards:       mmgen shard --data.manifest data.jsonl --out shards/
   retrieve   rank files by a query:    mmgen retrieve --ckpt ALIGNER --query_text "a red circle" --index data.jsonl --top 5
-  serve      local web page:           mmgen serve --ckpt CKPT [--ckpt CKPT2 ...] [--port 7860]
+  serve      web page:                 mmgen serve --ckpt CKPT [--ckpt CKPT2 ...] [--port 7860]
 
 `mmgen SUBCOMMAND --help` explains each one. Errors are one line: exit status 2 for a bad option, 1 for bad
 data or a bad checkpoint; --debug (or MMGEN_DEBUG=1) shows the traceback. Output files that exist are never

@@ -8,6 +8,12 @@ the page shows ``Request.command()`` next to the samples: that command writes th
 for byte (the checkpoint is read again for each run; the page's own copy only tells which tabs and knobs
 to offer).
 
+Under load (:func:`launch`): one request runs at a time (each seeds torch's global generator), at most
+``queue_size`` more wait in Gradio's queue, and a request beyond that is refused at once with Gradio's
+busy message (HTTP 503 "Queue is full"; the page says "This application is currently busy"); none is
+dropped silently. Listening on anything but loopback needs a login (:func:`read_logins`: a file or
+:data:`AUTH_ENV`, never a command-line password), checked by Gradio's own login page.
+
 Gradio is an optional extra (``pip install mmgen-lightning[serve]``) imported only when the page is
 built, so ``mmgen --help`` stays fast. Everything above :func:`build_app` works without Gradio.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import ipaddress
 import itertools
 import os
 import re
@@ -28,7 +35,7 @@ from typing import Any
 
 from mmgen_lightning.errors import UsageError
 from mmgen_lightning.knobs import KNOWN_KNOBS
-from mmgen_lightning.service import CONDITIONS, GENERATED, OFFERED_KNOBS, Request, generate
+from mmgen_lightning.service import CONDITIONS, GENERATED, OFFERED_KNOBS, Request, generate, warn
 
 # Gradio phones home for telemetry and version checks unless told not to; the page is local only.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -39,6 +46,8 @@ MAX_UPLOAD_MB = 20
 MAX_SAMPLES = 16
 #: conditions uploaded as files, and what the page calls such a file
 UPLOADS = {"image": "an image", "audio": "WAV/FLAC audio"}
+#: the environment variable that may hold the page's login, ``user:password``
+AUTH_ENV = "MMGEN_SERVE_AUTH"
 
 
 class UserError(ValueError):
@@ -466,15 +475,61 @@ def build_app(server: Server):
 
 
 # --- serving ---------------------------------------------------------------------------------
-def launch(server: Server, host: str = "127.0.0.1", port: int = 0):
-    """Build the page for ``server`` and serve it in the background on ``host:port`` (0: a free port), one
-    request at a time; returns the Gradio app (``local_url``, ``close()``)."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (a host name other than localhost may resolve to anything)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_logins(path: str | os.PathLike | None, env_value: str | None) -> list[tuple[str, str]]:
+    """The logins the page asks for: the ``user:password`` lines of the file ``path`` (blank lines and ``#``
+    comments skipped), else the one login in :data:`AUTH_ENV`'s value; empty when neither is given.
+    Messages never show a password."""
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise UsageError("file not found" if not file.exists() else "is a folder, not a file",
+                             f"--auth_file {file}", "give a file of user:password lines")
+        if file.stat().st_mode & 0o077:
+            warn("serve", f"--auth_file {file} can be read by other users (mode {file.stat().st_mode & 0o777:o}): "
+                          f"chmod 600 {file}")
+        lines = file.read_text(encoding="utf-8").splitlines()
+        where = [f"--auth_file {file} line {number}" for number in range(1, len(lines) + 1)]
+    elif env_value:
+        lines, where = [env_value], [f"${AUTH_ENV}"]
+    else:
+        return []
+    logins = []
+    for line, place in zip(lines, where):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, colon, password = line.strip().partition(":")
+        if not colon or not user.strip() or not password:
+            raise UsageError("not a user:password login (the line is not shown: it may hold a password)", place,
+                             "write one login a line as user:password")
+        logins.append((user.strip(), password))
+    if not logins:
+        raise UsageError("holds no user:password login", where[0] if path is None else f"--auth_file {path}",
+                         "write one login a line as user:password")
+    return logins
+
+
+def launch(server: Server, host: str = "127.0.0.1", port: int = 0, logins: Sequence[tuple[str, str]] = (),
+           queue_size: int = 16):
+    """Build the page for ``server`` and serve it in the background on ``host:port`` (0: a free port); with
+    ``logins``, Gradio's login page admits only them. One request runs at a time and at most ``queue_size``
+    wait; Gradio refuses the next at once as busy. Returns the Gradio app (``local_url``, ``close()``)."""
     app = build_app(server)
     try:
-        app.queue(default_concurrency_limit=1).launch(
+        app.queue(default_concurrency_limit=1, max_size=queue_size).launch(
             server_name=host, server_port=port or _free_port(host), share=False, show_error=True, quiet=True,
             ssr_mode=False, max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[str(server.out_dir)], footer_links=[],
-            prevent_thread_lock=True)
+            auth=list(logins) or None, auth_message="mmgen serve: log in with a user:password of its --auth_file "
+            f"or ${AUTH_ENV}", prevent_thread_lock=True)
     except OSError as error:
         raise UsageError(f"cannot listen on {host}:{port} ({error})", f"--port {port}", "give another --port") \
             from error
