@@ -11,8 +11,10 @@ to offer).
 Under load (:func:`launch`): one request runs at a time (each seeds torch's global generator), at most
 ``queue_size`` more wait in Gradio's queue, and a request beyond that is refused at once with Gradio's
 busy message (HTTP 503 "Queue is full"; the page says "This application is currently busy"); none is
-dropped silently. Listening on anything but loopback needs a login (:func:`read_logins`: a file or
-:data:`AUTH_ENV`, never a command-line password), checked by Gradio's own login page.
+dropped silently. Memory stays flat: Gradio keeps the state of the last :data:`SESSIONS_KEPT` browser
+sessions only, and deletes its copies of output files after an hour. Listening on anything but loopback
+needs a login (:func:`read_logins`: a file or :data:`AUTH_ENV`, never a command-line password), checked by
+Gradio's own login page.
 
 Gradio is an optional extra (``pip install mmgen-lightning[serve]``) imported only when the page is
 built, so ``mmgen --help`` stays fast. Everything above :func:`build_app` works without Gradio.
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmgen_lightning.errors import UsageError
+from mmgen_lightning.errors import MMGenError, UsageError
 from mmgen_lightning.knobs import KNOWN_KNOBS
 from mmgen_lightning.service import CONDITIONS, GENERATED, OFFERED_KNOBS, Request, generate, warn
 
@@ -48,6 +50,9 @@ MAX_SAMPLES = 16
 UPLOADS = {"image": "an image", "audio": "WAV/FLAC audio"}
 #: the environment variable that may hold the page's login, ``user:password``
 AUTH_ENV = "MMGEN_SERVE_AUTH"
+#: browser sessions whose state Gradio keeps (the oldest is dropped beyond); the page keeps no state of its own,
+#: and Gradio's default of 10,000 sessions at ~0.2 MB each grows the server by 2 GB under a stream of new visitors
+SESSIONS_KEPT = 64
 
 
 class UserError(ValueError):
@@ -448,7 +453,7 @@ def build_app(server: Server):
         button.click(run, inputs=[caption, picked, extra, num, seed], outputs=[gallery, command, files],
                      api_name=False)
 
-    with gr.Blocks(title="mmgen serve") as app:
+    with gr.Blocks(title="mmgen serve", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# mmgen serve\nTry the checkpoints below: each tab is one direction the checkpoint serves. "
                     f"Samples are written under `{server.out_dir}`; each run shows the `mmgen generate` command "
                     "that writes the same files.")
@@ -524,14 +529,25 @@ def launch(server: Server, host: str = "127.0.0.1", port: int = 0, logins: Seque
     ``logins``, Gradio's login page admits only them. One request runs at a time and at most ``queue_size``
     wait; Gradio refuses the next at once as busy. Returns the Gradio app (``local_url``, ``close()``)."""
     app = build_app(server)
+    port = port or _free_port(host)
     try:
         app.queue(default_concurrency_limit=1, max_size=queue_size).launch(
-            server_name=host, server_port=port or _free_port(host), share=False, show_error=True, quiet=True,
+            server_name=host, server_port=port, share=False, show_error=True, quiet=True,
             ssr_mode=False, max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[str(server.out_dir)], footer_links=[],
             auth=list(logins) or None, auth_message="mmgen serve: log in with a user:password of its --auth_file "
-            f"or ${AUTH_ENV}", prevent_thread_lock=True)
+            f"or ${AUTH_ENV}", state_session_capacity=SESSIONS_KEPT, prevent_thread_lock=True)
     except OSError as error:
         raise UsageError(f"cannot listen on {host}:{port} ({error})", f"--port {port}", "give another --port") \
+            from error
+    except ValueError as error:
+        # Gradio checks its own address with one 3 s request once started and calls a timeout "localhost is
+        # not accessible" (advising share=True, which would publish the page): say what happened instead
+        if "localhost is not accessible" not in str(error):
+            raise
+        app.close()
+        raise MMGenError(f"the page did not answer on {host}:{port} within Gradio's start-up check (3 s): the "
+                         "machine is too busy, or a proxy intercepts local addresses", "--host", "start it again, "
+                         "or unset HTTP_PROXY/HTTPS_PROXY for local addresses (NO_PROXY=127.0.0.1,localhost)") \
             from error
     return app
 
