@@ -62,12 +62,14 @@ def index_rows(model, manifest: Path, target: str | None, query_kind: str):
     """``(target, dataset, rows)``: the manifest read as a ``ManifestDataModule`` sized by the aligner, every
     row in one list whatever its split."""
     from mmgen_lightning.datamodules.manifest import (COLUMNS, ManifestDataModule, ManifestDataset, given_modalities,
-                                                      read_manifest)
+                                                      iter_manifest)
 
-    raw = read_manifest(manifest)
-    if not raw:
+    columns, count = set(), 0
+    for _, row in iter_manifest(manifest):
+        columns.update(row)
+        count += 1
+    if not count:
         raise InputError("the index has no rows", f"--index {manifest}", "give a manifest with one row per file")
-    columns = {key for _, row in raw for key in row}
     has = given_modalities(columns)
     if target is None:
         choices = [m for m in TARGETS if m in has and m in model.modalities and m != query_kind]
@@ -87,13 +89,16 @@ def index_rows(model, manifest: Path, target: str | None, query_kind: str):
         sizes["audio_seconds"] = spec["audio_length"] / sizes["sample_rate"]
     data = ManifestDataModule(str(manifest), modalities=[target], split_fractions=(1.0, 0.0, 0.0),
                               ignore_columns=sorted(columns - set(COLUMNS)), tokenizer_path=None, **sizes)
-    rows = [row for split in ("train", "val", "test") for row in data.rows[split]]
+    rows = data.rows["train"]  # split_fractions (1, 0, 0): every row, unless the manifest names splits
+    if any(data.rows[split] for split in ("val", "test")):
+        rows = [row for split in ("train", "val", "test") for row in data.rows[split]]
     return target, ManifestDataset(data, rows), rows
 
 
 @torch.no_grad()
-def rank(model, query: torch.Tensor, target: str, dataset, rows, batch_size: int) -> list[tuple[float, int]]:
-    """``(score, row index)`` of every row, best first."""
+def rank(model, query: torch.Tensor, target: str, dataset, rows, batch_size: int,
+         top: int | None = None) -> list[tuple[float, int]]:
+    """``(score, row index)`` of the ``top`` best rows (``None``: every row), best first."""
     scores = []
     for start in range(0, len(rows), batch_size):
         chunk = range(start, min(start + batch_size, len(rows)))
@@ -104,7 +109,7 @@ def rank(model, query: torch.Tensor, target: str, dataset, rows, batch_size: int
             candidates = model.embed({k: v.to(model.device) for k, v in batch.items()}, target)
         scores.append((candidates @ query.T)[:, 0].cpu())
     scores = torch.cat(scores)
-    order = torch.argsort(scores, descending=True, stable=True)
+    order = torch.argsort(scores, descending=True, stable=True)[:top]
     return [(scores[i].item(), int(i)) for i in order]
 
 
@@ -116,7 +121,7 @@ def retrieve(ckpt: str | Path, kind: str, query: str, index: str | Path, target:
     vector = embed_query(model, kind, query)
     target, dataset, rows = index_rows(model, Path(index), target, kind)
     results = []
-    for position, (score, row_index) in enumerate(rank(model, vector, target, dataset, rows, batch_size)[:top], 1):
+    for position, (score, row_index) in enumerate(rank(model, vector, target, dataset, rows, batch_size, top), 1):
         row = rows[row_index]
         what = {"file": str(row[target])} if get_modality(target).from_files else {"caption": row[target]}
         results.append({"rank": position, "score": round(score, 6), "line": row["line"], **what})
