@@ -296,6 +296,9 @@ def shard_parser():
     parser.add_argument("--chunk_bytes", "--chunk-bytes", dest="chunk_bytes", default="64MB",
                         help="target size of one chunk file")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="write at most this many rows of each split (the first ones): try the settings on a "
+                             "large manifest before converting all of it")
     return parser
 
 
@@ -318,8 +321,8 @@ def shard_main(argv: Sequence[str]) -> None:
     for path in _config_files(argv):
         check_config_file(path, expected="a data: section of ManifestDataModule options")
     args = shard_parser().parse_args(argv)
-    if args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}", "--workers", "give 1 or more")
+    check_at_least_one("--workers", args.workers)
+    check_at_least_one("--limit", args.limit)
     _check_chunk_bytes(args.chunk_bytes)
     out = check_output_folder(args.out, overwrite=args.overwrite)
     created = not out.exists()
@@ -334,7 +337,8 @@ def shard_main(argv: Sequence[str]) -> None:
             error.mmgen_exit_code = 2  # an option value the datamodule refused
         raise
     try:
-        meta = shard_manifest(datamodule, out, chunk_bytes=args.chunk_bytes, num_workers=args.workers)
+        meta = shard_manifest(datamodule, out, chunk_bytes=args.chunk_bytes, num_workers=args.workers,
+                              limit=args.limit)
     except BaseException:
         if created:  # a half-written folder of our own would only be refused next time
             shutil.rmtree(out, ignore_errors=True)

@@ -358,6 +358,7 @@ def test_shard_bad_inputs(world, capsys, tmp_path):
     assert_error(shard(world, out=files / "shards"), 2, ["shards already holds", "--overwrite"], capsys, world)
     assert_error(shard(world, out=files / "notes.txt"), 2, ["is a file"], capsys, world)
     assert_error(shard(world, "--workers", "0"), 2, ["--workers"], capsys, world)
+    assert_error(shard(world, "--limit", "0"), 2, ["--limit must be >= 1"], capsys, world)
     assert_error(shard(world, "--chunk_bytes", "abc"), 2, ["--chunk_bytes", "'abc'"], capsys, world)
     assert_error(shard(world, "--data.nope", "1"), 2, ["nope"], capsys, world)
     assert_error(shard(world, manifest=tmp_path / "none.jsonl"), 1, ["none.jsonl"], capsys, world)
