@@ -230,7 +230,8 @@ class Request:
         for name in ("batch_size", "device"):
             if getattr(self, name) != getattr(defaults, name):
                 argv += [f"--{name}", str(getattr(self, name))]
-        argv += [part for name, value in self.sampling.items() if value is not None for part in (f"--{name}", str(value))]
+        argv += [part for name, value in self.sampling.items() if value is not None
+                 for part in (f"--{name}", str(value))]
         argv += [f"--{name}" for name in ("compile", "overwrite") if getattr(self, name)]
         return "mmgen generate " + shlex.join(argv)
 
