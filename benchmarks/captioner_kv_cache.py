@@ -44,7 +44,9 @@ def main() -> None:
     module_name, _, class_name = config["data"]["class_path"].rpartition(".")
     datamodule = getattr(importlib.import_module(module_name), class_name)(**config["data"]["init_args"])
     torch.manual_seed(0)
-    model = Captioner(datamodule.data_spec, **{**config["model"]["init_args"], "max_positions": args.tokens + 1})
+    options = config["model"]["init_args"]
+    network = {**options.get("network", {}), "max_positions": args.tokens + 1}
+    model = Captioner(datamodule.data_spec, **{**options, "network": network})
     model.eval()
     size, channels = model.spec("image_size"), model.spec("image_channels")
     knobs = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}

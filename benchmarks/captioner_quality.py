@@ -47,8 +47,8 @@ def rebuild_datamodule(checkpoint_path: Path):
 
 @torch.no_grad()
 def score(model, datamodule, parse_caption, batch_size: int = 128) -> dict:
-    names = list(model.spec("attribute_names"))
-    bleu, chrf = BLEUScore(n_gram=model.hparams.bleu_n_gram, smooth=True), CHRFScore()
+    names, options = list(model.spec("attribute_names")), model.config.validation
+    bleu, chrf = BLEUScore(n_gram=options.bleu_n_gram, smooth=True), CHRFScore()
     hypotheses, references, attributes, log_likelihood, tokens = [], [], [], 0.0, 0
     loader = DataLoader(datamodule.dataset("test"), batch_size=batch_size)
     for batch in loader:
@@ -60,7 +60,7 @@ def score(model, datamodule, parse_caption, batch_size: int = 128) -> dict:
         log_likelihood += model.log_likelihood(batch).log_prob.sum().item()
         tokens += int(batch["text_mask"][:, 1:].sum())
     attributes = torch.cat(attributes)
-    scored = model.hparams.scored_attributes or sorted(
+    scored = list(options.scored_attributes or []) or sorted(
         {name for reference in references for name in (parse_caption(reference) or {})}, key=names.index)
     parsed = [parse_caption(text) or {} for text in hypotheses]
     right = torch.tensor([[said.get(name) == int(truth[names.index(name)]) for name in scored]
@@ -71,7 +71,7 @@ def score(model, datamodule, parse_caption, batch_size: int = 128) -> dict:
             "all_attributes_correct": round(right.all(1).float().mean().item(), 4),
             "attribute_accuracy": {name: round(right[:, i].float().mean().item(), 4) for i, name in enumerate(scored)},
             "unreadable_captions": sum(not p for p in parsed),
-            f"bleu_{model.hparams.bleu_n_gram}": round(bleu.compute().item(), 4), "chrf": round(chrf.compute().item(), 4),
+            f"bleu_{options.bleu_n_gram}": round(bleu.compute().item(), 4), "chrf": round(chrf.compute().item(), 4),
             "perplexity": round(float(torch.tensor(-log_likelihood / tokens).exp()), 4),
             "examples": [{"reference": r, "generated": h} for r, h in zip(references[:8], hypotheses[:8])]}
 

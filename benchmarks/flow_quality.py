@@ -115,7 +115,7 @@ def main() -> None:
     keys = [model.condition] + (["text_mask"] if model.condition == "text" else [])
     conditions = {k: test[k].repeat_interleave(args.repeats, 0) for k in keys}
     truth = judge.targets(test["attributes"]).repeat_interleave(args.repeats, 0)
-    hp = model.hparams
+    hp = model.config.sampling
     interval = [hp.guidance_start, hp.guidance_stop]
     recipe = {"sampler": hp.sampler, "steps": hp.steps, "guidance_scale": hp.guidance_scale,
               "guidance_interval": interval}

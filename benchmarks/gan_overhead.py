@@ -1,20 +1,24 @@
 """Training throughput of the ConditionalGAN LightningModule against a plain PyTorch loop of the same
-networks, losses, optimizers, EMA and batches, measured side by side in one process.
+game, measured side by side in one process. The plain loop is built from the family's own objective
+functions (``objectives/gan.py``), optimizers (its ``configure_optimizers``), batches and EMA, so it
+cannot drift from what the module trains.
 
     python benchmarks/gan_overhead.py [--config configs/gan/digits.yaml] [--rounds 4] [--steps 40]
 
 The two run in alternating rounds (plain, Lightning, plain, ...) so that a change in the machine's
 load hits both alike; each round rebuilds its model from the same initial weights and times every
 training step after ``--warmup`` steps, data loading included (the time between the ends of two
-consecutive steps). Lightning runs as the recipe does (TensorBoard logging every
+consecutive steps). Lightning runs as the recipe does (its EMA callback, TensorBoard logging every
 ``log_every_n_steps``), without checkpointing, validation or sample logging, which are not part of
-a step. Writes benchmarks/results/gan_overhead.json.
+a step; the plain loop keeps the same average with ``torch.optim.swa_utils.AveragedModel`` and the
+EMA callback's own averaging function. Writes benchmarks/results/gan_overhead.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import os
 import platform
@@ -22,16 +26,23 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-from mmgen_lightning.losses import discriminator_loss, generator_loss
-from mmgen_lightning.metrics.report import _import
+from mmgen_lightning.callbacks.ema import EMA, warmed_up_ema
 from mmgen_lightning.models.gan import ConditionalGAN
+from mmgen_lightning.objectives.gan import discriminator_objective, generator_objective
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _class(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 class StepTimer(L.Callback):
@@ -42,43 +53,67 @@ class StepTimer(L.Callback):
         self.ends.append(time.perf_counter())
 
 
-def plain_round(model: ConditionalGAN, loader, steps: int) -> list[float]:
-    """The same game in plain PyTorch: D on real vs detached fakes, then G through D, then the EMA."""
-    generator, discriminator, loss = model.generator, model.discriminator, model.hparams.loss
-    optimizer_g, optimizer_d = model.configure_optimizers()
-    ends, iterator = [], iter(loader)
-    for _ in range(steps):
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            iterator = iter(loader)
-            batch = next(iterator)
-        real, conditions = batch[model.output], model.condition_inputs(batch)
-        with torch.no_grad():
-            fake = generator(model.latents(real.shape[0]), conditions)
-        embedding = discriminator.embed(conditions)
-        real_features, fake_features = discriminator.features(torch.cat([real, fake])).chunk(2)
-        loss_d = discriminator_loss(discriminator.score(real_features, embedding),
-                                    discriminator.score(fake_features, embedding), loss)
-        optimizer_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        optimizer_d.step()
-        loss_g = generator_loss(discriminator(generator(model.latents(real.shape[0]), conditions), conditions), loss)
+def plain_step(model: ConditionalGAN, batch: dict, optimizers: list, step: int,
+               ema: AveragedModel | None = None) -> torch.Tensor:
+    """One batch of the game written by hand around the family's objective functions: the discriminator on
+    real data and detached fakes, then (every ``n_critic`` batches) the generator through the new
+    discriminator, then the average. No toggling, accumulation window or DDP all-reduce: what a user
+    would write for one device."""
+    optimizer_g, optimizer_d = optimizers
+    objective, real = model.config.objective, batch[model.output]
+    if objective.accumulate_grad_batches != 1:
+        raise ValueError("the plain loop steps every batch; objective.accumulate_grad_batches must be 1")
+    conditions = model.condition_inputs(batch)
+    loss_d = discriminator_objective(model.generator, model.discriminator, real, model.latents(real.shape[0]),
+                                     conditions, objective, step=step)["loss"]
+    optimizer_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    optimizer_d.step()
+    if (step + 1) % objective.n_critic == 0:
+        loss_g = generator_objective(model.generator, model.discriminator, model.latents(real.shape[0]), conditions,
+                                     objective, model.aligner_term if model._aligner else None)["loss"]
         optimizer_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimizer_g.step()
-        model.generator_steps += 1
-        model.update_ema()
+        if ema is not None:
+            ema.update_parameters(model)
+    return loss_d
+
+
+def recipe_ema(config: dict) -> dict[str, Any] | None:
+    """The ``init_args`` of the recipe's EMA callback, or None when it has none."""
+    for callback in config["trainer"].get("callbacks", []):
+        if _class(callback["class_path"]) is EMA:
+            return callback.get("init_args", {})
+    return None
+
+
+def batches(loader):
+    while True:
+        yield from loader
+
+
+def plain_round(model: ConditionalGAN, loader, steps: int, ema_args: dict[str, Any] | None) -> list[float]:
+    optimizers, ends = model.configure_optimizers(), []
+    ema = None
+    if ema_args is not None:  # what the EMA callback builds in its setup
+        decay = ema_args.get("decay", 0.999)
+        average = warmed_up_ema(decay) if ema_args.get("warmup") else get_ema_avg_fn(decay)
+        ema = AveragedModel(model, avg_fn=average, use_buffers=ema_args.get("use_buffers", True))
+    for step, batch in zip(range(steps), batches(loader)):
+        plain_step(model, batch, optimizers, step, ema)
         ends.append(time.perf_counter())
     return ends
 
 
-def lightning_round(model: ConditionalGAN, datamodule, steps: int, log_every: int, root: str) -> list[float]:
+def lightning_round(model: ConditionalGAN, datamodule, steps: int, log_every: int, root: str,
+                    ema_args: dict[str, Any] | None) -> list[float]:
     timer = StepTimer()
+    callbacks = ([EMA(**ema_args)] if ema_args is not None else []) + [timer]
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2 * steps,  # global_step counts both optimizers
                         logger=L.pytorch.loggers.TensorBoardLogger(root, name="overhead"), log_every_n_steps=log_every,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[timer])
+                        limit_val_batches=0, callbacks=callbacks)
     trainer.fit(model, datamodule=datamodule)
     return timer.ends
 
@@ -99,25 +134,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     config = yaml.safe_load((ROOT / args.config).read_text())
     data = config["data"]
-    datamodule = _import(data["class_path"], "data.class_path")(**data.get("init_args", {}))
+    datamodule = _class(data["class_path"])(**data.get("init_args", {}))
     datamodule.setup("fit")
     torch.manual_seed(0)
     initial = ConditionalGAN(datamodule.data_spec, **config["model"]["init_args"])
     initial.tokenizer = datamodule.tokenizer
     loader = datamodule.train_dataloader()
     log_every = config["trainer"].get("log_every_n_steps", 50)
+    ema_args = recipe_ema(config)
     times: dict[str, list[float]] = {"plain": [], "lightning": []}
     with tempfile.TemporaryDirectory() as root:
         for round_index in range(args.rounds):
             for kind in ("plain", "lightning"):
                 model = copy.deepcopy(initial)
                 torch.manual_seed(round_index)
-                ends = (plain_round(model, loader, args.steps) if kind == "plain"
-                        else lightning_round(model, datamodule, args.steps, log_every, root))
+                ends = (plain_round(model, loader, args.steps, ema_args) if kind == "plain"
+                        else lightning_round(model, datamodule, args.steps, log_every, root, ema_args))
                 times[kind] += per_step(ends, args.warmup)
                 print(f"round {round_index} {kind}: {statistics.median(per_step(ends, args.warmup)) * 1e3:.1f} ms/step")
     result = {"config": args.config, "rounds": args.rounds, "timed_steps_each": len(times["plain"]),
-              "batch_size": datamodule.batch_size}
+              "batch_size": datamodule.batch_size, "ema": ema_args}
     for kind, values in times.items():
         result[kind] = {"steps_per_second_mean": len(values) / sum(values),
                         "ms_per_step_median": statistics.median(values) * 1e3}

@@ -27,6 +27,7 @@ import copy
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,14 +36,15 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from mmgen_lightning.callbacks.compile import CompileNetworks
-from mmgen_lightning.losses import kl_weight
 from mmgen_lightning.metrics.report import _import
-from mmgen_lightning.models.captioner import IGNORE_INDEX
+from mmgen_lightning.objectives.captioner import captioning_objective
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gan_overhead import plain_step as gan_step  # noqa: E402  (the GAN's game from its objective functions)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FAMILIES = ("vae", "gan", "captioner", "vqvae", "tokens")
@@ -53,38 +55,15 @@ BUDGET_VQVAE = ROOT / "runs" / "budget" / "vqvae" / "checkpoints" / "last.ckpt"
 
 # --- plain PyTorch steps: the same objective as each training_step, written by hand ----------------
 def vae_step(model, batch: dict, optimizers: list, step: int) -> torch.Tensor:
-    model.open_private_gate(step)
-    beta = kl_weight(step, model.hparams.beta, model.hparams.kl_warmup_steps)
-    loss = model.elbo_terms(batch, beta)["loss"]
+    loss = model.training_loss(batch, step)["loss"]  # the objective at this step's KL weight and private gate
     optimizers[0].zero_grad(set_to_none=True)
     loss.backward()
     optimizers[0].step()
     return loss
 
 
-def gan_step(model, batch: dict, optimizers: list, step: int) -> torch.Tensor:
-    """D on real vs detached fakes, then (every ``n_critic`` D steps) G through the new D, then the EMA."""
-    optimizer_g, optimizer_d = optimizers
-    real, conditions = batch[model.output], model.condition_inputs(batch)
-    loss_d = model.discriminator_terms(real, conditions)["loss"]
-    optimizer_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    optimizer_d.step()
-    model.discriminator_steps += 1
-    if model.discriminator_steps % model.hparams.n_critic == 0:
-        loss_g = model.generator_terms(conditions, real.shape[0])["loss"]
-        optimizer_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        optimizer_g.step()
-        model.generator_steps += 1
-        model.update_ema()
-    return loss_d
-
-
 def captioner_step(model, batch: dict, optimizers: list, step: int) -> torch.Tensor:
-    logits, targets = model(batch).float(), model.targets(batch)
-    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
-                           label_smoothing=model.hparams.label_smoothing)
+    loss = captioning_objective(model, batch, model.modality, model.config.objective)["loss"]
     optimizer, scheduler = optimizers
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -39,3 +39,23 @@ def pairwise_spread(images: torch.Tensor, resolution: int = DATA_RESOLUTION) -> 
     8x8, the digits' own): the spread that per-class diversity ratios divide."""
     small = F.interpolate(images.float(), size=(resolution, resolution), mode="area")
     return torch.pdist(small.flatten(1)).mean().item()
+
+
+def instantiate(spec: dict):
+    """An object from a ``{class_path, init_args}`` block of a recipe."""
+    import importlib
+
+    module, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+
+
+def build_recipe(config: dict):
+    """The recipe's model and datamodule, wired as ``mmgen fit`` wires them (the datamodule's ``data_spec``
+    and tokenizer handed to the model); the datamodule is set up for fitting."""
+    datamodule = instantiate(config["data"])
+    datamodule.setup("fit")
+    model_spec = config["model"]
+    model = instantiate({"class_path": model_spec["class_path"],
+                         "init_args": {"data_spec": datamodule.data_spec, **model_spec.get("init_args", {})}})
+    model.tokenizer = datamodule.tokenizer
+    return model, datamodule

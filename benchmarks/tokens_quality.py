@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 from mmgen_lightning.datamodules.attributes import describe
 from mmgen_lightning.metrics.judges import get_judge, judged_attributes
 from mmgen_lightning.models.base import CHECKPOINT_KEY, load_generator
+from mmgen_lightning.models.token_transformer import TokenSampling
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,11 +111,12 @@ def feature_spread(features: torch.Tensor, groups: torch.Tensor) -> float:
 
 @torch.no_grad()
 def score_text_to_image(model, batch, judge, settings: list[dict | None], seed: int, batch_size: int = 256) -> list[dict]:
-    """One row per sampling setting (``None``: the model's ``sampling_defaults``, what ``mmgen generate``
+    """One row per sampling setting (``None``: the model's ``sampling`` defaults, what ``mmgen generate``
     and ``mmgen evaluate`` use)."""
     truth = judge.targets(batch["attributes"])  # B,K of the attributes the judge reads
     groups = torch.unique(truth, dim=0, return_inverse=True)[1]
     real_spread = feature_spread(judge.features(batch["image"]), groups)
+    recipe = {k: v for k, v in model.config.sampling.to_dict().items() if v != TokenSampling().to_dict()[k]}
     rows = []
     for knobs in settings:
         started = time.time()
@@ -127,7 +129,7 @@ def score_text_to_image(model, batch, judge, settings: list[dict | None], seed: 
         images = torch.cat(images)
         right = judge.predict(images) == truth
         codes = model.vqvae.encode_codes({"image": images})
-        rows.append({"sampling": "model defaults " + json.dumps(model.hparams.sampling_defaults or {}) if knobs is None
+        rows.append({"sampling": "model defaults " + json.dumps(recipe) if knobs is None
                      else {k: ("none" if v is None else v) for k, v in knobs.items()},
                      "accuracy": round(right.all(1).float().mean().item(), 4),
                      **({f"accuracy_{name}": round(right[:, i].float().mean().item(), 4)

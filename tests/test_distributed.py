@@ -22,7 +22,8 @@ def test_captioner_on_a_manifest(tmp_path):
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     data = {"manifest": str(manifest), "modalities": ["image", "text"], "split_fractions": [1, 0, 0],
             "batch_size": 2, **DATA_OPTIONS}
-    options = {"width": 16, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0, "warmup_steps": 0}
+    options = {"network": {"width": 16, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0},
+               "optimization": {"warmup_steps": 0}}
     batches = fit_two_processes(tmp_path, {"class_path": "mmgen_lightning.models.Captioner", "init_args": options},
                                 {"class_path": "mmgen_lightning.datamodules.manifest.ManifestDataModule",
                                  "init_args": data})

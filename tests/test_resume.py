@@ -6,6 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from mmgen_lightning.callbacks.ema import EMA
 from mmgen_lightning.callbacks.faults import RandomStateCheckpoint
 from mmgen_lightning.checkpoint_io import AtomicCheckpointIO
 from mmgen_lightning.datamodules.manifest import ManifestDataModule
@@ -20,10 +21,14 @@ BATCHES, EVERY, CRASH_AT = 8, 3, 7
 STEPS_PER_BATCH = {"vae": 1, "gan": 2}
 
 FAMILIES = {
-    "vae": lambda spec: MultimodalVAE(spec, latent_dim=4, width=8, text_width=16, lr=3e-3),
-    "gan": lambda spec: ConditionalGAN(spec, condition="text", width=8, latent_dim=8, condition_dim=8, text_width=16,
-                                       r1_gamma=1.0, ema_decay=0.9),
+    "vae": lambda spec: MultimodalVAE(spec, network={"latent_dim": 4, "width": 8, "text_width": 16},
+                                      optimization={"lr": 3e-3}),
+    "gan": lambda spec: ConditionalGAN(spec, condition="text",
+                                       network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16},
+                                       objective={"r1_gamma": 1.0}),
 }
+#: the GAN samples an average of its weights (its recipes' EMA callback): a resumed run must continue that too
+AVERAGING = {"gan": lambda: [EMA(decay=0.9, warmup=True, use_buffers=False)]}
 
 
 class Crash(Exception):
@@ -58,7 +63,8 @@ def run(family, manifest, folder, callbacks=(), ckpt_path=None, random_state=Tru
                                   filename="{step}")
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                         max_steps=BATCHES * unit, limit_val_batches=0, plugins=[AtomicCheckpointIO()],
-                        callbacks=[checkpoints, *([RandomStateCheckpoint()] if random_state else []), *callbacks])
+                        callbacks=[checkpoints, *([RandomStateCheckpoint()] if random_state else []),
+                                   *AVERAGING.get(family, list)(), *callbacks])
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return model
 

@@ -75,7 +75,7 @@ class CaptionAttentionLogger(L.Callback):
             maps = pl_module.cross_attention_maps(conditions, out["target"], t=self.t)  # B,h*w,L
         finally:
             pl_module.train(was_training)
-        maps = maps.transpose(1, 2).unflatten(-1, pl_module.network.grid).cpu()  # B,L,h,w
+        maps = maps.transpose(1, 2).unflatten(-1, pl_module.velocity.dit.grid).cpu()  # B,L,h,w
         pictures = F.interpolate(((out["image"].float() + 1) / 2).clamp(0, 1), size=(self.tile_size,) * 2,
                                  mode="nearest").cpu()
         if pictures.shape[1] == 1:

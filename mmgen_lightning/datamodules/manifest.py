@@ -9,7 +9,7 @@ A row gives any of
   taken evenly over the clip (MP4 and other containers: convert them to GIF or a frame folder);
 * ``text`` or ``caption``: the caption; ``label``: a class index >= 0; ``split``: train/val/test.
 
-Each file is read by its modality's one reader (``Modality.read`` in ``modalities.py``, which
+Each file is read by its modality's one reader (``read`` in ``modalities/``, which
 ``generate``, ``serve`` and ``retrieve`` use too). File paths are relative to the manifest's folder
 (absolute paths are kept). Without a ``split`` column, rows are cut into train/val/test by a
 permutation seeded with ``seed``.

@@ -1,6 +1,7 @@
 """Aligner: one encoder per modality and projection heads into one L2-normalised space, trained
-with a symmetric InfoNCE loss over every pair of modalities the batch carries (CLIP, Radford et
-al. 2021, generalised from two modalities to any number, as ImageBind pairs them).
+with a symmetric InfoNCE loss over every pair of modalities the batch carries
+(``objectives/aligner.py``: CLIP, Radford et al. 2021, generalised from two modalities to any number,
+as ImageBind pairs them).
 
 It generates nothing. It serves retrieval in every direction (``mmgen retrieve``) and scores any
 generator's samples against their conditions without attribute judges (``mmgen evaluate --aligner``,
@@ -15,11 +16,12 @@ The encoders are the project's: the captioner's token encoders for image, audio 
 (``layers/text.py``) and a label table. Under DDP every process's embeddings are gathered *with
 gradients* (``self.all_gather(sync_grads=True)``, i.e. ``torch.distributed.nn.functional.all_gather``),
 so each query is contrasted with the whole global batch and the loss and gradients are those of one
-process on that batch (see :func:`~mmgen_lightning.losses.symmetric_info_nce`).
+process on that batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -30,15 +32,85 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.retrieval import RetrievalHitRate
 
-from mmgen_lightning.losses import symmetric_info_nce
+from mmgen_lightning.config import ConfigGroup, build_groups
 from mmgen_lightning.modalities import MODALITIES, get_modality
-from mmgen_lightning.models.base import GenerativeModule
-from mmgen_lightning.models.optim import adamw_warmup_cosine
+from mmgen_lightning.models.base import GenerativeModule, LegacyLayout
+from mmgen_lightning.models.layers import modality_networks
+from mmgen_lightning.models.optim import Optimization
+from mmgen_lightning.objectives.aligner import AlignerObjective, clamped_logit_scale, contrastive_objective
 
 ALIGNABLE = MODALITIES
 RECALL_AT = (1, 5, 10)
 
 
+# --- options --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class AlignerNetwork(ConfigGroup):
+    """Sizes of the encoders and the shared space.
+
+    Args:
+        embed_dim: size of the shared space.
+        width: token size of the encoders.
+        encoder_layers: transformer layers of the image/audio/video encoders (space-time pairs for video).
+        text_layers: transformer layers of the text encoder.
+        num_heads: attention heads everywhere.
+        patch_size: stride of the image/video conv stems: one token per ``p x p`` pixels.
+        n_mels: mel bands of the audio frontend.
+        audio_frames: about how many log-mel frames (audio tokens) a clip gives.
+        glimpse_size: video only: tokenise a window of each frame centred on its centre of brightness
+            (see ``VideoTokenEncoder``).
+        dropout: encoder dropout.
+    """
+
+    section = "network"
+    embed_dim: int = 64
+    width: int = 64
+    encoder_layers: int = 2
+    text_layers: int = 2
+    num_heads: int = 4
+    patch_size: int = 4
+    n_mels: int = 64
+    audio_frames: int = 32
+    glimpse_size: int | None = None
+    dropout: float = 0.0
+
+    def check(self) -> None:
+        for name in ("embed_dim", "width", "num_heads", "patch_size", "n_mels", "audio_frames"):
+            self.require(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("encoder_layers", "text_layers"):
+            self.require(getattr(self, name) >= 0, name, "must be >= 0")
+        self.require(self.width % self.num_heads == 0, "width", f"must be divisible by num_heads ({self.num_heads})")
+        self.require(self.glimpse_size is None or self.glimpse_size >= 1, "glimpse_size", "must be >= 1 or null")
+        self.require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignerValidation(ConfigGroup):
+    """How validation measures retrieval.
+
+    Args:
+        gallery_size: recall ranks each query among blocks of this many items (the retrieval protocol of
+            the benchmarks: 100 held-out items).
+    """
+
+    section = "validation"
+    gallery_size: int = 100
+
+    def check(self) -> None:
+        self.require(self.gallery_size >= 2, "gallery_size", "must be >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignerConfig:
+    """The family's option groups, typed (``self.config``)."""
+
+    network: AlignerNetwork
+    objective: AlignerObjective
+    optimization: Optimization
+    validation: AlignerValidation
+
+
+# --- networks -------------------------------------------------------------------------------------
 class AttentionPool(nn.Module):
     """``tokens: B,N,D -> B,D``: one learned query attends over the tokens (as CLIP's attention pool).
     A mean would let the background tokens of a small object outvote the few that show it."""
@@ -54,41 +126,33 @@ class AttentionPool(nn.Module):
         return self.norm(pooled[:, 0])
 
 
+# --- the family -----------------------------------------------------------------------------------
 class Aligner(GenerativeModule):
     """Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modalities: the modalities embedded into the shared space (at least two of ``image``, ``text``,
             ``audio``, ``video``, ``label``); default: every one the data carries.
-        embed_dim: size of the shared space.
-        width: token size of the encoders.
-        encoder_layers: transformer layers of the image/audio/video encoders (space-time pairs for video).
-        text_layers: transformer layers of the text encoder.
-        num_heads: attention heads everywhere.
-        patch_size: stride of the image/video conv stems: one token per ``p x p`` pixels.
-        n_mels: mel bands of the audio frontend.
-        audio_frames: about how many log-mel frames (audio tokens) a clip gives.
-        glimpse_size: video only: tokenise a window of each frame centred on its centre of brightness
-            (see ``VideoTokenEncoder``).
-        dropout: encoder dropout.
-        temperature: initial softmax temperature ``1 / s`` of the InfoNCE logits; ``s`` is learned
-            (as a log) and clamped to at most ``max_logit_scale``, as CLIP does.
-        max_logit_scale: the clamp of ``s`` (CLIP: 100).
-        lr: peak AdamW learning rate.
-        betas: AdamW's moment decay rates.
-        weight_decay: AdamW weight decay on matrices (not on biases, norms, positions, the scale).
-        warmup_steps: linear warm-up steps, then a cosine to 10% when the trainer knows its length.
-        gallery_size: validation recall ranks each query among blocks of this many items (the
-            retrieval protocol of the benchmarks: 100 held-out items).
+        network: sizes of the encoders and the shared space (:class:`AlignerNetwork`).
+        objective: the InfoNCE temperature (:class:`~mmgen_lightning.objectives.aligner.AlignerObjective`).
+        optimization: AdamW without decay on biases, norms, positions, embeddings, the pooling queries and
+            the scale, a linear warm-up, then a cosine to 10% of the rate when the trainer knows its length
+            (:class:`~mmgen_lightning.models.optim.Optimization`).
+        validation: the retrieval protocol of validation (:class:`AlignerValidation`).
     """
 
+    no_decay = ("position", "embed", "query", "logit_scale", "norm")
+    legacy = LegacyLayout(groups={"network": AlignerNetwork, "objective": AlignerObjective,
+                                  "optimization": Optimization, "validation": AlignerValidation})
+
     def __init__(self, data_spec: dict[str, Any] | None = None, modalities: list[str] | None = None,
-                 embed_dim: int = 64, width: int = 64, encoder_layers: int = 2, text_layers: int = 2,
-                 num_heads: int = 4, patch_size: int = 4, n_mels: int = 64, audio_frames: int = 32,
-                 glimpse_size: int | None = None, dropout: float = 0.0, temperature: float = 0.07,
-                 max_logit_scale: float = 100.0, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.98),
-                 weight_decay: float = 0.01, warmup_steps: int = 100, gallery_size: int = 100) -> None:
+                 network: AlignerNetwork = AlignerNetwork(), objective: AlignerObjective = AlignerObjective(),
+                 optimization: Optimization = Optimization(lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01,
+                                                           warmup_steps=100, schedule="cosine"),
+                 validation: AlignerValidation = AlignerValidation()) -> None:
         super().__init__(data_spec)
         self.save_hyperparameters()
+        self.config = AlignerConfig(**build_groups(Aligner.__init__, network=network, objective=objective,
+                                                   optimization=optimization, validation=validation))
         carried = self.data_spec.get("modalities")
         if modalities is None:
             modalities = [m for m in ALIGNABLE if carried is None or m in carried]
@@ -103,32 +167,30 @@ class Aligner(GenerativeModule):
         if len(set(self.modalities)) < 2:
             raise ValueError(f"Aligner needs at least two modalities to align, got {list(self.modalities)}"
                              f"{_caption_hint(self.data_spec, 'text')}")
-        if not (temperature > 0 and 1 / temperature <= max_logit_scale):
-            raise ValueError(f"temperature must be > 0 with 1/temperature <= max_logit_scale ({max_logit_scale}), "
-                             f"got {temperature}")
-        if gallery_size < 2:
-            raise ValueError(f"gallery_size must be >= 2, got {gallery_size}")
         # embeds, not generates: no direction, so generate() raises the documented ValueError
         self.condition_modalities, self.output_modalities = (), ()
-        self.encoders = nn.ModuleDict({m: self._build_encoder(m) for m in self.modalities})
-        self.heads = nn.ModuleDict({m: nn.Linear(width, embed_dim) for m in self.modalities})
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        net = self.config.network
+        self.encoders = nn.ModuleDict({m: self.build_encoder(m) for m in self.modalities})
+        self.heads = nn.ModuleDict({m: nn.Linear(net.width, net.embed_dim) for m in self.modalities})
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.config.objective.temperature)))
         self._val_embeddings: dict[str, list[Tensor]] = {}
 
     # --- networks -----------------------------------------------------------------------------
-    def _build_encoder(self, modality: str) -> nn.Module:
+    def build_encoder(self, modality: str) -> nn.Module:
         """The modality's token encoder pooled by a learned query, or its own pooled encoder (text, label)."""
-        hp, kind = self.hparams, get_modality(modality)
-        if not kind.has_token_encoder:
-            return kind.encoder(self.data_spec, hp.width, hp.width, num_layers=hp.text_layers, num_heads=hp.num_heads)
-        tokens = kind.token_encoder(self.data_spec, hp.width, num_layers=hp.encoder_layers, num_heads=hp.num_heads,
-                                    dropout=hp.dropout, patch_size=hp.patch_size, n_mels=hp.n_mels,
-                                    frames=hp.audio_frames, glimpse_size=hp.glimpse_size)
-        return nn.Sequential(tokens, AttentionPool(hp.width, hp.num_heads))
+        net, kind = self.config.network, get_modality(modality)
+        if not modality_networks.has_token_encoder(kind):
+            return modality_networks.encoder(kind, self.data_spec, net.width, net.width, num_layers=net.text_layers,
+                                             num_heads=net.num_heads)
+        tokens = modality_networks.token_encoder(kind, self.data_spec, net.width, num_layers=net.encoder_layers,
+                                                 num_heads=net.num_heads, dropout=net.dropout,
+                                                 patch_size=net.patch_size, n_mels=net.n_mels,
+                                                 frames=net.audio_frames, glimpse_size=net.glimpse_size)
+        return nn.Sequential(tokens, AttentionPool(net.width, net.num_heads))
 
     def logit_scale_value(self) -> Tensor:
         """``s = exp(log s)`` clamped to ``[1, max_logit_scale]`` (no gradient past the clamp, as CLIP)."""
-        return self.logit_scale.clamp(0.0, math.log(self.hparams.max_logit_scale)).exp()
+        return clamped_logit_scale(self.logit_scale, self.config.objective)
 
     def embed(self, inputs: Mapping[str, Tensor], modality: str) -> Tensor:
         """``B,embed_dim`` unit vectors of one modality of ``inputs`` (batch-contract keys: ``image: B,C,H,W``,
@@ -152,48 +214,45 @@ class Aligner(GenerativeModule):
         return [m for m in self.modalities if m in batch]
 
     # --- objective ----------------------------------------------------------------------------
-    def contrastive_loss(self, embeddings: dict[str, Tensor]) -> Tensor:
-        """Mean symmetric InfoNCE over every pair of modalities in ``embeddings`` (each ``B,embed_dim``),
-        every query contrasted with the global batch (all processes' embeddings, with gradients)."""
+    def contrastive(self, batch: Mapping[str, Tensor], modalities: Sequence[str]) -> dict[str, Tensor]:
+        """The objective on ``batch``, every query contrasted with the global batch (all processes'
+        embeddings, with gradients)."""
         world = self._trainer.world_size if self._trainer is not None else 1
-        gathered, offset = dict(embeddings), 0
-        if world > 1:
-            gathered = {m: self.all_gather(z, sync_grads=True).flatten(0, 1) for m, z in embeddings.items()}
-            offset = self.global_rank * next(iter(embeddings.values())).shape[0]
-        scale = self.logit_scale_value()
-        pairs = list(itertools.combinations(embeddings, 2))
-        return sum(symmetric_info_nce(embeddings[m], embeddings[n], scale, gathered[m], gathered[n], offset)
-                   for m, n in pairs) / len(pairs)
+        gather = (lambda z: self.all_gather(z, sync_grads=True).flatten(0, 1)) if world > 1 else None
+        return contrastive_objective(self.embed, batch, modalities, self.logit_scale, self.config.objective,
+                                     gather, self.global_rank)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         present = self.present(batch)
         if len(present) < 2:
             raise ValueError(f"Aligner: the batch carries {', '.join(present) or 'none'} of the model's modalities "
                              f"{', '.join(self.modalities)}; at least two are needed")
-        embeddings = {m: self.embed(batch, m) for m in present}
-        loss = self.contrastive_loss(embeddings)
+        terms = self.contrastive(batch, present)
         if self._logging_step():
-            first, second = present[:2]
-            matched = (embeddings[first] @ embeddings[second].T).argmax(1)
-            self.log("train/loss", loss, prog_bar=True)
+            first, second = (terms["embeddings"][m] for m in present[:2])
+            matched = (first @ second.T).argmax(1)
+            self.log("train/loss", terms["loss"], prog_bar=True)
             self.log("train/logit_scale", self.logit_scale_value())
-            self.log(f"train/batch_accuracy_{first}->{second}",
+            self.log(f"train/batch_accuracy_{present[0]}->{present[1]}",
                      (matched == torch.arange(len(matched), device=matched.device)).float().mean())
-        return loss
+        return terms["loss"]
 
     def on_validation_epoch_start(self) -> None:
         self._val_embeddings = {}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         present = self.present(batch)
-        embeddings = {m: self.embed(batch, m) for m in present}
         if len(present) >= 2:
-            self.log("val/loss", self.contrastive_loss(embeddings), sync_dist=True)
+            terms = self.contrastive(batch, present)
+            self.log("val/loss", terms["loss"], sync_dist=True)
+            embeddings = terms["embeddings"]
+        else:
+            embeddings = {m: self.embed(batch, m) for m in present}
         for m, z in embeddings.items():
             self._val_embeddings.setdefault(m, []).append(z)
 
     def on_validation_epoch_end(self) -> None:
-        """Recall@1/5/10 in every direction among blocks of ``gallery_size`` validation items."""
+        """Recall@1/5/10 in every direction among blocks of ``validation.gallery_size`` validation items."""
         embeddings = {m: torch.cat(zs) for m, zs in self._val_embeddings.items()}
         self._val_embeddings = {}
         if len(embeddings) < 2 or self.trainer.sanity_checking:
@@ -201,12 +260,9 @@ class Aligner(GenerativeModule):
         if self.trainer.world_size > 1:  # every process computes the same numbers on every item
             embeddings = {m: self.all_gather(z).transpose(0, 1).flatten(0, 1) for m, z in embeddings.items()}
         for query, candidate in itertools.permutations(embeddings, 2):
-            recalls = gallery_recall(embeddings[query], embeddings[candidate], self.hparams.gallery_size)
+            recalls = gallery_recall(embeddings[query], embeddings[candidate], self.config.validation.gallery_size)
             for k, value in recalls.items():
                 self.log(f"val/recall@{k}/{query}->{candidate}", value, rank_zero_only=True)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self, no_decay=("position", "embed", "query", "logit_scale", "norm"))
 
     # --- not a generator ----------------------------------------------------------------------
     def directions(self) -> list[str]:

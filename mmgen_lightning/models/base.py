@@ -8,22 +8,28 @@ dataset and no config file, and loads with ``weights_only=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from mmgen_lightning.batch import MODALITIES, check_batch, check_modalities
+from mmgen_lightning.config import ConfigGroup, plain
+from mmgen_lightning.errors import CheckpointError
 from mmgen_lightning.knobs import Knob, check_sampling
 from mmgen_lightning.modalities import DataSpec
 from mmgen_lightning.modalities import scored_dimensions as _scored_dimensions
 from mmgen_lightning.tokenizer import CaptionTokenizer
 
 CHECKPOINT_KEY = "mmgen"
+#: the layout of a checkpoint's hyper-parameters: 2 = the option groups; absent = the flat keywords before them
+CHECKPOINT_FORMAT = 2
 
 
 class Likelihood(NamedTuple):
@@ -37,6 +43,64 @@ class Likelihood(NamedTuple):
     name: str
     log_prob: Tensor
     dims: Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class LegacyLayout:
+    """How a checkpoint of the flat-keyword layout (before the option groups) maps onto a family's options.
+
+    Args:
+        groups: section -> group class; a flat key moves into the group that has a field of its name.
+        renamed: flat key -> its new place, ``"section.field"`` or a top-level argument.
+        dropped: options that are gone -> the value that meant "off"; a checkpoint trained with another
+            value cannot be rebuilt faithfully, and says so.
+        state_keys: old ``state_dict`` prefix -> new prefix.
+        adjust: the flat hyper-parameters -> the same, for what the tables cannot say (an option whose
+            meaning moved, such as a ``space`` switch that became an optional block).
+        adjust_state: ``(state_dict, upgraded hyper-parameters) -> state_dict``, after the renames.
+    """
+
+    groups: dict[str, type[ConfigGroup]]
+    renamed: dict[str, str] = dataclasses.field(default_factory=dict)
+    dropped: dict[str, Any] = dataclasses.field(default_factory=dict)
+    state_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    adjust: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    adjust_state: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+
+    def hyperparameters(self, family: type, flat: Mapping[str, Any]) -> dict[str, Any]:
+        """The flat hyper-parameters of an old checkpoint as this family's ``__init__`` arguments."""
+        if self.adjust is not None:
+            flat = self.adjust(dict(flat))
+        top = set(inspect.signature(family.__init__).parameters) - {"self"}
+        owner = {name: section for section, group in self.groups.items() for name in group.field_names()}
+        nested: dict[str, Any] = {section: {} for section in self.groups}
+        for key, value in flat.items():
+            place = self.renamed.get(key, key)
+            if key in self.dropped:
+                if value is not None and value != self.dropped[key]:
+                    raise CheckpointError(f"this checkpoint was trained with {key}={value!r}, an option this version "
+                                          "no longer has", hint="load it with mmgen-lightning 0.1 (the flat options)")
+            elif "." in place:
+                section, name = place.split(".", 1)
+                nested.setdefault(section, {})[name] = value
+            elif place in top and place not in self.groups:
+                nested[place] = value
+            elif place in owner:
+                nested[owner[place]][place] = value
+            else:
+                raise CheckpointError(f"unknown option {key!r} in an old {family.__name__} checkpoint")
+        return {key: value for key, value in nested.items() if value != {}}
+
+    def state_dict(self, state: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` with the old prefixes renamed (``hparams``: the upgraded hyper-parameters)."""
+        renamed = {}
+        for key, value in state.items():
+            for old, new in self.state_keys.items():
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+            renamed[key] = value
+        return renamed if self.adjust_state is None else self.adjust_state(renamed, hparams)
 
 
 def scored_dimensions(batch: Mapping[str, Tensor], modalities: Sequence[str], audio_dims: int | None = None) -> Tensor:
@@ -60,12 +124,31 @@ class GenerativeModule(L.LightningModule):
     #: the keyword arguments of :meth:`sample` with their types and ranges (``knobs.Knob``); when empty they
     #: are read from ``sample``'s signature with the shared meanings of ``knobs.KNOWN_KNOBS``
     sampling_knobs: dict[str, Knob] = {}
+    #: how checkpoints of the flat-keyword layout map onto this family's option groups (None: nothing to map)
+    legacy: ClassVar[LegacyLayout | None] = None
+    #: parameter names (substrings) the optimiser never decays, beside biases and norms
+    no_decay: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data_spec: dict[str, Any] | None = None) -> None:
         super().__init__()
         # typed, and a Mapping, so spec("...") and .get() keep working; hparams keep the plain dict
         self.data_spec = DataSpec.from_dict(data_spec)
         self.tokenizer: CaptionTokenizer | None = None
+
+    def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None,
+                             logger: bool = True) -> None:
+        """Lightning's, with each option group stored as its plain ``dict`` (checkpoints load with
+        ``weights_only=True`` and ``hparams.yaml`` stays readable); ``__init__`` turns it back into the group."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        for store in (self._hparams, self._hparams_initial):
+            for key in list(store):
+                store[key] = plain(store[key])
+
+    def configure_optimizers(self) -> Any:
+        """The one optimiser path (``models/optim.py``) from the family's ``config.optimization``."""
+        from mmgen_lightning.models.optim import configure_optimization
+
+        return configure_optimization(self, self.config.optimization, no_decay=self.no_decay)
 
     def spec(self, key: str) -> Any:
         """A size from ``data_spec``, with an error that says where it should have come from."""
@@ -129,6 +212,9 @@ class GenerativeModule(L.LightningModule):
             conditions[key] = value.to(self.device).expand(num_samples, *value.shape[1:])
         targets = self.check_direction(conditions, to)
         check_sampling(self, sampling, shared_ranges=False)  # an unknown knob (or declared range), before drawing
+        defaults = getattr(getattr(self, "config", None), "sampling", None)
+        if defaults is not None:  # the recipe's defaults for every knob not given
+            sampling = {**defaults.to_dict(), **{k: v for k, v in sampling.items() if v is not None}}
         was_training = self.training
         self.eval()
         try:
@@ -174,6 +260,7 @@ class GenerativeModule(L.LightningModule):
         cls = type(self)
         checkpoint[CHECKPOINT_KEY] = {
             "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "format": CHECKPOINT_FORMAT,
             "tokenizer": self.tokenizer.to_json() if self.tokenizer is not None else None,
             "max_text_length": self.tokenizer.max_length if self.tokenizer is not None else None,
         }
@@ -185,9 +272,25 @@ class GenerativeModule(L.LightningModule):
                                                                       if not k.startswith("_")}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_checkpoint(type(self), checkpoint)  # Lightning loads the state_dict after this hook
         extras = checkpoint.get(CHECKPOINT_KEY) or {}
         if extras.get("tokenizer"):
             self.tokenizer = CaptionTokenizer.from_json(extras["tokenizer"], extras["max_text_length"])
+
+
+def upgrade_checkpoint(family: type[GenerativeModule], checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Bring a checkpoint of the flat-keyword layout to the option groups, in place (hyper-parameters and
+    ``state_dict`` keys, by the family's :class:`LegacyLayout`); a current checkpoint is left as it is."""
+    extras = checkpoint.setdefault(CHECKPOINT_KEY, {})
+    if extras.get("format", 1) >= CHECKPOINT_FORMAT or family.legacy is None:
+        return checkpoint
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    checkpoint["hyper_parameters"] = family.legacy.hyperparameters(family, hparams)
+    for key in ("state_dict", "current_model_state"):
+        if key in checkpoint:
+            checkpoint[key] = family.legacy.state_dict(checkpoint[key], checkpoint["hyper_parameters"])
+    extras["format"] = CHECKPOINT_FORMAT
+    return checkpoint
 
 
 def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
@@ -207,6 +310,7 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
     if not module_name.startswith("mmgen_lightning."):
         raise ValueError(f"{path}: refusing to import {class_path!r}; only mmgen_lightning families load")
     cls = getattr(importlib.import_module(module_name), class_name)
+    upgrade_checkpoint(cls, checkpoint)
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     model = cls(**hparams)
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)

@@ -1,5 +1,5 @@
 """Captioner: an image, audio or video encoder and a causal text decoder that cross-attends to it,
-trained by likelihood (teacher-forced token cross-entropy).
+trained by likelihood (teacher-forced token cross-entropy, ``objectives/captioner.py``).
 
 The decoder is a GPT-2 block stack from ``transformers``, built from a config (random weights,
 nothing downloaded) with ``add_cross_attention=True`` and fed the encoder's tokens through
@@ -16,8 +16,10 @@ Directions: ``image->text``, ``audio->text`` or ``video->text`` (one condition m
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,24 +29,28 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
 from transformers import GenerationConfig, GPT2Config
 
-from mmgen_lightning.knobs import family_knobs
-from mmgen_lightning.models.base import GenerativeModule, Likelihood, scored_dimensions
-from mmgen_lightning.models.optim import adamw_warmup_cosine
+from mmgen_lightning.config import ConfigGroup, build_groups
+from mmgen_lightning.knobs import KNOWN_KNOBS, family_knobs
+from mmgen_lightning.modalities import get_modality
+from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, Likelihood, scored_dimensions
+from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.caption_decoder import ConditionedGPT2
 from mmgen_lightning.models.layers.token_encoders import PretrainedImageEncoder
-from mmgen_lightning.modalities import get_modality, random_shift
+from mmgen_lightning.models.optim import Optimization
+from mmgen_lightning.objectives.captioner import (IGNORE_INDEX, CaptionerObjective, captioning_objective,
+                                                  next_token_targets, token_statistics)
 from mmgen_lightning.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 CAPTION_MODALITIES = ("image", "audio", "video")
-IGNORE_INDEX = -100
 CaptionParser = Callable[[str], "dict[str, Any] | None"]
 
 
-class Captioner(GenerativeModule):
-    """Args:
-        data_spec: sizes from the datamodule (linked by the CLI).
-        modality: the condition, one of ``image``, ``audio``, ``video``; default: the first of them
-            the data carries.
+# --- options --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class CaptionerNetwork(ConfigGroup):
+    """Sizes of the encoder and the decoder.
+
+    Args:
         width: token size of the encoder and the decoder.
         encoder_layers: transformer layers of the encoder (space-time layer pairs for video).
         decoder_layers: GPT-2 blocks (self-attention, cross-attention, MLP) of the decoder.
@@ -56,113 +62,250 @@ class Captioner(GenerativeModule):
             centre of brightness, plus the window's track, instead of the whole frame (see
             ``VideoTokenEncoder``); for clips of one object moving over a larger canvas.
         dropout: dropout of encoder and decoder.
-        label_smoothing: label smoothing of the training cross-entropy (validation reports plain NLL).
-        shift_augment: training only: shift each image (each video, all frames alike) by its own random
-            offset of up to this many pixels in x and y, filling with the background (-1); 0 turns it off.
-        lr: peak AdamW learning rate.
-        betas: AdamW's moment decay rates; a beta2 below the default 0.999 adapts faster early on,
-            which shortens the plateau before the decoder starts to use the condition.
-        weight_decay: AdamW weight decay on matrices (not on biases, norms or positions).
-        warmup_steps: linear warm-up steps; the rate then follows a cosine to 10% over the run
-            when the trainer knows its length.
         max_positions: decoder positions (caption length, ``[BOS]`` included); default: the
             datamodule's ``max_text_length``.
-        val_num_beams: beam width of the captions scored in validation (1 = greedy).
-        bleu_n_gram: longest n-gram of the validation BLEU; BLEU is 0 for captions shorter than it,
-            so give 2 or 3 for captions of a few words.
-        scored_attributes: attributes a caption must state right to count in
-            ``val/all_attributes_correct`` (for example without ``motion`` for still images);
-            default: every attribute the reference caption states.
-        image_encoder_path: a local ``save_pretrained`` folder of a vision backbone used as the image
-            encoder instead of the conv-stem transformer (never downloaded).
-        freeze_image_encoder: keep that backbone's weights fixed (its projection still trains).
-        image_encoder_config: filled in from the folder when the model is built; lets a checkpoint
-            rebuild the backbone without the folder. Leave unset.
-        text_decoder_path: a local ``save_pretrained`` folder of a GPT-2 model whose vocabulary is
-            the datamodule's tokenizer (for example a caption LM); its blocks initialise the
-            decoder and new cross-attention layers are added.
-        freeze_text_decoder: train only the new cross-attention layers of that decoder.
-        text_decoder_config: filled in from ``text_decoder_path``, as ``image_encoder_config``. Leave unset.
+    """
+
+    section = "network"
+    width: int = 64
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    num_heads: int = 4
+    patch_size: int = 4
+    n_mels: int = 64
+    audio_frames: int = 32
+    glimpse_size: int | None = None
+    dropout: float = 0.1
+    max_positions: int | None = None
+
+    def check(self) -> None:
+        for name in ("width", "decoder_layers", "num_heads", "patch_size", "n_mels", "audio_frames"):
+            self.require(getattr(self, name) >= 1, name, "must be >= 1")
+        self.require(self.encoder_layers >= 0, "encoder_layers", "must be >= 0")
+        self.require(self.width % self.num_heads == 0, "width", f"must be divisible by num_heads ({self.num_heads})")
+        self.require(self.glimpse_size is None or self.glimpse_size >= 1, "glimpse_size", "must be >= 1 or null")
+        self.require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        self.require(self.max_positions is None or self.max_positions >= 2, "max_positions", "must be >= 2 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerSampling(ConfigGroup):
+    """Defaults of the sampling knobs (each can be given to ``generate``/``mmgen generate``; see
+    :meth:`Captioner.sample` for what each does). The defaults decode greedily."""
+
+    section = "sampling"
+    num_beams: int = 1
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+    min_new_tokens: int = 0
+    max_new_tokens: int | None = None
+
+    def check(self) -> None:
+        for name in self.field_names():  # the ranges generate() checks the knobs against
+            problem = KNOWN_KNOBS[name].problem(getattr(self, name))
+            self.require(problem is None, name, problem or "")
+        self.require(self.max_new_tokens is None or self.min_new_tokens <= self.max_new_tokens, "min_new_tokens",
+                     f"must be <= max_new_tokens ({self.max_new_tokens})")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerValidation(ConfigGroup):
+    """How validation and test score the captions the model writes.
+
+    Args:
+        num_beams: beam width of the captions scored (1 = greedy).
+        bleu_n_gram: longest n-gram of BLEU; BLEU is 0 for captions shorter than it, so give 2 or 3
+            for captions of a few words.
+        scored_attributes: attributes a caption must state right to count in ``all_attributes_correct``
+            (for example without ``motion`` for still images); default: every attribute the reference
+            caption states.
+    """
+
+    section = "validation"
+    num_beams: int = 1
+    bleu_n_gram: int = 4
+    scored_attributes: tuple[str, ...] | None = None
+
+    def check(self) -> None:
+        self.require(self.num_beams >= 1, "num_beams", "must be >= 1")
+        self.require(self.bleu_n_gram >= 1, "bleu_n_gram", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedPart(ConfigGroup):
+    """A pretrained ``transformers`` part from a local ``save_pretrained`` folder (never downloaded).
+
+    Args:
+        path: the local folder.
+        freeze: keep its pretrained weights fixed.
+        config: filled in from the folder when the model is built; lets a checkpoint rebuild the part
+            without the folder. Leave unset.
+    """
+
+    path: str | None = None
+    freeze: bool = True
+    config: dict[str, Any] | None = None
+    # that path or config is given is checked by Captioner: ConfigGroup.build lays a mapping over the
+    # group's own defaults, which must therefore pass check()
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedImageEncoderPart(PretrainedPart):
+    """A vision backbone (ViT, DeiT, ConvNeXt, ...) used as the image encoder instead of the conv-stem
+    transformer; ``freeze`` keeps the backbone fixed (its projection still trains)."""
+
+    section = "image_encoder"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedTextDecoderPart(PretrainedPart):
+    """A GPT-2 model whose vocabulary is the datamodule's tokenizer (for example a caption LM): its blocks
+    initialise the decoder and new cross-attention layers are added; ``freeze`` trains only those."""
+
+    section = "text_decoder"
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerConfig:
+    """The family's option groups, typed (``self.config``)."""
+
+    network: CaptionerNetwork
+    objective: CaptionerObjective
+    optimization: Optimization
+    sampling: CaptionerSampling
+    validation: CaptionerValidation
+    image_encoder: PretrainedImageEncoderPart | None
+    text_decoder: PretrainedTextDecoderPart | None
+
+
+def _legacy_pretrained(flat: dict[str, Any]) -> dict[str, Any]:
+    """The flat layout spelt an unused pretrained part as ``<part>_path: null``; the block's absence says it now."""
+    flat = dict(flat)
+    for path, freeze, config in (("image_encoder_path", "freeze_image_encoder", "image_encoder_config"),
+                                 ("text_decoder_path", "freeze_text_decoder", "text_decoder_config")):
+        if not (flat.get(path) or flat.get(config)):
+            for key in (path, freeze, config):
+                flat.pop(key, None)
+    return flat
+
+
+# --- the family -----------------------------------------------------------------------------------
+class Captioner(GenerativeModule):
+    """Args:
+        data_spec: sizes from the datamodule (linked by the CLI).
+        modality: the condition, one of ``image``, ``audio``, ``video``; default: the first of them
+            the data carries.
+        network: sizes of the encoder and the decoder (:class:`CaptionerNetwork`).
+        objective: label smoothing and shift augmentation
+            (:class:`~mmgen_lightning.objectives.captioner.CaptionerObjective`).
+        optimization: AdamW without decay on biases, norms and positions, a linear warm-up, then a cosine
+            to 10% of the rate over the run when the trainer knows its length
+            (:class:`~mmgen_lightning.models.optim.Optimization`); a beta2 below 0.999 adapts faster early
+            on, which shortens the plateau before the decoder starts to use the condition.
+        sampling: defaults of the sampling knobs (:class:`CaptionerSampling`).
+        validation: how validation and test score decoded captions (:class:`CaptionerValidation`).
+        image_encoder: a pretrained vision backbone as the image encoder (:class:`PretrainedImageEncoderPart`);
+            ``None``: the modality's conv-stem transformer.
+        text_decoder: a pretrained GPT-2 as the decoder (:class:`PretrainedTextDecoderPart`); ``None``: a
+            fresh one of ``network``'s sizes.
     """
 
     #: the keyword arguments of :meth:`sample` and their ranges, checked by ``generate`` before decoding
     sampling_knobs = family_knobs("num_beams", "temperature", "top_k", "top_p", "repetition_penalty",
                                   "no_repeat_ngram_size", "length_penalty", "min_new_tokens", "max_new_tokens",
                                   "use_cache", "seed")
+    no_decay = ("position", "wpe")
+    legacy = LegacyLayout(
+        groups={"network": CaptionerNetwork, "objective": CaptionerObjective, "optimization": Optimization},
+        renamed={"val_num_beams": "validation.num_beams", "bleu_n_gram": "validation.bleu_n_gram",
+                 "scored_attributes": "validation.scored_attributes", "image_encoder_path": "image_encoder.path",
+                 "freeze_image_encoder": "image_encoder.freeze", "image_encoder_config": "image_encoder.config",
+                 "text_decoder_path": "text_decoder.path", "freeze_text_decoder": "text_decoder.freeze",
+                 "text_decoder_config": "text_decoder.config"},
+        adjust=_legacy_pretrained)
 
-    def __init__(self, data_spec: dict[str, Any] | None = None, modality: str | None = None, width: int = 64,
-                 encoder_layers: int = 2, decoder_layers: int = 2, num_heads: int = 4, patch_size: int = 4,
-                 n_mels: int = 64, audio_frames: int = 32, glimpse_size: int | None = None, dropout: float = 0.1,
-                 label_smoothing: float = 0.0, shift_augment: int = 0, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.01, warmup_steps: int = 100,
-                 max_positions: int | None = None, val_num_beams: int = 1, bleu_n_gram: int = 4,
-                 scored_attributes: list[str] | None = None,
-                 image_encoder_path: str | None = None, freeze_image_encoder: bool = True,
-                 image_encoder_config: dict[str, Any] | None = None, text_decoder_path: str | None = None,
-                 freeze_text_decoder: bool = True, text_decoder_config: dict[str, Any] | None = None) -> None:
+    def __init__(self, data_spec: dict[str, Any] | None = None, modality: str | None = None,
+                 network: CaptionerNetwork = CaptionerNetwork(), objective: CaptionerObjective = CaptionerObjective(),
+                 optimization: Optimization = Optimization(lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01,
+                                                           warmup_steps=100, schedule="cosine"),
+                 sampling: CaptionerSampling = CaptionerSampling(),
+                 validation: CaptionerValidation = CaptionerValidation(),
+                 image_encoder: PretrainedImageEncoderPart | None = None,
+                 text_decoder: PretrainedTextDecoderPart | None = None) -> None:
         super().__init__(data_spec)
         self.save_hyperparameters()
+        self.config = CaptionerConfig(**build_groups(
+            Captioner.__init__, network=network, objective=objective, optimization=optimization, sampling=sampling,
+            validation=validation, image_encoder=image_encoder, text_decoder=text_decoder))
         carried = [m for m in CAPTION_MODALITIES if m in self.data_spec.get("modalities", CAPTION_MODALITIES)]
         self.modality = modality or (carried[0] if carried else "")
         if self.modality not in CAPTION_MODALITIES:
             raise ValueError(f"modality: unknown {modality!r}; allowed: {', '.join(CAPTION_MODALITIES)}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if shift_augment < 0 or (shift_augment and not get_modality(self.modality).pixels):
-            raise ValueError(f"shift_augment must be >= 0, and 0 for audio; got {shift_augment} for {self.modality!r}")
-        if val_num_beams < 1:
-            raise ValueError(f"val_num_beams must be >= 1, got {val_num_beams}")
-        if glimpse_size is not None and not get_modality(self.modality).frames:
-            raise ValueError(f"glimpse_size is only used with modality 'video', not {self.modality!r}")
-        if (image_encoder_path or image_encoder_config) and self.modality != "image":
-            raise ValueError(f"image_encoder_path is only used with modality 'image', not {self.modality!r}")
+        condition, net = get_modality(self.modality), self.config.network
+        if self.config.objective.shift_augment and not condition.pixels:
+            raise ValueError(f"objective.shift_augment must be 0 for {self.modality!r}, "
+                             f"got {self.config.objective.shift_augment}")
+        if net.glimpse_size is not None and not condition.frames:
+            raise ValueError(f"network.glimpse_size is only used with modality 'video', not {self.modality!r}")
+        for part in (self.config.image_encoder, self.config.text_decoder):
+            if part is not None and not (part.path or part.config):
+                raise ValueError(f"{part.section}.path must name a local save_pretrained folder, got {part.path!r}")
+        if self.config.image_encoder is not None and self.modality != "image":
+            raise ValueError(f"image_encoder is only used with modality 'image', not {self.modality!r}")
         self.declare_direction(self.modality, "text")  # the data must carry both: one line at init, not a KeyError later
-        self.encoder = self._build_encoder()
-        self.decoder = self._build_decoder()
+        self.encoder = self.build_encoder()
+        self.decoder = self.build_decoder()
         # encoder tokens enter every cross-attention at the decoder's width
         decoder_width = self.decoder.config.n_embd
-        self.to_memory = nn.Identity() if decoder_width == width else nn.Linear(width, decoder_width)
+        self.to_memory = nn.Identity() if decoder_width == net.width else nn.Linear(net.width, decoder_width)
         self.summarize = nn.Linear(decoder_width, decoder_width)
         nn.init.zeros_(self.summarize.weight)  # the decoder starts as plain GPT-2 with cross-attention
         nn.init.zeros_(self.summarize.bias)
         self.parse_caption: CaptionParser | None = None
+        bleu_n_gram = self.config.validation.bleu_n_gram
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict({
             "perplexity": Perplexity(ignore_index=IGNORE_INDEX), "bleu": BLEUScore(n_gram=bleu_n_gram, smooth=True),
             "chrf": CHRFScore(), "all_attributes_correct": MeanMetric()}) for stage in ("val", "test")})
 
     # --- networks -----------------------------------------------------------------------------
-    def _build_encoder(self) -> nn.Module:
-        hp = self.hparams
-        if hp.image_encoder_path or hp.image_encoder_config:
-            encoder = PretrainedImageEncoder(hp.image_encoder_path, hp.width, hp.freeze_image_encoder,
-                                             hp.image_encoder_config)
-            self.hparams["image_encoder_config"] = encoder.config_dict  # the checkpoint rebuilds it alone
+    def build_encoder(self) -> nn.Module:
+        """The condition's token encoder, or a pretrained vision backbone (``image_encoder``)."""
+        net, pretrained = self.config.network, self.config.image_encoder
+        if pretrained is not None:
+            encoder = PretrainedImageEncoder(pretrained.path, net.width, pretrained.freeze, pretrained.config)
+            self.hparams["image_encoder"]["config"] = encoder.config_dict  # the checkpoint rebuilds it alone
             return encoder
-        return get_modality(self.modality).token_encoder(
-            self.data_spec, hp.width, num_layers=hp.encoder_layers, num_heads=hp.num_heads, dropout=hp.dropout,
-            patch_size=hp.patch_size, glimpse_size=hp.glimpse_size, n_mels=hp.n_mels, frames=hp.audio_frames)
+        return modality_networks.token_encoder(
+            get_modality(self.modality), self.data_spec, net.width, num_layers=net.encoder_layers,
+            num_heads=net.num_heads, dropout=net.dropout, patch_size=net.patch_size, glimpse_size=net.glimpse_size,
+            n_mels=net.n_mels, frames=net.audio_frames)
 
-    def _build_decoder(self) -> ConditionedGPT2:
-        hp = self.hparams
-        vocab_size, positions = self.spec("vocab_size"), hp.max_positions or self.spec("max_text_length")
-        if hp.text_decoder_config is not None:
-            decoder = ConditionedGPT2(GPT2Config.from_dict(hp.text_decoder_config))
-        elif hp.text_decoder_path:
-            decoder = load_local_gpt2(hp.text_decoder_path)
-            self.hparams["text_decoder_config"] = decoder.config.to_dict()
-        else:
+    def build_decoder(self) -> ConditionedGPT2:
+        """A fresh GPT-2 with cross-attention, or a pretrained one (``text_decoder``) with it added."""
+        net, pretrained = self.config.network, self.config.text_decoder
+        vocab_size, positions = self.spec("vocab_size"), net.max_positions or self.spec("max_text_length")
+        if pretrained is None:
             return ConditionedGPT2(GPT2Config(
-                vocab_size=vocab_size, n_positions=positions, n_embd=hp.width, n_layer=hp.decoder_layers,
-                n_head=hp.num_heads, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
+                vocab_size=vocab_size, n_positions=positions, n_embd=net.width, n_layer=net.decoder_layers,
+                n_head=net.num_heads, resid_pdrop=net.dropout, embd_pdrop=net.dropout, attn_pdrop=net.dropout,
                 add_cross_attention=True, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID))
+        if pretrained.config is not None:
+            decoder = ConditionedGPT2(GPT2Config.from_dict(pretrained.config))
+        else:
+            decoder = load_local_gpt2(pretrained.path)
+            self.hparams["text_decoder"]["config"] = decoder.config.to_dict()
         if decoder.config.vocab_size != vocab_size:
-            raise ValueError(f"text_decoder_path: the decoder has {decoder.config.vocab_size} tokens but the "
+            raise ValueError(f"text_decoder.path: the decoder has {decoder.config.vocab_size} tokens but the "
                              f"datamodule's tokenizer has {vocab_size}; use the tokenizer the decoder was trained "
                              "with (the datamodule's tokenizer_path)")
         if decoder.config.n_positions < positions:
-            raise ValueError(f"text_decoder_path: the decoder has {decoder.config.n_positions} positions, "
+            raise ValueError(f"text_decoder.path: the decoder has {decoder.config.n_positions} positions, "
                              f"captions need {positions}")
-        if hp.freeze_text_decoder:  # only the new cross-attention layers learn
+        if pretrained.freeze:  # only the new cross-attention layers learn
             for name, parameter in decoder.named_parameters():
                 parameter.requires_grad = "crossattention" in name or "ln_cross_attn" in name
         return decoder
@@ -183,31 +326,17 @@ class Captioner(GenerativeModule):
         return self.decoder(input_ids=batch["text"][:, :-1], attention_mask=batch["text_mask"][:, :-1].long(),
                             use_cache=False, **self.decoder_inputs(batch)).logits
 
-    @staticmethod
-    def targets(batch: Mapping[str, Tensor]) -> Tensor:
-        """Next tokens ``long B,L-1`` with padding set to ``IGNORE_INDEX``, so the loss skips it."""
-        return batch["text"][:, 1:].masked_fill(~batch["text_mask"][:, 1:], IGNORE_INDEX)
-
     # --- objective ----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        if self.hparams.shift_augment:
-            batch = {**batch, self.modality: random_shift(batch[self.modality], self.hparams.shift_augment)}
-        logits, targets = self(batch).float(), self.targets(batch)
-        summed = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
-                                 label_smoothing=self.hparams.label_smoothing, reduction="sum")
-        # DDP averages gradients over ranks; dividing by the mean token count over ranks (not this rank's
-        # own count) makes that average the gradient of the token mean over the global batch, whatever
-        # each rank's caption lengths are
-        tokens = (targets != IGNORE_INDEX).sum().float()
-        if self._trainer is not None and self.trainer.world_size > 1:
-            tokens = self.all_gather(tokens).mean()
-        loss = summed / tokens.clamp_min(1.0)
+        world = self._trainer.world_size if self._trainer is not None else 1
+        mean_over_processes = (lambda count: self.all_gather(count).mean()) if world > 1 else None
+        terms = captioning_objective(self, batch, self.modality, self.config.objective, mean_over_processes)
         if self._logging_step():  # only the batches whose metrics Lightning writes
-            nll, accuracy = token_statistics(logits.detach(), targets)
-            self.log("train/loss", loss, prog_bar=True)
+            nll, accuracy = token_statistics(terms["logits"].detach(), terms["targets"])
+            self.log("train/loss", terms["loss"], prog_bar=True)
             self.log("train/perplexity", nll.exp())
             self.log("train/token_accuracy", accuracy)
-        return loss
+        return terms["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.evaluate_batch(batch, "val")
@@ -218,8 +347,8 @@ class Captioner(GenerativeModule):
     def evaluate_batch(self, batch: dict[str, Tensor], stage: str) -> None:
         """Perplexity and token accuracy under teacher forcing; BLEU, chrF and (for data with a
         caption parser) the share of captions stating every attribute right, on decoded captions."""
-        metrics = self.metrics[stage]
-        logits, targets = self(batch).float(), self.targets(batch)
+        metrics, options = self.metrics[stage], self.config.validation
+        logits, targets = self(batch).float(), next_token_targets(batch)
         nll, accuracy = token_statistics(logits, targets)
         metrics["perplexity"].update(logits, targets)
         self.log(f"{stage}/loss", nll, prog_bar=True, sync_dist=True)
@@ -228,15 +357,14 @@ class Captioner(GenerativeModule):
         if self.tokenizer is None:
             return
         generated = self.sample({self.modality: batch[self.modality]}, len(batch["text"]), ["text"],
-                                num_beams=self.hparams.val_num_beams)["text"]
+                                num_beams=options.num_beams)["text"]
         hypotheses, references = self.tokenizer.decode(generated.cpu()), self.tokenizer.decode(batch["text"].cpu())
         metrics["bleu"].update(hypotheses, [[reference] for reference in references])
         metrics["chrf"].update(hypotheses, [[reference] for reference in references])
         self.log(f"{stage}/bleu", metrics["bleu"])
         self.log(f"{stage}/chrf", metrics["chrf"])
         if self.parse_caption is not None:
-            correct = states_every_attribute(hypotheses, references, self.parse_caption,
-                                             self.hparams.scored_attributes)
+            correct = states_every_attribute(hypotheses, references, self.parse_caption, options.scored_attributes)
             if correct.numel():
                 metrics["all_attributes_correct"].update(correct.float().to(self.device))
                 self.log(f"{stage}/all_attributes_correct", metrics["all_attributes_correct"])
@@ -246,15 +374,12 @@ class Captioner(GenerativeModule):
         if self.parse_caption is None:
             self.parse_caption = find_caption_parser(getattr(self.trainer, "datamodule", None))
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self, no_decay=("position", "wpe"))
-
     # --- sampling -----------------------------------------------------------------------------
     def serves(self, sources: tuple[str, ...], target: str) -> bool:
         return target in self.output_modalities and set(sources) == set(self.condition_modalities)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return self.sample({self.modality: batch[self.modality]}, len(batch[self.modality]), ["text"])
+        return self.generate({self.modality: batch[self.modality]}, len(batch[self.modality]), ["text"])
 
     def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str], num_beams: int = 1,
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -313,7 +438,7 @@ class Captioner(GenerativeModule):
     @torch.no_grad()
     def log_likelihood(self, batch: Mapping[str, Tensor]) -> Likelihood:
         """The exact ``log p(text | condition)`` per sample, summed over real tokens after ``[BOS]``."""
-        logits, targets = self(batch).float(), self.targets(batch)
+        logits, targets = self(batch).float(), next_token_targets(batch)
         log_probs = -F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
         return Likelihood("exact", log_probs.sum(1).double(), scored_dimensions(batch, ["text"]))
 
@@ -336,14 +461,6 @@ class Captioner(GenerativeModule):
         maps = torch.stack(out.cross_attentions).float()  # layers,B,heads,L-1,N
         maps = maps[layer] if layer is not None else maps.mean(0)
         return maps.mean(1)
-
-
-def token_statistics(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean NLL per real token and token accuracy (``targets`` padded with ``IGNORE_INDEX``)."""
-    real = targets != IGNORE_INDEX
-    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX)
-    accuracy = (logits.argmax(-1) == targets)[real].float().mean()
-    return nll, accuracy
 
 
 def states_every_attribute(hypotheses: list[str], references: list[str], parse_caption: CaptionParser,
@@ -374,14 +491,12 @@ def find_caption_parser(datamodule: Any) -> CaptionParser | None:
 
 def load_local_gpt2(path: str) -> ConditionedGPT2:
     """A GPT-2 decoder from a local ``save_pretrained`` folder, with cross-attention layers added."""
-    from pathlib import Path
-
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"text_decoder_path: {folder} is not a local transformers model folder "
+        raise FileNotFoundError(f"text_decoder.path: {folder} is not a local transformers model folder "
                                 "(no config.json); save one with model.save_pretrained(folder)")
     config = GPT2Config.from_pretrained(str(folder), local_files_only=True)
     if config.model_type != "gpt2":
-        raise ValueError(f"text_decoder_path: {folder} holds a {config.model_type!r} model; allowed: 'gpt2'")
+        raise ValueError(f"text_decoder.path: {folder} holds a {config.model_type!r} model; allowed: 'gpt2'")
     config.add_cross_attention = True
     return ConditionedGPT2.from_pretrained(str(folder), config=config, local_files_only=True)

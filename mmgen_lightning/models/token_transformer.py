@@ -3,19 +3,16 @@ transformer models a single token stream of caption tokens and the stage-1 :clas
 in both orders (see ``layers/token_stream.py``), so the same weights do text -> image and
 image -> text (or text <-> audio, with an audio VQVAE).
 
-Objective: next-token cross-entropy on the text and code slots, the mean of each modality weighted
-by ``loss_weights``; ``val/image_bits_per_dim`` is the NLL of the codes given the caption in bits
-per code. A random share of the rows (``condition_dropout``) sees ``[NULL]`` in place of its
-condition and is not scored there, which teaches the unconditional model that classifier-free
-guidance needs: ``logits = uncond + s * (cond - uncond)`` (Ho & Salimans 2022; Gafni et al. 2022
-for token models).
+The objective (``objectives/tokens.py``) is next-token cross-entropy on the text and code slots, the
+mean of each weighted by ``objective.loss_weights``; ``val/image_bits_per_dim`` is the NLL of the codes
+given the caption in bits per code. Rows whose condition was dropped (``objective.condition_dropout``)
+teach the unconditional model that classifier-free guidance needs.
 
-The transformer is ``transformers``' GPT-2 block stack (random weights from a config, nothing
-downloaded) fed ``inputs_embeds`` from :class:`StreamEmbedding` (token + modality + 1-D text / 2-D
-code positions); its KV cache (``DynamicCache``) serves sampling. The sampling loop is written here
-and not left to ``generate()`` because each step restricts the vocabulary to the segment being
-written and mixes a conditional and an unconditional pass (guidance); the per-token warpers
-(temperature, top-k, top-p) are ``transformers``' own.
+The network (:class:`~mmgen_lightning.models.layers.token_stream.StreamTransformer`) is ``transformers``'
+GPT-2 block stack fed ``inputs_embeds`` (token + modality + 1-D text / 2-D code positions); its KV cache
+serves sampling. The sampling loop is written here and not left to ``generate()`` because each step
+restricts the vocabulary to the segment being written and mixes a conditional and an unconditional
+pass (guidance); the per-token warpers (temperature, top-k, top-p) are ``transformers``' own.
 
 The stage-1 VQVAE is given by checkpoint path (``vqvae_checkpoint``), loaded with
 ``weights_only=True`` and frozen; its hyper-parameters are stored as ``vqvae_config`` and its
@@ -25,25 +22,26 @@ stages with no other file and ``generate`` decodes codes back to pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from transformers import DynamicCache, GPT2Config, GPT2Model
+from torch import Tensor
+from transformers import DynamicCache
 from transformers.generation import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                      TopPLogitsWarper)
 
-from mmgen_lightning.knobs import family_knobs
-from mmgen_lightning.models.base import GenerativeModule, load_generator
-from mmgen_lightning.models.optim import adamw_warmup_cosine
-from mmgen_lightning.models.layers.token_stream import CODE, TEXT, StreamEmbedding, TokenLayout
+from mmgen_lightning.config import ConfigGroup, build_groups
+from mmgen_lightning.knobs import KNOWN_KNOBS, family_knobs
+from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, load_generator
+from mmgen_lightning.models.layers.token_stream import StreamTransformer, TokenLayout
+from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.models.vqvae import VQVAE
 from mmgen_lightning.modalities import get_modality, random_shift
-
-IGNORE_INDEX = -100
+from mmgen_lightning.objectives.tokens import TokenObjective, token_stream_objective
 
 
 def classifier_free_guidance(conditional: Tensor, unconditional: Tensor, scale: float) -> Tensor:
@@ -52,6 +50,79 @@ def classifier_free_guidance(conditional: Tensor, unconditional: Tensor, scale: 
     return unconditional + scale * (conditional - unconditional)
 
 
+# --- options --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TokenNetwork(ConfigGroup):
+    """Sizes of the stream transformer.
+
+    Args:
+        width: transformer width.
+        num_layers: GPT-2 blocks.
+        num_heads: attention heads.
+        dropout: dropout of embeddings, attention and residuals.
+    """
+
+    section = "network"
+    width: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    dropout: float = 0.1
+
+    def check(self) -> None:
+        for name in ("width", "num_layers", "num_heads"):
+            self.require(getattr(self, name) >= 1, name, "must be >= 1")
+        self.require(self.width % self.num_heads == 0, "width", f"must be divisible by num_heads ({self.num_heads})")
+        self.require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSampling(ConfigGroup):
+    """Defaults of the sampling knobs (each can be given to ``generate``/``mmgen generate``).
+
+    Args:
+        temperature: softmax temperature; 0 picks the most likely token. ``None``: 1 for codes, 0
+            (greedy) for text.
+        top_k: keep only the ``k`` most likely tokens (``None``: all).
+        top_p: keep the smallest set of tokens of probability mass ``p`` (``None``: all).
+        guidance_scale: classifier-free guidance ``s`` (``None``: no unconditional pass).
+        use_cache: reuse keys/values of earlier slots (KV cache).
+    """
+
+    section = "sampling"
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    guidance_scale: float | None = None
+    use_cache: bool = True
+
+    def check(self) -> None:
+        for name in self.field_names():  # the ranges generate() checks the knobs against
+            problem = KNOWN_KNOBS[name].problem(getattr(self, name))
+            self.require(problem is None, name, problem or "")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenConfig:
+    """The family's option groups, typed (``self.config``)."""
+
+    network: TokenNetwork
+    objective: TokenObjective
+    optimization: Optimization
+    sampling: TokenSampling
+
+
+def _legacy_options(flat: dict[str, Any]) -> dict[str, Any]:
+    """The flat layout kept the sampling defaults as one dict (the sampling block now), wrote ``null`` for
+    the default loss weights, and stored the stage-1 VQVAE's own flat hyper-parameters."""
+    flat.update(flat.pop("sampling_defaults", None) or {})
+    if flat.get("loss_weights") is None:
+        flat.pop("loss_weights", None)
+    if flat.get("vqvae_config") is not None:
+        flat["vqvae_config"] = VQVAE.legacy.hyperparameters(VQVAE, flat["vqvae_config"])
+    return flat
+
+
+# --- the family -----------------------------------------------------------------------------------
 class TokenTransformer(GenerativeModule):
     """Args:
         data_spec: sizes from the datamodule (linked by the CLI).
@@ -59,63 +130,54 @@ class TokenTransformer(GenerativeModule):
             ``configs/vqvae`` recipe); read once, when the model is first built.
         vqvae_config: the VQVAE's hyper-parameters, filled in from the checkpoint; lets this
             model's own checkpoint rebuild the VQVAE without the file. Leave unset.
-        width: transformer width.
-        num_layers: GPT-2 blocks.
-        num_heads: attention heads.
-        dropout: dropout of embeddings, attention and residuals.
-        loss_weights: weight of each modality's mean NLL in the loss, e.g. ``{text: 1, image: 1}``.
-        condition_dropout: share of training rows whose condition is replaced by ``[NULL]``
-            (enables classifier-free guidance and unconditional sampling; 0 turns both off).
-        codes_first_fraction: share of training rows in the codes-first order (image -> text).
-        shift_augment: training only, images only: shift each image by its own random offset of up to
-            this many pixels in x and y (filled with the background, -1) before it is tokenized, so a
-            small dataset gives many distinct code sequences; 0 turns it off.
-        sampling_defaults: sampling knobs ``generate`` uses when the caller gives none (``mmgen
-            generate``/``mmgen evaluate`` without flags), e.g. ``{guidance_scale: 3.0, top_k: 16}``; keys
-            are :meth:`sample`'s arguments, and an explicit argument (``guidance_scale=None`` too) wins.
-        lr: peak AdamW learning rate.
-        betas: AdamW's moment decay rates.
-        weight_decay: AdamW weight decay on matrices (not on biases, norms or embeddings).
-        warmup_steps: linear warm-up steps; then a cosine to 10% when the run length is known.
+        network: sizes of the stream transformer (:class:`TokenNetwork`).
+        objective: loss weights, condition dropout, stream orders, augmentation
+            (:class:`~mmgen_lightning.objectives.tokens.TokenObjective`).
+        optimization: AdamW (no decay on biases, norms and embeddings) after a linear warm-up, then a
+            cosine to 10% when the run length is known (:class:`~mmgen_lightning.models.optim.Optimization`).
+        sampling: defaults of the sampling knobs, what ``mmgen generate``/``mmgen evaluate`` use unless
+            told (:class:`TokenSampling`).
     """
 
     #: the keyword arguments of :meth:`sample` and their ranges, checked by ``generate`` before sampling
     sampling_knobs = family_knobs("temperature", "top_k", "top_p", "guidance_scale", "use_cache", "seed")
+    no_decay = ("embedding", "wpe")  # the stream's tables and GPT-2's positions
+    legacy = LegacyLayout(
+        groups={"network": TokenNetwork, "objective": TokenObjective, "optimization": Optimization,
+                "sampling": TokenSampling},
+        state_keys={"embedding.": "transformer.embedding.", "transformer.": "transformer.blocks.",
+                    "head.": "transformer.head."},
+        adjust=_legacy_options)
 
     def __init__(self, data_spec: dict[str, Any] | None = None, vqvae_checkpoint: str | None = None,
-                 vqvae_config: dict[str, Any] | None = None, width: int = 128, num_layers: int = 4,
-                 num_heads: int = 4, dropout: float = 0.1, loss_weights: dict[str, float] | None = None,
-                 condition_dropout: float = 0.1, codes_first_fraction: float = 0.5, shift_augment: int = 0,
-                 sampling_defaults: dict[str, Any] | None = None, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.98), weight_decay: float = 0.01,
-                 warmup_steps: int = 100) -> None:
+                 vqvae_config: dict[str, Any] | None = None, network: TokenNetwork = TokenNetwork(),
+                 objective: TokenObjective = TokenObjective(),
+                 optimization: Optimization = Optimization(lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01,
+                                                           warmup_steps=100, schedule="cosine"),
+                 sampling: TokenSampling = TokenSampling()) -> None:
         super().__init__(data_spec)
         self.save_hyperparameters()
-        if not 0.0 <= codes_first_fraction <= 1.0:
-            raise ValueError(f"codes_first_fraction must be in [0, 1], got {codes_first_fraction}")
+        self.config = TokenConfig(**build_groups(TokenTransformer.__init__, network=network, objective=objective,
+                                                 optimization=optimization, sampling=sampling))
         self.vqvae = self._load_vqvae()
         self.modality = self.vqvae.modality
-        defaults = [name for name in self.sampling_knobs if name != "seed"]  # a fixed seed is not a default
-        unknown = set(sampling_defaults or {}) - set(defaults)
-        if unknown:
-            raise ValueError(f"sampling_defaults: unknown knob {sorted(unknown)[0]!r}; allowed: {', '.join(defaults)}")
-        if shift_augment < 0 or (shift_augment and not get_modality(self.modality).pixels):
-            raise ValueError(f"shift_augment must be >= 0, and 0 for {self.modality!r}; got {shift_augment}")
-        weights = dict(loss_weights or {})
         self.condition_modalities = self.output_modalities = ("text", self.modality)
-        for name, value in weights.items():
-            if name not in self.output_modalities or value < 0:
-                raise ValueError(f"loss_weights: {name!r}: {value}; allowed keys: text, {self.modality} "
-                                 "(weights >= 0)")
-        self.loss_weights = {"text": float(weights.get("text", 1.0)), self.modality: float(weights.get(self.modality, 1.0))}
+        options = self.config.objective
+        if options.shift_augment and not get_modality(self.modality).pixels:
+            raise ValueError(f"objective.shift_augment shifts images; it must be 0 for {self.modality!r}, "
+                             f"got {options.shift_augment}")
+        for name in options.loss_weights:
+            if name not in self.output_modalities:
+                raise ValueError(f"objective.loss_weights: {name!r} is not a modality of this model; allowed keys: "
+                                 f"text, {self.modality}")
+        #: the objective's weights of the text and the code segments
+        self.loss_weights = {"text": float(options.loss_weights.get("text", 1.0)),
+                             "codes": float(options.loss_weights.get(self.modality, 1.0))}
         self.layout = TokenLayout(self.spec("vocab_size"), self.vqvae.num_codes, self.spec("max_text_length"),
                                   self.vqvae.grid)
-        self.embedding = StreamEmbedding(self.layout, width, condition_dropout)
-        self.transformer = GPT2Model(GPT2Config(
-            vocab_size=1, n_positions=self.layout.length, n_embd=width, n_layer=num_layers, n_head=num_heads,
-            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-            bos_token_id=None, eos_token_id=None))  # tokens come in as inputs_embeds; its 1-row wte is unused
-        self.head = nn.Linear(width, self.layout.vocab_size, bias=False)
+        net = self.config.network
+        self.transformer = StreamTransformer(self.layout, net.width, net.num_layers, net.num_heads, net.dropout,
+                                             options.condition_dropout)
 
     def _load_vqvae(self) -> VQVAE:
         """The frozen stage-1 model: rebuilt from ``vqvae_config`` (its weights then come with this
@@ -146,55 +208,27 @@ class TokenTransformer(GenerativeModule):
         self.vqvae.eval()  # frozen: its codebook never updates and its norms stay in inference mode
         return self
 
-    # --- the network --------------------------------------------------------------------------
-    def forward(self, ids: Tensor, codes_first: Tensor, cache: DynamicCache | None = None) -> tuple[Tensor, Any]:
-        """Logits ``B,S',vocab`` for stream slots ``offset..offset+S'`` (``offset`` = what ``cache``
-        holds) and the updated cache (``None`` when no cache was given)."""
-        offset = cache.get_seq_length() if cache is not None else 0
-        out = self.transformer(inputs_embeds=self.embedding(ids, codes_first, offset), cache=cache,
-                               use_cache=cache is not None)
-        return self.head(out.last_hidden_state), out.cache if cache is not None else None
-
+    # --- objective ----------------------------------------------------------------------------
     @torch.no_grad()
     def stream(self, batch: Mapping[str, Tensor], codes_first: Tensor) -> Tensor:
         """The batch's caption and the frozen VQVAE's codes as one stream ``long B,S``."""
         return self.layout.build(batch["text"], self.vqvae.encode_codes(dict(batch)), codes_first)
 
-    def targets(self, ids: Tensor, codes_first: Tensor, dropped: Tensor) -> dict[str, Tensor]:
-        """Next-token targets ``long B,S-1`` per modality (``IGNORE_INDEX`` elsewhere): text slots up to
-        the caption's ``[EOS]``, code slots; never the condition of a row whose condition was dropped."""
-        role, _ = self.layout.roles(codes_first)
-        role = role[:, 1:]
-        scored = ~(self.layout.condition_slots(codes_first)[:, 1:] & dropped[:, None])
-        next_ids = ids[:, 1:]
-        text = (role == TEXT) & scored & (next_ids != self.layout.pad_id)
-        code = (role == CODE) & scored
-        return {"text": next_ids.masked_fill(~text, IGNORE_INDEX), self.modality: next_ids.masked_fill(~code, IGNORE_INDEX)}
-
     def losses(self, batch: Mapping[str, Tensor], codes_first: Tensor) -> dict[str, Tensor]:
-        """Mean NLL (nats) per scored token of each modality, and their weighted sum ``loss``."""
-        ids = self.stream(batch, codes_first)
-        inputs, dropped = self.embedding.drop_condition(ids, codes_first)
-        logits, _ = self(inputs[:, :-1], codes_first)
-        logits = logits.float()
-        out = {}
-        for name, target in self.targets(ids, codes_first, dropped).items():
-            valid = target != IGNORE_INDEX
-            out[name] = (F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX)
-                         if valid.any() else logits.sum() * 0.0)
-        out["loss"] = sum(self.loss_weights[name] * out[name] for name in self.loss_weights)
-        return out
+        """Mean NLL (nats) per scored token of the ``text`` and the ``codes``, and the weighted ``loss``."""
+        return token_stream_objective(self.transformer, self.stream(batch, codes_first), codes_first,
+                                      self.loss_weights)
 
-    # --- objective ----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        codes_first = torch.rand(len(batch["text"]), device=self.device) < self.hparams.codes_first_fraction
-        if self.hparams.shift_augment:
-            batch = {**batch, self.modality: random_shift(batch[self.modality], self.hparams.shift_augment)}
+        options = self.config.objective
+        codes_first = torch.rand(len(batch["text"]), device=self.device) < options.codes_first_fraction
+        if options.shift_augment:
+            batch = {**batch, self.modality: random_shift(batch[self.modality], options.shift_augment)}
         out = self.losses(batch, codes_first)
         if self._logging_step():  # only the batches whose metrics Lightning writes
             self.log("train/loss", out["loss"], prog_bar=True)
             self.log("train/text_nll", out["text"])
-            self.log(f"train/{self.modality}_bits_per_dim", out[self.modality] / math.log(2))
+            self.log(f"train/{self.modality}_bits_per_dim", out["codes"] / math.log(2))
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -210,28 +244,20 @@ class TokenTransformer(GenerativeModule):
         text_first = self.losses(batch, torch.zeros(rows, dtype=torch.bool, device=self.device))
         codes_first = self.losses(batch, torch.ones(rows, dtype=torch.bool, device=self.device))
         self.log(f"{stage}/loss", (text_first["loss"] + codes_first["loss"]) / 2, prog_bar=True, sync_dist=True)
-        self.log(f"{stage}/{self.modality}_bits_per_dim", text_first[self.modality] / math.log(2), sync_dist=True)
+        self.log(f"{stage}/{self.modality}_bits_per_dim", text_first["codes"] / math.log(2), sync_dist=True)
         self.log(f"{stage}/text_nll", codes_first["text"], sync_dist=True)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self, no_decay=("embedding", "wpe"))
 
     # --- sampling -----------------------------------------------------------------------------
     def serves(self, sources: tuple[str, ...], target: str) -> bool:
         if target not in self.output_modalities:
             return False
         if not sources:  # the [NULL] condition exists only if training dropped conditions
-            return self.hparams.condition_dropout > 0
+            return self.config.objective.condition_dropout > 0
         return len(sources) == 1 and sources[0] in self.condition_modalities and sources[0] != target
 
     def directions(self) -> list[str]:
         both = [f"text->{self.modality}", f"{self.modality}->text"]
-        return both + ([f"->{self.modality}", "->text"] if self.hparams.condition_dropout > 0 else [])
-
-    def generate(self, conditions: Mapping[str, Tensor] | None, num_samples: int, to: str | None = None,
-                 **sampling: Any) -> dict[str, Tensor]:
-        """:meth:`GenerativeModule.generate` with ``sampling_defaults`` filling in the knobs not given."""
-        return super().generate(conditions, num_samples, to, **{**(self.hparams.sampling_defaults or {}), **sampling})
+        return both + ([f"->{self.modality}", "->text"] if self.config.objective.condition_dropout > 0 else [])
 
     def sample(self, conditions: dict[str, Tensor], num_samples: int, targets: list[str],
                temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
@@ -265,7 +291,7 @@ class TokenTransformer(GenerativeModule):
         prefix = self.layout.prefix(condition, codes_first)
         order = torch.full((num_samples,), codes_first, dtype=torch.bool, device=self.device)
         if unconditional:
-            prefix, _ = self.embedding.drop_condition(prefix, order, torch.ones_like(order))
+            prefix, _ = self.transformer.embedding.drop_condition(prefix, order, torch.ones_like(order))
         warpers = LogitsProcessorList(
             ([TemperatureLogitsWarper(temperature)] if temperature > 0 else [])
             + ([TopKLogitsWarper(top_k)] if top_k is not None and temperature > 0 else [])
@@ -279,6 +305,11 @@ class TokenTransformer(GenerativeModule):
             text = torch.cat([bos, written], dim=1)
             return {"text": text, "text_mask": text != self.layout.pad_id}
         return {self.modality: self.vqvae.decode_codes(written - self.layout.text_vocab_size)}
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """The modality drawn for each of the batch's captions, with the recipe's sampling defaults."""
+        conditions = {"text": batch["text"], "text_mask": batch["text_mask"]}
+        return self.generate(conditions, len(batch["text"]), [self.modality])
 
     def allowed_tokens(self, codes_first: bool) -> Tensor:
         """``bool vocab``: the tokens the target segment may hold (words and ``[EOS]``, or codes)."""
@@ -301,11 +332,12 @@ class TokenTransformer(GenerativeModule):
         ids = prefix
         if guided:  # the unconditional half: the same rows with the condition dropped
             order = torch.cat([order, order])
-            ids = torch.cat([prefix, self.embedding.drop_condition(prefix, order[rows:], torch.ones_like(order[rows:]))[0]])
+            dropped, _ = self.transformer.embedding.drop_condition(prefix, order[rows:], torch.ones_like(order[rows:]))
+            ids = torch.cat([prefix, dropped])
         allowed = self.allowed_tokens(codes_first)
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         cache = DynamicCache() if use_cache else None
-        logits, cache = self(ids, order, cache)
+        logits, cache = self.transformer(ids, order, cache)
         written = []
         for step in range(steps):
             scores = logits[:, -1].float()
@@ -325,6 +357,6 @@ class TokenTransformer(GenerativeModule):
                 break
             step_ids = torch.cat([token, token])[:, None] if guided else token[:, None]
             ids = torch.cat([ids, step_ids], dim=1)
-            logits, cache = self(step_ids, order, cache) if use_cache else self(ids, order)
+            logits, cache = self.transformer(step_ids, order, cache) if use_cache else self.transformer(ids, order)
         out = torch.stack(written, dim=1)
         return F.pad(out, (0, steps - out.shape[1]), value=self.layout.pad_id)

@@ -15,8 +15,8 @@ from tests.conftest import ToyDataModule
 def fit_with_maps(tmp_path, modality: str, **callback_kwargs):
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=[modality, "text"], size=32)
-    model = Captioner(datamodule.data_spec, width=32, encoder_layers=1, decoder_layers=1, n_mels=16, audio_frames=8,
-                      lr=3e-3, warmup_steps=5)
+    model = Captioner(datamodule.data_spec, network={"width": 32, "encoder_layers": 1, "decoder_layers": 1, "n_mels": 16,
+                                                     "audio_frames": 8}, optimization={"lr": 3e-3, "warmup_steps": 5})
     logger = TensorBoardLogger(tmp_path, name=modality)
     callback = AttentionMapLogger(num_samples=3, **callback_kwargs)
     trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[callback], enable_checkpointing=False,
@@ -47,7 +47,8 @@ def test_maps_and_words_reach_tensorboard(tmp_path, modality):
 def test_video_maps_are_drawn_over_the_glimpses_the_encoder_sees():
     spec = {"dataset": "toy", "modalities": ["video", "text"], "image_size": 16, "video_size": 32, "image_channels": 1,
             "num_frames": 3, "vocab_size": 12, "max_text_length": 6}
-    model = Captioner(spec, width=32, encoder_layers=1, decoder_layers=1, glimpse_size=16, patch_size=4).eval()
+    model = Captioner(spec, network={"width": 32, "encoder_layers": 1, "decoder_layers": 1, "glimpse_size": 16,
+                                     "patch_size": 4}).eval()
     video = -torch.ones(2, 3, 1, 32, 32)
     for frame in range(3):
         video[:, frame, :, 2:6, 4 + 8 * frame:8 + 8 * frame] = 1.0  # a bar sliding right along the top
@@ -69,7 +70,7 @@ def test_overlay_marks_the_most_attended_cell():
 
 def test_needs_a_captioner(tmp_path):
     datamodule = ToyDataModule(modalities=["image", "text"], size=8)
-    model = MultimodalVAE(datamodule.data_spec, latent_dim=4, width=8, text_width=16)
+    model = MultimodalVAE(datamodule.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16})
     trainer = L.Trainer(max_steps=1, logger=False, callbacks=[AttentionMapLogger()], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(TypeError, match="MultimodalVAE has no cross_attention_maps"):

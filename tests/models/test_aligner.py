@@ -20,8 +20,8 @@ from mmgen_lightning.models.gan import ConditionalGAN
 from tests.conftest import ToyDataModule, fit, fit_two_ranks_in_subprocess
 from tests.datamodules.manifest_corpus import DATA_OPTIONS, write_corpus
 
-TINY = {"embed_dim": 16, "width": 32, "encoder_layers": 1, "text_layers": 1, "num_heads": 2, "n_mels": 16,
-        "warmup_steps": 0}
+TINY = {"network": {"embed_dim": 16, "width": 32, "encoder_layers": 1, "text_layers": 1, "num_heads": 2, "n_mels": 16},
+        "optimization": {"warmup_steps": 0}}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -31,7 +31,7 @@ def test_tiny_aligner_learns_text_image_retrieval_on_shapes():
     torch.manual_seed(0)
     data = ShapesDataModule(modalities=["image", "text"], image_size=16, train_size=1024, test_size=100,
                             batch_size=64)
-    model = Aligner(data.data_spec, temperature=0.2, **TINY)  # a cooler start leaves the plateau sooner
+    model = Aligner(data.data_spec, objective={"temperature": 0.2}, **TINY)  # a cooler start leaves the plateau sooner
     test = next(iter(DataLoader(data.dataset("test"), batch_size=100)))
 
     def recall() -> float:
@@ -77,7 +77,7 @@ def test_encoders_come_from_the_modalities_and_keep_their_checkpoint_layout():
              "text": torch.ones(2, 6, dtype=torch.long), "text_mask": torch.ones(2, 6, dtype=torch.bool),
              "label": torch.tensor([0, 2])}
     for name in spec["modalities"]:
-        assert model.embed(batch, name).shape == (2, TINY["embed_dim"])
+        assert model.embed(batch, name).shape == (2, TINY["network"]["embed_dim"])
 
 
 class RecordLossAndGradients(Callback):
@@ -104,7 +104,7 @@ class RecordLossAndGradients(Callback):
 
 
 def test_ddp_gathers_negatives_with_gradients_and_matches_one_process(tmp_path):
-    options = {**TINY, "dropout": 0.0}
+    options = {**TINY, "network": {**TINY["network"], "dropout": 0.0}}
     data = {"modalities": ["image", "text", "audio"], "size": 16, "batch_size": 4}
     config = {
         "seed_everything": 0,
@@ -162,6 +162,30 @@ def test_checkpoint_round_trip_and_generate_says_it_serves_nothing(tmp_path):
         model.generate({}, num_samples=1)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"network": {"width": 30, "num_heads": 4}}, r"network.width must be divisible by num_heads \(4\), got 30"),
+    ({"network": {"depth": 2}}, r"network: unknown option\(s\) depth; allowed: embed_dim, width"),
+    ({"objective": {"temperature": 0.001}}, r"objective.temperature must be > 0 with 1/temperature <= max_logit_scale "
+                                            r"\(100.0\), got 0.001"),
+    ({"optimization": {"betas": (0.9, 1.0)}}, r"optimization.betas must be two numbers in \[0, 1\)"),
+    ({"validation": {"gallery_size": 1}}, r"validation.gallery_size must be >= 2, got 1"),
+])
+def test_each_option_group_checks_itself_and_names_the_field(options, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        Aligner(ToyDataModule(modalities=["image", "text"]).data_spec, **options)
+
+
+def test_the_optimiser_spares_the_scale_queries_positions_and_token_table_from_weight_decay():
+    model = Aligner(ToyDataModule(modalities=["image", "text"]).data_spec, **TINY)
+    decayed, spared = model.configure_optimizers()["optimizer"].param_groups
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert {"logit_scale", "encoders.image.1.query", "encoders.image.0.position", "encoders.text.embed.weight"} <= {
+        names[id(p)] for p in spared["params"]}
+    assert all(p.ndim >= 2 and not any(key in names[id(p)] for key in ("embed", "query", "norm"))
+               for p in decayed["params"])
+    assert decayed["weight_decay"] == 0.01 and model.config.optimization.schedule == "cosine"
+
+
 @pytest.fixture(scope="module")
 def manifest_files(tmp_path_factory):
     """A captioned manifest, an aligner (image, text) and a text->image GAN trained on it, an aligner of
@@ -174,7 +198,8 @@ def manifest_files(tmp_path_factory):
     aligner = fit_aligner(data, folder / "aligner", steps=6)
     audio_data = ManifestDataModule(str(manifest), modalities=["text", "audio"], **options)
     audio_aligner = fit_aligner(audio_data, folder / "audio_aligner")
-    gan = ConditionalGAN(data.data_spec, condition="text", width=8, latent_dim=8, condition_dim=8, text_width=16)
+    gan = ConditionalGAN(data.data_spec, condition="text",
+                         network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16})
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0,
                         callbacks=[ModelCheckpoint(dirpath=str(folder / "gan"), save_last=True)])

@@ -1,7 +1,8 @@
 """Captioner: masks and caches by perturbation, decoding modes against each other and against the
-model's own likelihood, a tiny learning test, checkpoints, pretrained parts, bf16."""
+model's own likelihood, a tiny learning test, checkpoints, pretrained parts, bf16, the option groups."""
 
 import copy
+import inspect
 import math
 
 import lightning as L
@@ -11,17 +12,20 @@ from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
 from mmgen_lightning.batch import check_batch
 from mmgen_lightning.models.base import load_generator
-from mmgen_lightning.models.captioner import (PAD_ID, Captioner, find_caption_parser, states_every_attribute)
+from mmgen_lightning.models.captioner import (PAD_ID, Captioner, CaptionerSampling, find_caption_parser,
+                                              states_every_attribute)
 from tests.conftest import WORDS, ToyDataModule, fit
 
 VIDEO_SPEC = {"dataset": "toy", "modalities": ["video", "text"], "image_size": 16, "image_channels": 1,
               "num_frames": 4, "vocab_size": 12, "max_text_length": 8}
 
 
-def tiny(spec, **kwargs) -> Captioner:
-    options = {"width": 32, "encoder_layers": 1, "decoder_layers": 2, "dropout": 0.0, "n_mels": 16, "audio_frames": 8}
-    return Captioner(spec, **{**options, **kwargs})
+TINY_NETWORK = {"width": 32, "encoder_layers": 1, "decoder_layers": 2, "dropout": 0.0, "n_mels": 16, "audio_frames": 8}
 
+
+def tiny(spec, network: dict | None = None, **kwargs) -> Captioner:
+    """A tiny Captioner; ``network``'s entries are laid over TINY_NETWORK's."""
+    return Captioner(spec, network={**TINY_NETWORK, **(network or {})}, **kwargs)
 
 
 def random_batch(spec, batch_size=3, length=8, seed=0) -> dict:
@@ -37,7 +41,8 @@ def trained():
     """A captioner that learned the toy data (class k = bright quadrant k -> "class <word k>")."""
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=128)
-    model = tiny(datamodule.data_spec, lr=3e-3, warmup_steps=10, decoder_layers=1, bleu_n_gram=2)
+    model = tiny(datamodule.data_spec, network={"decoder_layers": 1}, optimization={"lr": 3e-3, "warmup_steps": 10},
+                 validation={"bleu_n_gram": 2})
     fit(model, datamodule, max_epochs=10, limit_val_batches=0)
     val = datamodule.dataset("val")
     images = torch.stack([val[i]["image"] for i in range(8)])
@@ -88,7 +93,7 @@ def test_cached_and_uncached_decoding_give_the_same_tokens(trained):
         uncached = model.generate({"image": images}, 8, use_cache=False, **knobs)["text"]
         assert torch.equal(cached, uncached), knobs
     # an untrained decoder, kept from repeating itself: every step's choice rests on the cached past
-    model = tiny(VIDEO_SPEC, decoder_layers=2)
+    model = tiny(VIDEO_SPEC, network={"decoder_layers": 2})
     video = random_batch(VIDEO_SPEC, batch_size=4)["video"]
     knobs = {"min_new_tokens": 7, "no_repeat_ngram_size": 1}
     cached = model.generate({"video": video}, 4, **knobs)["text"]
@@ -205,7 +210,7 @@ def moving_square(direction: str, frames: int = 4, size: int = 32) -> torch.Tens
 
 def test_glimpses_follow_the_object_and_keep_its_track():
     spec = {**VIDEO_SPEC, "video_size": 32}
-    model = tiny(spec, glimpse_size=8, patch_size=4)
+    model = tiny(spec, network={"glimpse_size": 8, "patch_size": 4})
     videos = torch.stack([moving_square("right"), moving_square("down")])
     windows, motion, centres = model.encoder.windows(videos)
     assert windows.shape == motion.shape == (2, 4, 1, 8, 8)
@@ -220,9 +225,9 @@ def test_glimpses_follow_the_object_and_keep_its_track():
     assert model.encode(batch).shape == (2, 4 * 2 * 2, 32) and model.encoder.grid == (4, 2, 2)
     assert model.cross_attention_maps(batch, batch["text"]).shape == (2, 7, 16)
     with pytest.raises(ValueError, match="glimpse_size is only used with modality 'video'"):
-        tiny(ToyDataModule().data_spec, glimpse_size=8)
+        tiny(ToyDataModule().data_spec, network={"glimpse_size": 8})
     with pytest.raises(ValueError, match="glimpse_size must be in \\[1, 32\\]"):
-        tiny(spec, glimpse_size=40)
+        tiny(spec, network={"glimpse_size": 40})
 
 
 def test_frozen_pretrained_image_encoder_and_text_decoder_from_local_folders(tmp_path):
@@ -232,7 +237,7 @@ def test_frozen_pretrained_image_encoder_and_text_decoder_from_local_folders(tmp
                        intermediate_size=48)).save_pretrained(tmp_path / "vit")
     GPT2LMHeadModel(GPT2Config(vocab_size=spec["vocab_size"], n_positions=8, n_embd=32, n_layer=1,
                                n_head=2)).save_pretrained(tmp_path / "gpt2")
-    model = tiny(spec, image_encoder_path=str(tmp_path / "vit"), text_decoder_path=str(tmp_path / "gpt2"))
+    model = tiny(spec, image_encoder={"path": str(tmp_path / "vit")}, text_decoder={"path": str(tmp_path / "gpt2")})
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert not any(name.startswith("encoder.backbone") for name in trainable)
     assert "encoder.project.weight" in trainable
@@ -259,11 +264,64 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="condition: 'audio' is not carried by the data; the datamodule's "
                                          "modalities are image, text"):
         Captioner(image_and_text, modality="audio")
-    with pytest.raises(FileNotFoundError, match="text_decoder_path"):
-        Captioner(spec, text_decoder_path=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="text_decoder.path"):
+        Captioner(spec, text_decoder={"path": str(tmp_path)})
     GPT2LMHeadModel(GPT2Config(vocab_size=99, n_positions=8, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="text_decoder_path: the decoder has 99 tokens"):
-        Captioner(spec, text_decoder_path=str(tmp_path))
+    with pytest.raises(ValueError, match="text_decoder.path: the decoder has 99 tokens"):
+        Captioner(spec, text_decoder={"path": str(tmp_path)})
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"network": {"width": 30}}, r"network.width must be divisible by num_heads \(4\), got 30"),
+    ({"network": {"hidden": 8}}, r"network: unknown option\(s\) hidden; allowed: width, encoder_layers"),
+    ({"objective": {"label_smoothing": 1.0}}, r"objective.label_smoothing must be in \[0, 1\), got 1.0"),
+    ({"optimization": {"lr": 0}}, r"optimization.lr must be > 0, got 0"),
+    ({"sampling": {"top_p": 1.5}}, r"sampling.top_p must be float in \(0, 1\], got 1.5"),
+    ({"sampling": {"min_new_tokens": 4, "max_new_tokens": 2}}, r"sampling.min_new_tokens must be <= max_new_tokens"),
+    ({"validation": {"num_beams": 0}}, r"validation.num_beams must be >= 1, got 0"),
+    ({"text_decoder": {"freeze": False}}, r"text_decoder.path must name a local save_pretrained folder, got None"),
+    ({"modality": "audio", "objective": {"shift_augment": 2}}, r"objective.shift_augment must be 0 for 'audio', got 2"),
+    ({"modality": "audio", "image_encoder": {"path": "vit"}}, r"image_encoder is only used with modality 'image'"),
+])
+def test_each_option_group_checks_itself_and_names_the_field(options, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        Captioner(ToyDataModule(modalities=["image", "audio", "text"]).data_spec, **options)
+
+
+def test_the_flat_options_of_old_checkpoints_move_into_their_groups():
+    flat = {"modality": "image", "width": 32, "label_smoothing": 0.1, "lr": 2e-3, "warmup_steps": 2, "val_num_beams": 3,
+            "bleu_n_gram": 2, "scored_attributes": None, "image_encoder_path": "vit", "freeze_image_encoder": False,
+            "image_encoder_config": None, "text_decoder_path": None, "freeze_text_decoder": True,
+            "text_decoder_config": None}
+    assert Captioner.legacy.hyperparameters(Captioner, flat) == {
+        "modality": "image", "network": {"width": 32}, "objective": {"label_smoothing": 0.1},
+        "optimization": {"lr": 2e-3, "warmup_steps": 2},
+        "validation": {"num_beams": 3, "bleu_n_gram": 2, "scored_attributes": None},
+        "image_encoder": {"path": "vit", "freeze": False, "config": None}}  # no text_decoder block: none was used
+
+
+def test_generate_fills_every_knob_not_given_from_the_sampling_group(trained):
+    model, images = trained
+    knobs = inspect.signature(Captioner.sample).parameters  # the group holds exactly sample()'s defaults
+    assert {name: knobs[name].default for name in CaptionerSampling.field_names()} == CaptionerSampling().to_dict()
+    short = tiny(model.hparams.data_spec, network={"decoder_layers": 1}, sampling={"max_new_tokens": 1})
+    short.load_state_dict(model.state_dict())
+    short.tokenizer = model.tokenizer
+    captions = short.generate({"image": images}, 8)["text"]
+    assert (captions[:, 2:] == PAD_ID).all() and torch.equal(short.predict_step({"image": images}, 0)["text"], captions)
+    given = short.generate({"image": images}, 8, max_new_tokens=4)["text"]
+    assert torch.equal(given, model.generate({"image": images}, 8, max_new_tokens=4)["text"])
+
+
+def test_the_optimiser_spares_positions_biases_and_norms_from_weight_decay():
+    model = tiny(VIDEO_SPEC)
+    configured = model.configure_optimizers()
+    decayed, spared = configured["optimizer"].param_groups
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.01 and spared["weight_decay"] == 0.0
+    assert "decoder.transformer.wpe.weight" in {names[id(p)] for p in spared["params"]}
+    assert all(p.ndim >= 2 and "position" not in names[id(p)] for p in decayed["params"])
+    assert configured["optimizer"].defaults["betas"] == (0.9, 0.98) and model.config.optimization.schedule == "cosine"
 
 
 def test_bf16_mixed_precision_trains_and_validates():

@@ -15,8 +15,17 @@ from mmgen_lightning.models.layers.flow_sampling import (euler, flow_matching_lo
                                                          sample_time, straight_path)
 from tests.conftest import ToyDataModule, fit, fit_two_ranks_in_subprocess, two_rank_config
 
-TINY = {"width": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "condition_layers": 1, "n_mels": 16,
-        "audio_frames": 8, "warmup_steps": 1, "steps": 4}
+TINY = {"network": {"width": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "condition_layers": 1, "n_mels": 16,
+                    "audio_frames": 8},
+        "optimization": {"warmup_steps": 1}, "sampling": {"steps": 4}}
+
+
+def tiny(spec, network: dict | None = None, objective: dict | None = None, optimization: dict | None = None,
+         **kwargs) -> FlowMatching:
+    """A tiny FlowMatching; each group's entries are laid over TINY's."""
+    return FlowMatching(spec, network={**TINY["network"], **(network or {})}, objective=objective,
+                        optimization={**TINY["optimization"], **(optimization or {})}, sampling=TINY["sampling"],
+                        **kwargs)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -134,7 +143,7 @@ def train_classifier(datamodule) -> nn.Module:
 def test_label_conditioned_flow_learns_and_its_samples_are_recognised():
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "label"], size=64, batch_size=16)
-    model = FlowMatching(datamodule.data_spec, condition="label", lr=3e-3, cond_drop=0.1, **TINY)
+    model = tiny(datamodule.data_spec, condition="label", optimization={"lr": 3e-3}, objective={"cond_drop": 0.1})
     batch = next(iter(datamodule.train_dataloader()))
     generator = torch.Generator().manual_seed(0)
     before = model.loss(batch, generator).item()
@@ -159,7 +168,7 @@ def test_label_conditioned_flow_learns_and_its_samples_are_recognised():
 
 # --- contracts ----------------------------------------------------------------------------------
 def test_generate_contract_seed_steps_and_directions(toy_datamodule):
-    model = FlowMatching(toy_datamodule.data_spec, condition="text", **TINY)
+    model = tiny(toy_datamodule.data_spec, condition="text")
     batch = next(iter(toy_datamodule.train_dataloader()))
     conditions = {"text": batch["text"][:1], "text_mask": batch["text_mask"][:1]}
     a = model.generate(conditions, 3, to="image", seed=5, steps=2)["image"]
@@ -177,10 +186,14 @@ def test_generate_contract_seed_steps_and_directions(toy_datamodule):
 def test_bad_inputs_are_one_line_errors_naming_the_option(toy_datamodule):
     spec = toy_datamodule.data_spec
     with pytest.raises(ValueError, match=r"condition: unknown modality 'smell'"):
-        FlowMatching(spec, condition="smell", **TINY)
-    with pytest.raises(ValueError, match="vqvae_checkpoint"):
-        FlowMatching(spec, space="latent", **TINY)
-    model = FlowMatching(spec, condition="text", cond_drop=0.0, **TINY)
+        tiny(spec, condition="smell")
+    with pytest.raises(ValueError, match=r"^latent.vqvae_checkpoint must name a project VQVAE checkpoint"):
+        tiny(spec, latent={})
+    with pytest.raises(ValueError, match=r"^network.width must be divisible by num_heads \(2\), got 33$"):
+        tiny(spec, network={"width": 33})
+    with pytest.raises(ValueError, match=r"^objective: unknown option\(s\) cond_dropout; allowed: cond_drop"):
+        tiny(spec, objective={"cond_dropout": 0.1})
+    model = tiny(spec, condition="text", objective={"cond_drop": 0.0})
     batch = next(iter(toy_datamodule.train_dataloader()))
     conditions = {"text": batch["text"][:1], "text_mask": batch["text_mask"][:1]}
     with pytest.raises(ValueError, match=r"guidance_scale: 2.0 needs a trained null condition.*cond_drop=0") as error:
@@ -196,7 +209,7 @@ def test_bad_inputs_are_one_line_errors_naming_the_option(toy_datamodule):
 
 def test_checkpoint_round_trip_carries_the_ema_weights(tmp_path, toy_datamodule):
     torch.manual_seed(0)
-    model = FlowMatching(toy_datamodule.data_spec, condition="text", **TINY)
+    model = tiny(toy_datamodule.data_spec, condition="text")
     ema = EMAWeightAveraging(decay=0.5)
     fit(model, toy_datamodule, max_steps=6, limit_val_batches=1, default_root_dir=tmp_path, enable_checkpointing=True,
         callbacks=[ema, ModelCheckpoint(dirpath=tmp_path, save_last=True)])
@@ -213,11 +226,48 @@ def test_checkpoint_round_trip_carries_the_ema_weights(tmp_path, toy_datamodule)
     assert loaded.tokenizer is not None
 
 
+def tiny_bert(folder) -> None:
+    """A tiny BERT and its word-piece tokenizer saved as a local ``save_pretrained`` folder."""
+    transformers = pytest.importorskip("transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "class", "zero",
+             "one", "two", "three"]
+    transformers.BertTokenizerFast(vocab={word: index for index, word in enumerate(words)}).save_pretrained(folder)
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16)
+    transformers.BertModel(config).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_a_pretrained_text_encoder_reads_the_captions(tmp_path, trainable):
+    tiny_bert(tmp_path / "bert")
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16, batch_size=8)
+    model = tiny(datamodule.data_spec, condition="text",
+                 network={"text_encoder_path": str(tmp_path / "bert"), "text_encoder_trainable": trainable})
+    model.tokenizer = datamodule.tokenizer
+    bert = model.velocity.embedder.encode.encoder.encoder.model
+    before = [p.detach().clone() for p in bert.parameters()]
+    fit(model, datamodule, max_steps=3, limit_val_batches=0, default_root_dir=tmp_path,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], enable_checkpointing=True)
+    changed = any(not torch.equal(p, q) for p, q in zip(bert.parameters(), before))
+    assert changed == trainable and all(p.requires_grad == trainable for p in bert.parameters())
+    # the caption's words reach the velocity: two captions give two fields from the same noise
+    conditions = model.tokenizer.encode(["class one", "class two"])
+    tokens, mask = model.velocity.embedder.encode(conditions)
+    assert tokens.shape[:2] == mask.shape and tokens.shape[-1] == TINY["network"]["width"]
+    assert not torch.allclose(tokens[0, mask[0]].mean(0), tokens[1, mask[1]].mean(0))
+    loaded = load_generator(tmp_path / "ckpt" / "last.ckpt")
+    torch.testing.assert_close(loaded.generate(conditions, 2, seed=0)["image"],
+                               model.generate(conditions, 2, seed=0)["image"])
+    with pytest.raises(ValueError, match="network.text_encoder_path is only used with condition='text'"):
+        tiny(datamodule.data_spec, condition="label", network={"text_encoder_path": str(tmp_path / "bert")})
+
+
 @pytest.mark.parametrize("condition", ["audio", "image", None])
 def test_other_conditions_train_and_sample(condition):
     modalities = ["image"] + ([condition] if condition and condition != "image" else [])
     datamodule = ToyDataModule(modalities=modalities, size=16, batch_size=8)
-    model = FlowMatching(datamodule.data_spec, condition=condition, condition_patch_size=4, **TINY)
+    model = tiny(datamodule.data_spec, condition=condition, network={"condition_patch_size": 4})
     fit(model, datamodule, max_steps=2, limit_val_batches=1)
     conditions = {condition: next(iter(datamodule.val_dataloader()))[condition][:2]} if condition else {}
     assert model.generate(conditions, 2, steps=2)["image"].shape == (2, 1, 16, 16)
@@ -228,18 +278,18 @@ def test_other_conditions_train_and_sample(condition):
 
 def test_audio_output_as_log_mel_with_likelihood_over_its_bins():
     datamodule = ToyDataModule(modalities=["audio", "label"], size=16, batch_size=8)
-    model = FlowMatching(datamodule.data_spec, condition="label", output="audio", **TINY)
+    model = tiny(datamodule.data_spec, condition="label", output="audio")
     fit(model, datamodule, max_steps=2, limit_val_batches=1)
     audio = model.generate({"label": torch.tensor([0, 1])}, 2, steps=2)["audio"]
     assert audio.shape == (2, 2000) and audio.abs().max() <= 1
     batch = next(iter(datamodule.val_dataloader()))
     result = model.log_likelihood(batch, likelihood_steps=2)
-    assert result.dims.eq(model.log_mel.n_mels * model.log_mel.frames).all() and torch.isfinite(result.log_prob).all()
+    assert result.dims.eq(model.codec.log_mel.n_mels * model.codec.log_mel.frames).all() and torch.isfinite(result.log_prob).all()
 
 
 def test_bf16_mixed_trains():
     datamodule = ToyDataModule(modalities=["image", "text"], size=16, batch_size=8)
-    model = FlowMatching(datamodule.data_spec, condition="text", **TINY)
+    model = tiny(datamodule.data_spec, condition="text")
     trainer = fit(model, datamodule, max_steps=3, precision="bf16-mixed", limit_val_batches=1)
     assert trainer.global_step == 3 and all(torch.isfinite(p).all() for p in model.parameters())
     batch = next(iter(datamodule.val_dataloader()))
@@ -267,15 +317,15 @@ def test_latent_flow_at_128_px_keeps_its_frozen_vqvae_in_the_checkpoint(tmp_path
     torch.manual_seed(0)
     datamodule = ShapesDataModule(modalities=["image", "text"], image_size=128, train_size=8, val_size=4, test_size=4,
                                   batch_size=4)
-    vqvae = VQVAE(datamodule.data_spec, num_codes=8, code_dim=4, width=8, downsample=16)
+    vqvae = VQVAE(datamodule.data_spec, network={"num_codes": 8, "code_dim": 4, "width": 8, "downsample": 16})
     fit(vqvae, datamodule, max_steps=1, limit_val_batches=0).save_checkpoint(tmp_path / "vqvae.ckpt")
-    model = FlowMatching(datamodule.data_spec, condition="text", space="latent",
-                         vqvae_checkpoint=str(tmp_path / "vqvae.ckpt"), **{**TINY, "patch_size": 2})
-    frozen = {k: v.clone() for k, v in model.vqvae.state_dict().items()}
+    model = tiny(datamodule.data_spec, condition="text", latent={"vqvae_checkpoint": str(tmp_path / "vqvae.ckpt")},
+                 network={"patch_size": 2})
+    frozen = {k: v.clone() for k, v in model.codec.vqvae.state_dict().items()}
     fit(model, datamodule, max_steps=2, limit_val_batches=0, enable_checkpointing=True, default_root_dir=tmp_path,
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
-    assert model.network.size == (8, 8) and model.hparams.latent_scale > 0  # 128 px / 16 = 8x8 latents
-    for name, value in model.vqvae.state_dict().items():
+    assert model.velocity.dit.size == (8, 8) and model.hparams.latent["latent_scale"] > 0  # 128 px / 16: 8x8 latents
+    for name, value in model.codec.vqvae.state_dict().items():
         torch.testing.assert_close(value, frozen[name], msg=name)  # the autoencoder never trains
     (tmp_path / "vqvae.ckpt").unlink()  # the flow checkpoint alone rebuilds it
     loaded = load_generator(tmp_path / "ckpt" / "last.ckpt")
@@ -302,7 +352,7 @@ def test_image_layers_and_shapes_reach_256_px(size):
 def test_caption_attention_logger_draws_one_tile_per_word(toy_datamodule):
     from mmgen_lightning.callbacks.flow_attention_maps import CaptionAttentionLogger
 
-    model = FlowMatching(toy_datamodule.data_spec, condition="text", **TINY)
+    model = tiny(toy_datamodule.data_spec, condition="text")
     model.tokenizer = toy_datamodule.tokenizer
     batch = next(iter(toy_datamodule.val_dataloader()))
     conditions = {"text": batch["text"][:2], "text_mask": batch["text_mask"][:2]}

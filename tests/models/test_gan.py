@@ -1,20 +1,34 @@
 """ConditionalGAN: each player's step touches only its own weights, gradient accumulation equals one
-large batch, a tiny GAN covers the modes of 8 Gaussians, sampling knobs behave, checkpoints rebuild
-the EMA generator, and the same code runs under bf16-mixed and 2-process DDP (no unused-parameter search)."""
+large batch, a tiny GAN covers the modes of 8 Gaussians, sampling knobs behave, the EMA callback averages
+the generator once per batch and checkpoints carry that average, the options check themselves, and the
+same code runs under bf16-mixed and 2-process DDP (no unused-parameter search)."""
 
 import math
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from mmgen_lightning.callbacks import EMA
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.gan import ConditionalGAN
+from mmgen_lightning.objectives.gan import GANObjective, aligner_loss, discriminator_objective, generator_objective
 from tests.conftest import ToyDataModule, fit, fit_two_ranks_in_subprocess
 
 TINY = {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}
+
+
+def tiny(spec, network: dict | None = None, **kwargs) -> ConditionalGAN:
+    """A tiny ConditionalGAN; ``network`` entries are laid over TINY's."""
+    return ConditionalGAN(spec, network={**TINY, **(network or {})}, **kwargs)
+
+
+def recipe_ema(decay: float = 0.999) -> EMA:
+    """The EMA callback as the recipes set it."""
+    return EMA(decay=decay, warmup=True, use_buffers=False)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -32,18 +46,17 @@ def same(module: nn.Module, before: list[torch.Tensor]) -> bool:
 def test_each_player_step_leaves_the_other_players_weights_unchanged():
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "label"], size=32, batch_size=8)
-    model = ConditionalGAN(datamodule.data_spec, condition="label", r1_gamma=1.0, n_critic=2, **TINY)
+    model = tiny(datamodule.data_spec, condition="label", objective={"r1_gamma": 1.0, "n_critic": 2})
     steps, original = [], model._step
 
     def spy(optimizer, network, measure=True):
         other = model.discriminator if network is model.generator else model.generator
-        other_before, own_before, ema_before = snapshot(other), snapshot(network), snapshot(model.generator_ema)
+        other_before, own_before = snapshot(other), snapshot(network)
         other_has_gradients = any(p.grad is not None for p in other.parameters())
         norm = original(optimizer, network, measure)
         steps.append({"player": "generator" if network is model.generator else "discriminator",
                       "other_gradients": other_has_gradients, "other_unchanged": same(other, other_before),
-                      "own_changed": not same(network, own_before),
-                      "ema_unchanged": same(model.generator_ema, ema_before)})
+                      "own_changed": not same(network, own_before)})
         return norm
 
     model._step = spy
@@ -53,7 +66,6 @@ def test_each_player_step_leaves_the_other_players_weights_unchanged():
     for step in steps:
         assert not step["other_gradients"], step  # toggle_optimizer + detach: no gradient reached the other player
         assert step["other_unchanged"] and step["own_changed"], step
-        assert step["ema_unchanged"], step  # the EMA moves after the generator's step, never inside one
     assert model.discriminator_steps == 8 and model.generator_steps == 4
 
 
@@ -77,9 +89,9 @@ def test_gradient_accumulation_equals_one_large_batch():
     noise = torch.randn(64, TINY["latent_dim"])
     torch.manual_seed(1)
     # spectral norm's power iteration would run once per forward, i.e. twice with two micro-batches
-    reference = ConditionalGAN(datamodule.data_spec, condition="label", spectral_norm=False, **TINY)
-    accumulated = ConditionalGAN(datamodule.data_spec, condition="label", spectral_norm=False,
-                                 accumulate_grad_batches=2, **TINY)
+    reference = tiny(datamodule.data_spec, condition="label", network={"spectral_norm": False})
+    accumulated = tiny(datamodule.data_spec, condition="label", network={"spectral_norm": False},
+                       objective={"accumulate_grad_batches": 2})
     accumulated.load_state_dict(reference.state_dict())
     initial = {name: value.clone() for name, value in reference.state_dict().items()}
     for model, batch_size in ((reference, 16), (accumulated, 8)):
@@ -129,7 +141,7 @@ class PointGAN(ConditionalGAN):
     """The family's training step with MLP players, through the same build hooks the image nets use."""
 
     def build_generator(self):
-        return PointGenerator(self.hparams.latent_dim)
+        return PointGenerator(self.config.network.latent_dim)
 
     def build_discriminator(self):
         return PointDiscriminator()
@@ -139,9 +151,10 @@ def test_mixture_of_8_gaussians_covers_at_least_7_modes():
     torch.manual_seed(0)
     points = (CENTERS[torch.randint(8, (300 * 256,))] + STD * torch.randn(300 * 256, 2)).view(300, 256, 2, 1, 1)
     loader = DataLoader([{"image": batch} for batch in points], batch_size=None)  # 300 ready-made batches
-    model = PointGAN({"modalities": ["image"]}, condition=None, latent_dim=8, loss="non_saturating", r1_gamma=0.02,
-                     lr_generator=1e-3, lr_discriminator=2e-3, betas=(0.0, 0.9), ema_decay=0.99)
-    fit(model, loader=loader, max_epochs=1)
+    model = PointGAN({"modalities": ["image"]}, condition=None, network={"latent_dim": 8},
+                     objective={"loss": "non_saturating", "r1_gamma": 0.02},
+                     optimization={"lr": 1e-3, "betas": (0.0, 0.9), "group_lr": {"discriminator": 2e-3}})
+    fit(model, loader=loader, max_epochs=1, callbacks=[recipe_ema(0.99)])  # the average is copied in at the end
     samples = model.generate({}, 2000, seed=0)["image"].view(-1, 2)
     distances = torch.cdist(samples, CENTERS)
     nearest, mode = distances.min(1)
@@ -159,7 +172,7 @@ SPEC = {"dataset": "toy", "modalities": ["image", "text", "label"], "vocab_size"
 
 def test_generate_seeds_truncation_interpolation_and_directions():
     torch.manual_seed(0)
-    model = ConditionalGAN(SPEC, condition="label", **TINY)
+    model = tiny(SPEC, condition="label")
     label = {"label": torch.tensor([2])}
     a, b = model.generate(label, 4, seed=3)["image"], model.generate(label, 4, seed=3)["image"]
     assert a.shape == (4, 1, 16, 16) and torch.equal(a, b) and a.abs().max() <= 1
@@ -177,35 +190,112 @@ def test_generate_seeds_truncation_interpolation_and_directions():
         model.generate(label, 2, latents=torch.zeros(3, 8))
 
 
-def test_checkpoint_rebuilds_the_ema_generator(tmp_path):
+class LiveGenerator(L.Callback):
+    """Records, after every training batch, the generator's live weights and the Trainer's step count."""
+
+    def __init__(self) -> None:
+        self.weights, self.global_steps = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.weights.append({name: value.clone() for name, value in pl_module.generator.state_dict().items()})
+        self.global_steps.append(trainer.global_step)
+
+
+def test_the_ema_callback_averages_the_generator_once_per_batch_and_checkpoints_sample_the_average(tmp_path):
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=32, batch_size=8)
-    model = ConditionalGAN(datamodule.data_spec, condition="text", **TINY)
-    trainer = fit(model, datamodule, max_epochs=1, limit_val_batches=1, enable_checkpointing=True,
-                  default_root_dir=tmp_path)
-    path = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(path)
-    assert not torch.equal(model.generator_ema.project.weight, model.generator.project.weight)
-    loaded = load_generator(path)
+    model = tiny(datamodule.data_spec, condition="text")
+    live, decay = LiveGenerator(), 0.3
+    fit(model, datamodule, max_epochs=1, limit_val_batches=1, enable_checkpointing=True, default_root_dir=tmp_path,
+        callbacks=[recipe_ema(decay), live, ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    assert live.global_steps == [2, 4, 6, 8]  # Lightning counts both players' steps: 2 per batch
+    # one update per batch, as the built-in EMA moved once per generator step, the n-th at the rate
+    # min(decay, (1 + n) / (10 + n)) (0.25, then the decay); the first copies the generator
+    expected = live.weights[0]
+    for n, weights in enumerate(live.weights[1:], start=2):
+        rate = min(decay, (1 + n) / (10 + n))
+        expected = {name: rate * expected[name] + (1 - rate) * value for name, value in weights.items()}
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["gan_steps"] == {"discriminator": 4, "generator": 4}
+    for name, value in expected.items():
+        torch.testing.assert_close(checkpoint["state_dict"][f"generator.{name}"], value, msg=name)
+        # the live weights ride beside it, so a resumed run continues both
+        torch.testing.assert_close(checkpoint["current_model_state"][f"generator.{name}"], live.weights[-1][name])
+    assert not torch.allclose(expected["project.weight"], live.weights[-1]["project.weight"])
+    buffers = [name for name, _ in model.named_buffers()]
+    assert any("parametrizations" in name for name in buffers)  # spectral norm's power-iteration vectors
+    for name in buffers:  # copied from the live networks, not averaged (use_buffers: false)
+        torch.testing.assert_close(checkpoint["state_dict"][name], checkpoint["current_model_state"][name], msg=name)
+
+    loaded = load_generator(tmp_path / "last.ckpt")
     assert loaded.discriminator_steps == model.discriminator_steps == 4
     captions = model.tokenizer.encode(["class two", "class three"])
-    torch.testing.assert_close(loaded.generate(captions, 2, seed=0)["image"],
-                               model.generate(captions, 2, seed=0)["image"])
-    raw = model.generate(captions, 2, seed=0, use_ema=False)["image"]
-    assert not torch.allclose(raw, model.generate(captions, 2, seed=0)["image"])
+    averaged = loaded.generate(captions, 2, seed=0)["image"]
+    torch.testing.assert_close(averaged, model.generate(captions, 2, seed=0)["image"])  # fit ends on the average
+    model.generator.load_state_dict(live.weights[-1])
+    assert not torch.allclose(averaged, model.generate(captions, 2, seed=0)["image"])
 
 
-def test_bad_arguments_name_the_allowed_values():
-    with pytest.raises(ValueError, match="non_saturating, hinge, wgan_gp, least_squares"):
-        ConditionalGAN(SPEC, loss="vanilla", **TINY)
-    with pytest.raises(ValueError, match="label, text, audio"):
-        ConditionalGAN(SPEC, condition="image", **TINY)
+def test_bad_options_are_one_line_errors_naming_the_field():
+    with pytest.raises(ValueError, match=r"^objective.loss must be one of non_saturating, hinge, wgan_gp, "
+                                         r"least_squares, got 'vanilla'$"):
+        tiny(SPEC, objective={"loss": "vanilla"})
+    with pytest.raises(ValueError, match="condition: unknown 'image'; allowed: label, text, audio"):
+        tiny(SPEC, condition="image")
     with pytest.raises(ValueError, match="'audio' is not carried by the data"):
-        ConditionalGAN(SPEC, condition="audio", **TINY)
-    with pytest.raises(ValueError, match="n_critic must be an integer >= 1"):
-        ConditionalGAN(SPEC, n_critic=0, **TINY)
+        tiny(SPEC, condition="audio")
+    with pytest.raises(ValueError, match=r"^objective.n_critic must be an integer >= 1, got 0$"):
+        tiny(SPEC, objective={"n_critic": 0})
+    with pytest.raises(ValueError, match=r"^network.video_generator must be one of warp, conv, got 'gru'$"):
+        tiny(SPEC, network={"video_generator": "gru"})
+    with pytest.raises(ValueError, match=r"^network: unknown option\(s\) widht; allowed: video_generator, latent_dim"):
+        tiny(SPEC, network={"widht": 8})
+    with pytest.raises(ValueError, match=r"^objective.aligner_path must name an Aligner checkpoint when "
+                                         r"aligner_weight > 0, got None$"):
+        tiny(SPEC, objective={"aligner_weight": 1.0})
+    with pytest.raises(ValueError, match=r"^objective.condition_mismatch needs a condition; got condition=None$"):
+        tiny(SPEC, condition=None, objective={"condition_mismatch": True})
+    with pytest.raises(ValueError, match=r"^optimization.group_lr: unknown group\(s\) critic; the GAN's groups are "
+                                         r"generator, discriminator$"):
+        tiny(SPEC, optimization={"group_lr": {"critic": 1e-3}})
+    with pytest.raises(ValueError, match=r"^optimization: the GAN trains at constant rates; got warmup_steps=10"):
+        tiny(SPEC, optimization={"warmup_steps": 10})
+    with pytest.raises(ValueError, match=r"^sampling.truncation must be >= 0 or null, got -1.0$"):
+        tiny(SPEC, sampling={"truncation": -1.0})
     with pytest.raises(ValueError, match="image_size must be one of 16, 32, 64"):
-        ConditionalGAN({**SPEC, "image_size": 28}, **TINY)
+        tiny({**SPEC, "image_size": 28})
+
+
+def test_two_adams_at_the_players_rates_and_a_sampling_default_that_generate_uses():
+    model = tiny(SPEC, optimization={"lr": 2e-4}, sampling={"truncation": 0.0})
+    generator_adam, discriminator_adam = model.configure_optimizers()
+    assert [type(o).__name__ for o in (generator_adam, discriminator_adam)] == ["Adam", "Adam"]
+    assert generator_adam.defaults["lr"] == 2e-4 and discriminator_adam.defaults["lr"] == 4e-4  # TTUR kept
+    assert generator_adam.defaults["betas"] == (0.0, 0.9) and generator_adam.defaults["weight_decay"] == 0
+    assert [p for group in generator_adam.param_groups for p in group["params"]] == list(model.generator.parameters())
+    label = {"label": torch.tensor([1])}
+    mode = model.generate(label, 3, seed=1)["image"]  # the group's truncation 0: z = 0 for every sample
+    torch.testing.assert_close(mode[0].expand_as(mode), mode)
+    assert not torch.allclose(model.generate(label, 3, seed=1, truncation=1.0)["image"], mode)
+
+
+def test_discriminator_objective_adds_each_penalty_with_its_weight():
+    torch.manual_seed(0)
+    model = tiny(SPEC, condition="label")
+    real, conditions = torch.rand(4, 1, 16, 16) * 2 - 1, {"label": torch.tensor([0, 1, 2, 3])}
+    z = torch.randn(4, 8)
+    lazy = GANObjective(r1_gamma=2.0, r1_every=4)
+    on = discriminator_objective(model.generator, model.discriminator, real, z, conditions, lazy, step=8)
+    off = discriminator_objective(model.generator, model.discriminator, real, z, conditions, lazy, step=9)
+    assert "r1" not in off and torch.equal(off["loss"], off["adversarial"])
+    # lazy R1: gamma / 2 * E||grad_x D||^2, times r1_every on the steps it applies
+    torch.testing.assert_close(on["loss"], on["adversarial"] + 0.5 * 2.0 * 4 * on["r1"])
+    assert on["r1"] > 0
+    wgan = GANObjective(loss="wgan_gp")
+    assert wgan.penalty_weight == 10.0 and GANObjective().penalty_weight == 0.0
+    terms = discriminator_objective(model.generator, model.discriminator, real, z, conditions, wgan)
+    torch.testing.assert_close(terms["loss"], terms["adversarial"] + 10.0 * terms["gp"])
+    torch.testing.assert_close(terms["adversarial"], terms["d_fake"] - terms["d_real"])  # E D(fake) - E D(real)
 
 
 def test_frozen_pretrained_text_encoder_from_a_local_folder(tmp_path):
@@ -217,7 +307,7 @@ def test_frozen_pretrained_text_encoder_from_a_local_folder(tmp_path):
     transformers.BertModel(config).save_pretrained(tmp_path)
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=16, batch_size=8)
-    model = ConditionalGAN(datamodule.data_spec, condition="text", text_encoder_path=str(tmp_path), **TINY)
+    model = tiny(datamodule.data_spec, condition="text", network={"text_encoder_path": str(tmp_path)})
     frozen = snapshot(model.text_encoder)
     fit(model, datamodule, max_steps=4, limit_val_batches=0)
     assert same(model.text_encoder, frozen) and not any(p.requires_grad for p in model.text_encoder.parameters())
@@ -231,8 +321,8 @@ def test_bf16_mixed_trains_text_and_audio_conditions_with_every_regulariser():
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text", "audio"], size=16, batch_size=8)
     for condition, loss in (("text", "wgan_gp"), ("audio", "non_saturating")):
-        model = ConditionalGAN(datamodule.data_spec, condition=condition, loss=loss, r1_gamma=1.0, r1_every=2,
-                               condition_mismatch=True, **TINY)
+        model = tiny(datamodule.data_spec, condition=condition,
+                     objective={"loss": loss, "r1_gamma": 1.0, "r1_every": 2, "condition_mismatch": True})
         trainer = fit(model, datamodule, max_steps=4, precision="bf16-mixed", limit_val_batches=1, log_every_n_steps=1)
         metrics = trainer.callback_metrics
         for key in ("train/loss_discriminator", "train/loss_generator", "train/d_real", "train/d_fake",
@@ -263,8 +353,8 @@ def test_text_to_video_trains_and_samples_clips(video_generator, discriminator_f
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"])
     spec = {**datamodule.data_spec, "modalities": ["video", "text"], "num_frames": 4, "video_size": 16}
-    model = ConditionalGAN(spec, condition="text", output="video", video_generator=video_generator,
-                           discriminator_frames=discriminator_frames, **TINY)
+    model = tiny(spec, condition="text", output="video",
+                 network={"video_generator": video_generator, "discriminator_frames": discriminator_frames})
     model.tokenizer = datamodule.tokenizer
     trainer = fit(model, loader=DataLoader(TinyVideos(datamodule.tokenizer), batch_size=8), max_steps=4,
                   log_every_n_steps=1)
@@ -279,7 +369,7 @@ def test_text_to_video_trains_and_samples_clips(video_generator, discriminator_f
 def test_video_discriminator_scores_clip_and_frames_apart_and_each_branch_answers_for_its_own_input():
     torch.manual_seed(0)
     spec = {**SPEC, "modalities": ["video", "text"], "num_frames": 4, "video_size": 32}
-    model = ConditionalGAN(spec, condition="text", output="video", discriminator_frames=4, **TINY)
+    model = tiny(spec, condition="text", output="video", network={"discriminator_frames": 4})
     discriminator = model.discriminator.eval()
     conditions = {"text": torch.randint(0, 12, (3, 6)), "text_mask": torch.ones(3, 6, dtype=torch.bool)}
     video = torch.rand(3, 4, 1, 32, 32) * 2 - 1
@@ -305,8 +395,8 @@ def test_video_discriminator_scores_clip_and_frames_apart_and_each_branch_answer
 def test_frame_branch_glimpse_judges_the_object_wherever_it_is_in_the_frame():
     torch.manual_seed(0)
     spec = {**SPEC, "modalities": ["video", "text"], "num_frames": 4, "video_size": 32}
-    model = ConditionalGAN(spec, condition="text", output="video", discriminator_frames=0, discriminator_glimpses=4,
-                           **TINY)
+    model = tiny(spec, condition="text", output="video",
+                 network={"discriminator_frames": 0, "discriminator_glimpses": 4})
     discriminator = model.discriminator.eval()
     assert discriminator.trunk.glimpse_size == 16  # the data's image size
     conditions = {"text": torch.randint(0, 12, (2, 6)), "text_mask": torch.ones(2, 6, dtype=torch.bool)}
@@ -323,19 +413,19 @@ def test_frame_branch_glimpse_judges_the_object_wherever_it_is_in_the_frame():
     torch.testing.assert_close(there[:, 1], here[:, 1])  # the frame branch reads the same glimpse
     assert not torch.allclose(there[:, 0], here[:, 0])  # the clip branch sees where it is
     assert not torch.allclose(stroke[:, 1], here[:, 1])
-    both = ConditionalGAN(spec, condition="text", output="video", discriminator_frames=2, discriminator_glimpses=2,
-                          **TINY).discriminator
+    both = tiny(spec, condition="text", output="video",
+                network={"discriminator_frames": 2, "discriminator_glimpses": 2}).discriminator
     assert both(video, conditions).shape == (2, 3)  # clip, whole frames and glimpses, each scored apart
     with pytest.raises(ValueError, match="glimpse_size"):
-        ConditionalGAN(spec, condition="text", output="video", discriminator_glimpses=2, glimpse_size=64, **TINY)
+        tiny(spec, condition="text", output="video", network={"discriminator_glimpses": 2, "glimpse_size": 64})
     with pytest.raises(ValueError, match="discriminator_glimpses"):
-        ConditionalGAN(spec, condition="text", output="video", discriminator_glimpses=5, **TINY)
+        tiny(spec, condition="text", output="video", network={"discriminator_glimpses": 5})
 
 
 def test_warp_generator_reads_the_caption_apart_for_content_and_motion():
     torch.manual_seed(0)
     spec = {**SPEC, "modalities": ["video", "text"], "num_frames": 4, "video_size": 32}
-    generator = ConditionalGAN(spec, condition="text", output="video", **TINY).generator.eval()
+    generator = tiny(spec, condition="text", output="video").generator.eval()
     conditions = {"text": torch.randint(0, 12, (3, 6)), "text_mask": torch.ones(3, 6, dtype=torch.bool)}
     z = torch.randn(3, 8)
     with torch.no_grad():
@@ -354,16 +444,17 @@ def test_warp_generator_reads_the_caption_apart_for_content_and_motion():
 
 
 class SaveWeights(L.Callback):
-    """Each DDP rank writes its players' weights, to check they stayed identical."""
+    """Each DDP rank writes its players' live weights (after its last batch) and the averaged ones (after the EMA
+    callback, listed before this one, copied them in when training ended), to check they stayed identical."""
 
     def __init__(self, folder: str) -> None:
-        self.folder = folder
+        self.folder, self.live = folder, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.live = {name: value.clone() for name, value in pl_module.state_dict().items()}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        weights = {part: getattr(pl_module, name).state_dict()
-                   for part, name in (("generator", "generator"), ("discriminator", "discriminator"),
-                                      ("ema", "generator_ema"))}
-        torch.save(weights, f"{self.folder}/rank{trainer.global_rank}.pt")
+        torch.save({"live": self.live, "ema": pl_module.state_dict()}, f"{self.folder}/rank{trainer.global_rank}.pt")
 
 
 def test_ddp_two_cpu_processes_without_unused_parameter_search(tmp_path):
@@ -374,21 +465,25 @@ def test_ddp_two_cpu_processes_without_unused_parameter_search(tmp_path):
                                  "init_args": {"find_unused_parameters": False}},
                     "logger": False, "enable_progress_bar": False, "limit_val_batches": 1,
                     "default_root_dir": str(tmp_path),
-                    "callbacks": [{"class_path": "tests.models.test_gan.SaveWeights",
+                    "callbacks": [{"class_path": "mmgen_lightning.callbacks.EMA",
+                                   "init_args": {"decay": 0.5, "warmup": True, "use_buffers": False}},
+                                  {"class_path": "tests.models.test_gan.SaveWeights",
                                    "init_args": {"folder": str(tmp_path)}},
                                   {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
         "model": {"class_path": "mmgen_lightning.models.gan.ConditionalGAN",
-                  "init_args": {"condition": "text", "r1_gamma": 1.0, "accumulate_grad_batches": 2, **TINY}},
+                  "init_args": {"condition": "text", "network": TINY,
+                                "objective": {"r1_gamma": 1.0, "accumulate_grad_batches": 2}}},
         "data": {"class_path": "tests.conftest.ToyDataModule",
                  "init_args": {"modalities": ["image", "text"], "size": 64, "batch_size": 4}},
     }
     fit_two_ranks_in_subprocess(config, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     # each rank saw different data; averaged gradients keep both players (and the EMA) identical
-    for part in ("generator", "discriminator", "ema"):
+    for part in ("live", "ema"):
         for name, value in ranks[0][part].items():
             torch.testing.assert_close(ranks[1][part][name], value, msg=f"{part}.{name}")
+    assert not torch.equal(ranks[0]["live"]["generator.project.weight"], ranks[0]["ema"]["generator.project.weight"])
     assert load_generator(tmp_path / "ckpt" / "last.ckpt").discriminator_steps == 3  # 6 micro-batches / 2
 
 
@@ -397,8 +492,8 @@ def test_contrastive_term_makes_the_discriminator_pick_each_image_caption_and_re
 
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=64, batch_size=16)
-    model = ConditionalGAN(datamodule.data_spec, condition="text", contrastive_weight=1.0, lr_discriminator=2e-3,
-                           **TINY)
+    model = tiny(datamodule.data_spec, condition="text", objective={"contrastive_weight": 1.0},
+                 optimization={"group_lr": {"discriminator": 2e-3}})
     batch = next(iter(DataLoader(datamodule.dataset("val"), batch_size=16)))  # 4 captions, 4 images each
     conditions = model.condition_inputs(batch)
 
@@ -408,9 +503,11 @@ def test_contrastive_term_makes_the_discriminator_pick_each_image_caption_and_re
             return symmetric_info_nce(*d.contrast(d.features(batch["image"]), d.embed(conditions)), 10.0).item()
 
     # the term is part of both players' losses, and the generator's reaches the generator's weights
-    d_terms = model.discriminator_terms(batch["image"], conditions)
+    objective = model.config.objective
+    d_terms = discriminator_objective(model.generator, model.discriminator, batch["image"], model.latents(16),
+                                      conditions, objective)
     assert torch.allclose(d_terms["loss"], d_terms["adversarial"] + d_terms["contrastive"])
-    g_terms = model.generator_terms(conditions, 16)
+    g_terms = generator_objective(model.generator, model.discriminator, model.latents(16), conditions, objective)
     model.generator.zero_grad()
     g_terms["contrastive"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
@@ -418,30 +515,33 @@ def test_contrastive_term_makes_the_discriminator_pick_each_image_caption_and_re
     fit(model, datamodule, max_epochs=10, limit_val_batches=0)
     # the floor is log 4 (each caption fits 4 images equally): the discriminator's features now tell captions apart
     assert before > 2.5 and picking_loss() < 2.0, (before, picking_loss())
-    assert "contrastive" not in ConditionalGAN(datamodule.data_spec, condition="text", **TINY).generator_terms(
-        conditions, 16)
-    with pytest.raises(ValueError, match="contrastive_weight needs a condition and output='image'"):
-        ConditionalGAN(datamodule.data_spec, condition=None, contrastive_weight=1.0, **TINY)
+    plain = tiny(datamodule.data_spec, condition="text")
+    assert "contrastive" not in generator_objective(plain.generator, plain.discriminator, plain.latents(16), conditions,
+                                                    plain.config.objective)
+    with pytest.raises(ValueError, match=r"^objective.contrastive_weight needs a condition; got condition=None$"):
+        tiny(datamodule.data_spec, condition=None, objective={"contrastive_weight": 1.0})
+    video = {**SPEC, "modalities": ["video", "text"], "num_frames": 4, "video_size": 16}
+    with pytest.raises(ValueError, match=r"^objective.contrastive_weight needs output='image', got output='video'$"):
+        tiny(video, condition="text", output="video", objective={"contrastive_weight": 1.0})
 
 
 def test_frozen_aligner_guides_the_generator_and_stays_out_of_the_checkpoint(tmp_path):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from mmgen_lightning.models.aligner import Aligner
 
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text", "label"], size=16, batch_size=8)
-    tiny_aligner = {"embed_dim": 8, "width": 16, "encoder_layers": 1, "text_layers": 1, "num_heads": 2}
+    tiny_aligner = {"network": {"embed_dim": 8, "width": 16, "encoder_layers": 1, "text_layers": 1, "num_heads": 2}}
     for name, modalities in (("aligner", ["image", "text"]), ("label_aligner", ["image", "label"])):
         fit(Aligner(datamodule.data_spec, modalities=modalities, **tiny_aligner), datamodule, max_steps=1,
             limit_val_batches=0, default_root_dir=str(tmp_path),
             callbacks=[ModelCheckpoint(dirpath=str(tmp_path / name), save_last=True)], enable_checkpointing=True)
-    model = ConditionalGAN(datamodule.data_spec, condition="text", aligner_path=str(tmp_path / "aligner" / "last.ckpt"),
-                           aligner_weight=1.0, **TINY)
+    model = tiny(datamodule.data_spec, condition="text",
+                 objective={"aligner_path": str(tmp_path / "aligner" / "last.ckpt"), "aligner_weight": 1.0})
     fit(model, datamodule, max_steps=2, limit_val_batches=0, default_root_dir=str(tmp_path), enable_checkpointing=True,
         callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "gan"), save_last=True)])
     batch = next(iter(DataLoader(datamodule.dataset("val"), batch_size=8)))
-    terms = model.generator_terms(model.condition_inputs(batch), 8)
+    terms = generator_objective(model.generator, model.discriminator, model.latents(8), model.condition_inputs(batch),
+                                model.config.objective, model.aligner_term)
     assert "aligner" in terms and torch.isfinite(terms["aligner"])
     model.generator.zero_grad()
     terms["aligner"].backward()
@@ -451,8 +551,8 @@ def test_frozen_aligner_guides_the_generator_and_stays_out_of_the_checkpoint(tmp
     (tmp_path / "aligner" / "last.ckpt").unlink()  # the GAN's checkpoint does not need it to load
     assert load_generator(tmp_path / "gan" / "last.ckpt").generate(
         {k: batch[k][:1] for k in ("text", "text_mask")}, 2)["image"].shape == (2, 1, 16, 16)
-    wrong = ConditionalGAN(datamodule.data_spec, condition="text", aligner_weight=1.0,
-                           aligner_path=str(tmp_path / "label_aligner" / "last.ckpt"), **TINY)
+    wrong = tiny(datamodule.data_spec, condition="text",
+                 objective={"aligner_path": str(tmp_path / "label_aligner" / "last.ckpt"), "aligner_weight": 1.0})
     with pytest.raises(ValueError, match="label_aligner/last.ckpt: an Aligner that does not align the GAN's 'text'"):
         fit(wrong, datamodule, max_steps=1, limit_val_batches=0)
 
@@ -462,10 +562,11 @@ def test_aligner_term_reads_an_audio_condition_beside_its_log_mel():
 
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "audio"], size=8, batch_size=4)
-    model = ConditionalGAN(datamodule.data_spec, condition="audio", **TINY)
-    model._aligner.append(Aligner(datamodule.data_spec, modalities=["image", "audio"], embed_dim=8, width=16,
-                                  encoder_layers=1, num_heads=2, n_mels=16).requires_grad_(False))
+    model = tiny(datamodule.data_spec, condition="audio")
+    aligner = Aligner(datamodule.data_spec, modalities=["image", "audio"], network={
+        "embed_dim": 8, "width": 16, "encoder_layers": 1, "num_heads": 2, "n_mels": 16}).requires_grad_(False)
     batch = next(iter(DataLoader(datamodule.dataset("train"), batch_size=4)))
     conditions = model.condition_inputs(batch)
     assert sorted(conditions) == ["audio", "log_mel"]  # the embedders read log_mel, the aligner the clip
-    assert torch.isfinite(model.aligner_term(model.generator(model.latents(4), conditions), conditions))
+    fake = model.generator(model.latents(4), conditions)
+    assert torch.isfinite(aligner_loss(aligner, fake, conditions, condition="audio", output="image"))

@@ -1,49 +1,12 @@
-"""Audio through a log-mel spectrogram (torchaudio): encoder, mel decoder, mel -> waveform.
-
-Models never see raw waveforms: the frontend turns ``audio: B,T`` into ``B,n_mels,frames`` of
-scaled log-mel energies, which is what encoders read and what audio likelihoods are defined on.
+"""Audio networks on the scaled log-mel spectrogram ``B,n_mels,frames`` that
+:class:`~mmgen_lightning.modalities.audio.LogMel` (the audio modality's parameter-free frontend) computes:
+an encoder, and a decoder back to the spectrogram (``LogMel.invert`` goes on to the waveform).
 """
 
 from __future__ import annotations
 
 import torch
-import torchaudio.transforms as T
 from torch import Tensor, nn
-
-LOG_FLOOR = 1e-3
-LOG_SCALE = 4.0  # log-mel energies of [-1, 1] audio span about [-7, 9]; dividing keeps them O(1)
-
-
-class LogMel(nn.Module):
-    """``audio: B,T`` in [-1, 1] -> scaled log-mel ``B,n_mels,frames``, and back by Griffin-Lim."""
-
-    def __init__(self, sample_rate: int, audio_length: int, n_mels: int = 64, n_fft: int | None = None,
-                 frames: int = 32) -> None:
-        super().__init__()
-        self.audio_length = audio_length
-        self.hop_length = max(1, audio_length // frames)
-        self.n_fft = n_fft or max(256, 2 * self.hop_length)
-        self.n_mels = n_mels
-        self.mel = T.MelSpectrogram(sample_rate, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=n_mels,
-                                    power=2.0)
-        self.frames = audio_length // self.hop_length + 1
-        self.sample_rate = sample_rate
-
-    def forward(self, audio: Tensor) -> Tensor:
-        # the STFT runs in float32 even under bf16 autocast: low precision ruins the log spectrum
-        with torch.autocast(device_type=audio.device.type, enabled=False):
-            return torch.log(self.mel(audio.float()) + LOG_FLOOR) / LOG_SCALE
-
-    @torch.no_grad()
-    def invert(self, log_mel: Tensor, iterations: int = 32) -> Tensor:
-        """Scaled log-mel -> waveform ``B,T`` (inverse mel by least squares, then Griffin-Lim)."""
-        power = (torch.exp(log_mel.float() * LOG_SCALE) - LOG_FLOOR).clamp_min(0)
-        inverse_mel = T.InverseMelScale(self.n_fft // 2 + 1, self.n_mels, self.sample_rate).to(power.device)
-        griffin_lim = T.GriffinLim(self.n_fft, n_iter=iterations, hop_length=self.hop_length, power=2.0,
-                                   length=self.audio_length).to(power.device)
-        waveform = griffin_lim(inverse_mel(power))
-        peak = waveform.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
-        return waveform / peak
 
 
 class AudioEncoder(nn.Module):

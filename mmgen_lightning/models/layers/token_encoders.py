@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmgen_lightning.models.layers.audio import LogMel
+from mmgen_lightning.modalities.audio import LogMel
 
 PATCH_SIZES = (1, 2, 4, 8)
 
@@ -267,7 +267,7 @@ class PretrainedImageEncoder(nn.Module):
         if config is None:
             folder = Path(path or "")
             if not (folder / "config.json").is_file():
-                raise FileNotFoundError(f"image_encoder_path: {folder} is not a local transformers model folder "
+                raise FileNotFoundError(f"image_encoder.path: {folder} is not a local transformers model folder "
                                         "(no config.json); save one with model.save_pretrained(folder)")
             self.backbone = AutoModel.from_pretrained(str(folder), local_files_only=True)
             mean, std = _normalisation(folder)

@@ -11,12 +11,16 @@ and every sequence has static shapes (no padding masks: the pads are ordinary, p
 Vocabulary: text ids ``[0, V)``, then code ``k`` as ``V + k``, then ``[SEP-image]``, ``[SEP-text]`` and
 ``[NULL]``, the id that replaces a dropped condition (classifier-free guidance). ``[BOS]``/``[EOS]``
 are the text tokenizer's.
+
+:class:`StreamTransformer` is the network that models such a stream: :class:`StreamEmbedding`, then
+``transformers``' GPT-2 block stack, then a linear head over the whole vocabulary.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from transformers import DynamicCache, GPT2Config, GPT2Model
 
 from mmgen_lightning.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -166,3 +170,38 @@ class StreamEmbedding(nn.Module):
                 drop = torch.rand(ids.shape[0], device=ids.device) < self.condition_dropout
         slots = self.layout.condition_slots(codes_first)[:, : ids.shape[1]] & drop[:, None]
         return ids.masked_fill(slots, self.layout.null_id), drop
+
+
+class StreamTransformer(nn.Module):
+    """``ids: long B,S'`` (slots ``offset..offset+S'`` of the stream, ``offset`` = what ``cache`` holds) ->
+    logits ``B,S',vocab`` and the updated cache (``None`` when none was given).
+
+    The blocks are ``transformers``' GPT-2 stack (random weights from a config, nothing downloaded) fed
+    ``inputs_embeds`` from :class:`StreamEmbedding`; its ``DynamicCache`` serves sampling.
+
+    Args:
+        layout: the stream layout.
+        width: embedding size of the blocks.
+        num_layers: GPT-2 blocks.
+        num_heads: attention heads.
+        dropout: dropout of embeddings, attention and residuals.
+        condition_dropout: probability that a training row loses its condition (:class:`StreamEmbedding`).
+    """
+
+    def __init__(self, layout: TokenLayout, width: int, num_layers: int, num_heads: int, dropout: float = 0.0,
+                 condition_dropout: float = 0.1) -> None:
+        super().__init__()
+        self.layout = layout
+        self.embedding = StreamEmbedding(layout, width, condition_dropout)
+        self.blocks = GPT2Model(GPT2Config(
+            vocab_size=1, n_positions=layout.length, n_embd=width, n_layer=num_layers, n_head=num_heads,
+            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+            bos_token_id=None, eos_token_id=None))  # tokens come in as inputs_embeds; its 1-row wte is unused
+        self.head = nn.Linear(width, layout.vocab_size, bias=False)
+
+    def forward(self, ids: Tensor, codes_first: Tensor,
+                cache: DynamicCache | None = None) -> tuple[Tensor, DynamicCache | None]:
+        offset = cache.get_seq_length() if cache is not None else 0
+        out = self.blocks(inputs_embeds=self.embedding(ids, codes_first, offset), cache=cache,
+                          use_cache=cache is not None)
+        return self.head(out.last_hidden_state), out.cache if cache is not None else None
