@@ -6,6 +6,9 @@ same :class:`~mmgen_lightning.metrics.evaluator.Evaluator` the training dashboar
 of every direction it serves (with the real data's own score beside it, the ceiling), FID, KID,
 IS and precision/recall/density/coverage in the judges' feature spaces (and Inception's, for
 images, given ``--inception``), BLEU/chrF of captions, and the likelihood where the family has one.
+A text -> image model of scenes (``datamodules/scenes.py``) also gets the GenEval-style table of
+:func:`~mmgen_lightning.metrics.scenes.evaluate_scenes` (the first ``limit`` captions, default 64, of the
+seen and held-out splits, 8 samples each, the real renders' scores beside).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mmgen_lightning.metrics.evaluator import JUDGEABLE, Evaluator, default_dire
 from mmgen_lightning.metrics.features import InceptionFeatures
 from mmgen_lightning.metrics.judges import get_judge, judge_path, judged_attributes
 from mmgen_lightning.batch import parse_direction
+from mmgen_lightning.datamodules.scenes import ScenesDataModule
 from mmgen_lightning.errors import UsageError, one_line
 from mmgen_lightning.knobs import check_sampling
 from mmgen_lightning.models.base import CHECKPOINT_KEY, load_generator
@@ -113,6 +117,13 @@ def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "t
     report: dict[str, Any] = {"checkpoint": str(ckpt), "family": type(model).__name__, "dataset": spec["dataset"],
                               "judges": judge_files}
     report.update(evaluator.run(model))
+    if isinstance(datamodule, ScenesDataModule) and model.serves(("text",), "image"):
+        # a scene is right only as a whole (its objects, colours, sizes, relation, count), which no
+        # per-attribute judge reads: the GenEval-style table of metrics/scenes.py scores it
+        from mmgen_lightning.metrics.scenes import evaluate_scenes, model_sampler
+
+        report["scenes"] = evaluate_scenes(model_sampler(model, **sampling), datamodule, num_captions=limit or 64,
+                                           samples_per_caption=8, batch_size=batch_size, seed=seed)
     if alignment is not None:
         report["alignment"] = alignment
     if extractor is not None:
@@ -183,7 +194,7 @@ def _number(value: Any) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown tables: coherence, sample quality, text, likelihood."""
+    """The report as Markdown tables: coherence, sample quality, text, likelihood, alignment, scenes."""
     lines = [f"### {report['family']} on {report['dataset']} ({report['split']} split, "
              f"{report.get('samples', '?')} samples)", ""]
     if report.get("coherence"):
@@ -225,6 +236,10 @@ def markdown(report: dict[str, Any]) -> str:
         from mmgen_lightning.metrics.alignment import alignment_markdown
 
         lines.append(alignment_markdown(report["alignment"]))
+    if report.get("scenes"):
+        from mmgen_lightning.metrics.scenes import scenes_markdown
+
+        lines.append(scenes_markdown(report["scenes"]))
     return "\n".join(lines)
 
 
