@@ -190,6 +190,23 @@ def warn_unread_caption(command: str, option: str, tokenizer, text: str) -> None
         warn(command, f"{option} {shown}: {problem}")
 
 
+def check_scene_caption(command: str, model, text: str, option: str = "--text") -> None:
+    """For a checkpoint trained on scenes (``datamodules/scenes.py``), refuse in one line a caption it cannot
+    draw as said: an unknown colour or shape, a count outside 1-4, more objects than the canvas fits (its
+    :func:`~mmgen_lightning.datamodules.scenes.parse_scene_caption` names the word). Text that names no colour,
+    shape, size or count at all is drawn anyway, with the parser's warning, as free text to Shapes is."""
+    if model.data_spec.get("dataset") != "scenes":
+        return
+    from mmgen_lightning.datamodules.scenes import FreeTextCaption, parse_scene_caption
+
+    try:
+        parse_scene_caption(text)
+    except FreeTextCaption as error:
+        warn(command, f"{option}: {error}")
+    except ValueError as error:
+        raise UsageError(str(error), option) from None
+
+
 # --- one generation request -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Request:
@@ -302,6 +319,7 @@ def read_conditions(model, conditions: Mapping[str, Sequence[Any]], command: str
             raise UsageError(f"{type(model).__name__} has no tokenizer, so it takes no captions",
                              "--text", f"drop --text; it serves: {', '.join(model.directions())}")
         for text in given["text"]:
+            check_scene_caption(command, model, text)
             warn_unread_caption(command, "--text", model.tokenizer, text)
         batch.update(model.tokenizer.encode(given["text"]))
     for name in FILE_CONDITIONS:
@@ -410,6 +428,6 @@ def clear_earlier_run(out: Path) -> None:
 
 __all__ = ["CONDITIONS", "FILE_CONDITIONS", "GENERATED", "OFFERED_KNOBS", "Request", "check_at_least_one",
            "check_caption", "check_checkpoint_file", "check_config_file", "check_device", "check_input_file",
-           "check_knobs", "check_output_file", "check_output_folder", "check_request", "check_seed",
-           "clear_earlier_run", "generate", "load_model", "read_conditions", "warn", "warn_unread_caption",
-           "write_samples"]
+           "check_knobs", "check_output_file", "check_output_folder", "check_request", "check_scene_caption",
+           "check_seed", "clear_earlier_run", "generate", "load_model", "read_conditions", "warn",
+           "warn_unread_caption", "write_samples"]

@@ -365,3 +365,48 @@ def test_the_command_starts_behind_a_login_from_the_environment(checkpoints, tmp
             assert right.status_code == 200
     finally:
         app.close()
+
+
+def test_a_scenes_checkpoint_refuses_captions_it_cannot_draw_and_warns_on_free_text(tmp_path, capsys):
+    """`mmgen generate` and the page, on a tiny untrained FlowMatching of scenes: a caption naming an unknown
+    colour or shape, a count above 4 or five objects is one line (exit 2, nothing written); free text is drawn,
+    with the scenes parser's warning; a scene caption is drawn without one."""
+    from mmgen_lightning.datamodules.scenes import ScenesDataModule
+    from mmgen_lightning.models.flow import FlowMatching
+
+    data = ScenesDataModule(train_size=8, val_size=8, test_size=8, heldout_size=8)
+    torch.manual_seed(0)
+    model = FlowMatching(data.data_spec, condition="text", sampling={"steps": 2},
+                         network={"width": 32, "depth": 1, "num_heads": 2, "patch_size": 8, "condition_layers": 1})
+    model.tokenizer = data.tokenizer
+    ckpt = save(model, tmp_path / "scenes.ckpt")
+
+    def generate(caption: str, out: str) -> tuple[int, str]:
+        try:
+            mmgen(["generate", "--ckpt", str(ckpt), "--to", "image", "--text", caption, "--num", "1",
+                   "--out", str(tmp_path / out)])
+            status = 0
+        except SystemExit as stop:
+            status = stop.code
+        return status, capsys.readouterr().err
+
+    refused = {"a magenta circle": ": unknown colour 'magenta'", "a red hexagon": ": unknown shape 'hexagon'",
+               "five red circles": ": count 'five' is outside 1-4",
+               "a red circle, a blue square, a green circle and two red squares": " names 5 objects; the canvas "
+                                                                                   "fits at most 4"}
+    for index, (caption, reason) in enumerate(refused.items()):
+        status, err = generate(caption, f"refused{index}")
+        assert status == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"mmgen generate: error: caption {caption!r}{reason}") and "(--text)" in err, err
+        assert not (tmp_path / f"refused{index}").exists()
+    status, err = generate("a cat asleep on a sofa", "free")
+    assert status == 0 and "mmgen generate: warning: --text: caption 'a cat asleep on a sofa' is not a scene " \
+                           "caption: it names no colour, shape, size or count" in err, err
+    assert len(list((tmp_path / "free").glob("*.png"))) == 1
+    status, err = generate("two blue squares", "scene")
+    assert status == 0 and "not a scene caption" not in err and len(list((tmp_path / "scene").glob("*.png"))) == 1
+
+    server = Server([tmp_path], tmp_path / "served")
+    with pytest.raises(UserError, match=r"^--text: caption 'five red circles': count 'five' is outside 1-4[^\n]*$"):
+        server.generate(ckpt, "image", {"text": "five red circles"}, 1)
+    assert len(server.generate(ckpt, "image", {"text": "a red circle above a blue square"}, 2).files) == 2
