@@ -25,19 +25,6 @@ from mmgen_lightning.service import warn_unread_caption
 TARGETS = ("image", "video", "audio", "text")
 
 
-def load_aligner(path: str | Path, map_location: str = "cpu"):
-    """An :class:`~mmgen_lightning.models.aligner.Aligner` from its checkpoint, or a ``ValueError`` naming
-    the file when the checkpoint holds another family."""
-    from mmgen_lightning.models.aligner import Aligner
-    from mmgen_lightning.models.base import load_generator
-
-    model = load_generator(path, map_location=map_location)
-    if not isinstance(model, Aligner):
-        raise CheckpointError(f"a {type(model).__name__} checkpoint, not an Aligner", str(path),
-                              "train one with `mmgen fit --config configs/aligner/<dataset>.yaml`")
-    return model
-
-
 def embed_query(model, kind: str, query: str) -> torch.Tensor:
     """``1,D``: the unit vector of a caption (``kind`` text) or of a file (image, audio)."""
     if kind not in model.modalities:
@@ -117,6 +104,8 @@ def retrieve(ckpt: str | Path, kind: str, query: str, index: str | Path, target:
              batch_size: int = 64, device: str = "cpu") -> tuple[str, list[dict]]:
     """``(target, results)``: the ``top`` rows of the manifest ``index`` nearest to the query (a caption when
     ``kind`` is text, else a file path), best first, as ``{"rank", "score", "line", "file" | "caption"}``."""
+    from mmgen_lightning.models.aligner import load_aligner  # the families load only when a command runs
+
     model = load_aligner(ckpt, map_location=device).to(device)
     vector = embed_query(model, kind, query)
     target, dataset, rows = index_rows(model, Path(index), target, kind)
