@@ -4,6 +4,7 @@ resumed from the last periodic checkpoint) and compare the whole training state 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,3 +95,15 @@ def _assert_equal(got: Any, expected: Any, where: str) -> None:
 
 def checkpoints_in(folder: Path) -> set[str]:
     return {name for name in os.listdir(folder) if name.endswith(".ckpt")}
+
+
+class KillAt(Callback):
+    """SIGKILLs its own process (on process ``rank`` only) before optimizer step ``step``: a real death, no
+    exception, no hook, nothing flushed, like the OOM killer or a lost machine."""
+
+    def __init__(self, step: int, rank: int = 0) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
