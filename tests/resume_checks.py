@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from mmgen_lightning.callbacks.faults import RandomStateCheckpoint
@@ -66,6 +68,35 @@ def fit_steps(build: Callable[[], tuple[L.LightningModule, L.LightningDataModule
     return final
 
 
+def fit_config(folder: Path, steps: int, every: int, *callbacks: dict, **trainer: Any) -> str:
+    """``folder/config.in.yaml``, an ``mmgen fit`` recipe of a tiny FlowMatching on Shapes (32 train rows in
+    batches of 4) with the flow recipes' EMA, ``steps`` optimizer steps, checkpoints every ``every`` steps and
+    ``last.ckpt`` in ``folder/ckpt``, the final state in ``folder/final.ckpt``; ``callbacks`` (``class_path``/
+    ``init_args`` sections) and ``trainer`` options are added. Returns the path."""
+    callback = lambda class_path, **options: {"class_path": class_path, "init_args": options}  # noqa: E731
+    recipe = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": steps, "accelerator": "cpu", "devices": 1, "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+                    "default_root_dir": str(folder),
+                    "callbacks": [callback("lightning.pytorch.callbacks.ModelCheckpoint", dirpath=str(folder / "ckpt"),
+                                           every_n_train_steps=every, save_top_k=-1, save_last=True,
+                                           filename="{step}"),
+                                  callback("mmgen_lightning.callbacks.EMA", decay=0.9, update_starting_at_step=2),
+                                  callback("tests.resume_checks.SaveFinalState", path=str(folder / "final.ckpt")),
+                                  *callbacks], **trainer},
+        "model": {"class_path": "mmgen_lightning.models.flow.FlowMatching",
+                  "init_args": {"network": {"width": 32, "depth": 1, "num_heads": 2, "patch_size": 4},
+                                "objective": {"cond_drop": 0.2}, "optimization": {"warmup_steps": 2}}},
+        "data": {"class_path": "mmgen_lightning.datamodules.ShapesDataModule",
+                 "init_args": {"image_size": 16, "train_size": 32, "val_size": 4, "test_size": 4, "batch_size": 4}},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.in.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
 def assert_same_state(resumed: str | Path, straight: str | Path) -> list[str]:
     """Every tensor of the training state (:data:`STATE_KEYS`) in the two checkpoints is bit-identical;
     returns the keys compared."""
@@ -99,11 +130,14 @@ def checkpoints_in(folder: Path) -> set[str]:
 
 class KillAt(Callback):
     """SIGKILLs its own process (on process ``rank`` only) before optimizer step ``step``: a real death, no
-    exception, no hook, nothing flushed, like the OOM killer or a lost machine."""
+    exception, no hook, nothing flushed, like the OOM killer or a lost machine. ``record``: a file to write
+    the time of death to (``time.time()``) first."""
 
-    def __init__(self, step: int, rank: int = 0) -> None:
-        self.step, self.rank = step, rank
+    def __init__(self, step: int, rank: int = 0, record: str | None = None) -> None:
+        self.step, self.rank, self.record = step, rank, record
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            if self.record:
+                Path(self.record).write_text(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
