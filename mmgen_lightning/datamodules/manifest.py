@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
+from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule, ResumableDataLoader, ResumableSampler
 from mmgen_lightning.errors import InputError
 from mmgen_lightning.modalities import REGISTRY, get_modality
 from mmgen_lightning.tokenizer import KINDS, CaptionTokenizer
@@ -212,52 +212,6 @@ def collate_dropping_skipped(items: list[dict[str, Tensor]]) -> dict[str, Tensor
     batch = default_collate(good)
     batch[SKIPPED_KEY] = torch.tensor(skipped, dtype=torch.long)
     return batch
-
-
-class ResumableSampler(DistributedSampler):
-    """A ``DistributedSampler`` (order a pure function of ``seed`` and the epoch) that can start an
-    epoch ``skip`` samples in, so a run resumed mid-epoch continues where it stopped."""
-
-    skip: int = 0
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0
-        return iter(indices[skip:])
-
-
-class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` over a :class:`ResumableSampler` that follows Lightning's ``state_dict`` protocol.
-
-    It counts a batch as taken when it hands it out. Lightning's training loop fetches from a sized
-    loader only when it needs the next batch (no prefetching), so a checkpoint written after batch
-    ``n`` records ``n``: the resumed epoch starts at batch ``n + 1`` without decoding the ``n`` before it.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, ResumableSampler):
-            raise TypeError("ResumableDataLoader needs a ResumableSampler")
-        self._taken = 0
-        self._resume_at = 0
-
-    def __iter__(self):
-        self._taken, self._resume_at = self._resume_at, 0
-        self.sampler.skip = self._taken * self.batch_size
-        # the base iterator is made now, not at the first batch, so it is set up when Lightning asks for it
-        return self._counted(super().__iter__())
-
-    def _counted(self, batches):
-        for batch in batches:
-            self._taken += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"batches": self._taken}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        # a checkpoint from the end of an epoch resumes at the start of the next one
-        self._resume_at = state["batches"] if state["batches"] < len(self) else 0
 
 
 class ManifestDataModule(MultimodalDataModule):
