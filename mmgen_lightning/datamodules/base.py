@@ -9,6 +9,7 @@ argument link, so sizes that belong to the data are never repeated in YAML.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -84,6 +85,8 @@ class MultimodalDataModule(L.LightningDataModule):
 
     available_modalities: tuple[str, ...] = ()
     name: str = "data"
+    #: the loaders' ``collate_fn`` (``None``: PyTorch's default)
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
 
     def __init__(self, modalities: list[str], batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  max_text_length: int = 24, tokenizer_path: str | None = None) -> None:
@@ -162,7 +165,7 @@ class MultimodalDataModule(L.LightningDataModule):
         never stopped would."""
         dataset = self.dataset(split)
         options = {"batch_size": self.batch_size, "num_workers": self.num_workers,
-                   "persistent_workers": self.num_workers > 0}
+                   "persistent_workers": self.num_workers > 0, "collate_fn": self.collate}
         if not shuffle:
             return DataLoader(dataset, shuffle=False, **options)
         trainer = self.trainer

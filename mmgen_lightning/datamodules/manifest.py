@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 
 from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule, ResumableDataLoader, ResumableSampler
 from mmgen_lightning.errors import InputError
@@ -245,6 +245,7 @@ class ManifestDataModule(MultimodalDataModule):
 
     available_modalities = ("image", "text", "audio", "video", "label")
     name = "manifest"
+    collate = staticmethod(collate_dropping_skipped)  # a row that fails to decode leaves the batch
 
     def __init__(self, manifest: str, modalities: list[str] | None = None, image_size: int = 32,
                  image_channels: int = 3, video_size: int | None = None, num_frames: int = 8,
@@ -422,20 +423,6 @@ class ManifestDataModule(MultimodalDataModule):
                 "sample_rate": self.sample_rate, "audio_length": self.audio_length, "num_frames": self.num_frames}
 
     # --- loading ------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
-        options = {"batch_size": self.batch_size, "num_workers": self.num_workers,
-                   "persistent_workers": self.num_workers > 0, "collate_fn": collate_dropping_skipped}
-        if not shuffle:  # Lightning adds a DistributedSampler under DDP
-            return DataLoader(dataset, shuffle=False, **options)
-        trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed,
-                                   drop_last=True)
-        # its own generator (worker seeds) keeps loading off the global RNG that models draw noise from
-        return ResumableDataLoader(dataset, sampler=sampler, drop_last=True,
-                                   generator=torch.Generator().manual_seed(self.seed), **options)
-
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Take the dropped samples' indices out of the batch and count them for the epoch report."""
         if isinstance(batch, dict) and SKIPPED_KEY in batch:
