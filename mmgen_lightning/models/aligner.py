@@ -36,6 +36,7 @@ from mmgen_lightning.config import ConfigGroup, build_groups
 from mmgen_lightning.modalities import MODALITIES, get_modality
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout
 from mmgen_lightning.models.layers import modality_networks
+from mmgen_lightning.models.layers.token_encoders import STEMS
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.objectives.aligner import AlignerObjective, clamped_logit_scale, contrastive_objective
 
@@ -60,6 +61,8 @@ class AlignerNetwork(ConfigGroup):
         glimpse_size: video only: tokenise a window of each frame centred on its centre of brightness
             (see ``VideoTokenEncoder``).
         dropout: encoder dropout.
+        stem: image only: the first layers, ``"conv"`` (a small CNN, best for strokes at 16-32 px) or
+            ``"patch"`` (a linear embedding of each patch: several times faster at 64 px).
     """
 
     section = "network"
@@ -73,6 +76,7 @@ class AlignerNetwork(ConfigGroup):
     audio_frames: int = 32
     glimpse_size: int | None = None
     dropout: float = 0.0
+    stem: str = "conv"
 
     def check(self) -> None:
         for name in ("embed_dim", "width", "num_heads", "patch_size", "n_mels", "audio_frames"):
@@ -82,6 +86,7 @@ class AlignerNetwork(ConfigGroup):
         self.require(self.width % self.num_heads == 0, "width", f"must be divisible by num_heads ({self.num_heads})")
         self.require(self.glimpse_size is None or self.glimpse_size >= 1, "glimpse_size", "must be >= 1 or null")
         self.require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        self.require(self.stem in STEMS, "stem", f"must be one of {', '.join(STEMS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +190,8 @@ class Aligner(GenerativeModule):
         tokens = modality_networks.token_encoder(kind, self.data_spec, net.width, num_layers=net.encoder_layers,
                                                  num_heads=net.num_heads, dropout=net.dropout,
                                                  patch_size=net.patch_size, n_mels=net.n_mels,
-                                                 frames=net.audio_frames, glimpse_size=net.glimpse_size)
+                                                 frames=net.audio_frames, glimpse_size=net.glimpse_size,
+                                                 stem=net.stem)
         return nn.Sequential(tokens, AttentionPool(net.width, net.num_heads))
 
     def logit_scale_value(self) -> Tensor:
