@@ -32,7 +32,6 @@ Two readers of scenes are scored here too, against the truth the data knows, no 
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,9 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmgen_lightning.datamodules.scenes import (KINDS, SCENE_SPLITS, WORDINGS, Scene, SceneCaption, SceneObject,
-                                                caption_text, draw_scene, match_scene, parse_scene_caption,
-                                                render_scene)
+from mmgen_lightning.datamodules.scenes import (KINDS, SCENE_SPLITS, TWINS, WORDINGS, Scene, SceneCaption,
+                                                SceneObject, caption_text, draw_scene, match_scene,
+                                                parse_scene_caption, render_scene, swapped_twins,
+                                                wording_of)
 from mmgen_lightning.metrics.evaluator import chunk_seed
 from mmgen_lightning.metrics.scene_judge import SceneJudge, get_scene_judge
 
@@ -57,8 +57,6 @@ SPLITS = {"seen": "test", "heldout": "heldout"}
 Similarity = Callable[[Tensor, list[str]], Tensor]
 #: images ``B,3,64,64`` -> one caption each (``model_captioner`` wraps a family)
 Captioner = Callable[[Tensor], list[str]]
-#: the twins of :func:`swapped_twins`
-TWINS = ("color_swap", "shape_swap", "relation_reversed")
 
 
 def model_sampler(model, **sampling: Any) -> Sampler:
@@ -185,32 +183,6 @@ def scenes_markdown(report: dict[str, Any]) -> str:
 
 
 # --- readers of scenes: an aligner against swapped twins, a captioner against the truth -------------
-def swapped_twins(caption: SceneCaption) -> dict[str, SceneCaption]:
-    """A relation or binding caption's twins (``TWINS``) that mean something else: its two objects'
-    colours swapped (sizes stay in their places), their shapes swapped, and, for a relation, the
-    relation reversed ("left of" <-> "right of", "above" <-> "below"). None for other kinds, and none
-    that means what the caption means (a binding of two red objects of one size with their shapes
-    swapped names the same pair). A twin can still be true of an image where the caption leaves a size
-    free ("a red circle and a small red square" shape-swapped, of two small objects):
-    :func:`hard_negative_accuracy` leaves those out."""
-    if caption.kind not in ("relation", "binding"):
-        return {}
-    first, second = caption.objects
-    twins = {"color_swap": dataclasses.replace(caption, objects=(
-                 dataclasses.replace(first, color=second.color), dataclasses.replace(second, color=first.color))),
-             "shape_swap": dataclasses.replace(caption, objects=(
-                 dataclasses.replace(first, shape=second.shape), dataclasses.replace(second, shape=first.shape)))}
-    if caption.relation is not None:
-        twins["relation_reversed"] = dataclasses.replace(caption, relation=caption.relation ^ 1)  # RELATIONS pairs
-        return {name: twin for name, twin in twins.items() if twin != caption}
-    return {name: twin for name, twin in twins.items() if Counter(twin.objects) != Counter(caption.objects)}
-
-
-def wording_of(scene: Scene) -> int:
-    """The wording (``caption_text``'s) of the item's text, so its twins are written alike."""
-    return next(w for w in range(WORDINGS) if caption_text(scene.caption, w) == scene.text)
-
-
 def aligner_similarity(aligner) -> Similarity:
     """Cosine of each image and its caption in an Aligner's space (captions read by its own tokenizer)."""
     @torch.no_grad()

@@ -88,14 +88,12 @@ def contrastive_objective(embed: Callable[[Mapping[str, Tensor], str], Tensor], 
         offset = rank * next(iter(embeddings.values())).shape[0]
     scale = clamped_logit_scale(log_scale, objective)
     pairs = list(itertools.combinations(embeddings, 2))
-    if not objective.swap_negatives or "text" not in embeddings:
+    negatives = hard_negatives(embed, batch, objective.swap_negatives) if "text" in embeddings else None
+    if negatives is None:
         loss = sum(symmetric_info_nce(embeddings[m], embeddings[n], scale, candidates[m], candidates[n], offset)
                    for m, n in pairs) / len(pairs)
         return {"loss": loss, "embeddings": embeddings}
-    count = objective.swap_negatives
-    text, swapped = swapped_words(batch["text"], batch["text_mask"], count)
-    negatives = embed({"text": text, "text_mask": batch["text_mask"].repeat_interleave(count, 0)}, "text")
-    negatives, swapped = negatives.unflatten(0, (-1, count)), swapped.view(-1, count)
+    negatives, swapped = negatives
     loss = 0.0
     for m, n in pairs:
         if "text" in (m, n):  # the other modality's queries also meet their own caption's swaps
@@ -105,6 +103,32 @@ def contrastive_objective(embed: Callable[[Mapping[str, Tensor], str], Tensor], 
         else:
             loss = loss + symmetric_info_nce(embeddings[m], embeddings[n], scale, candidates[m], candidates[n], offset)
     return {"loss": loss / len(pairs), "embeddings": embeddings}
+
+
+def hard_negatives(embed: Callable[[Mapping[str, Tensor], str], Tensor], batch: Mapping[str, Tensor],
+                   swap_negatives: int) -> tuple[Tensor, Tensor] | None:
+    """Each caption's hard negatives, embedded: ``(B,K,embed_dim, kept bool B,K)``, or ``None`` when there
+    are none. They are the batch's own ``text_negatives`` (``long B,K,L`` with ``text_negatives_mask``; a
+    row with no real token is no negative), which a datamodule that knows its captions' meaning writes
+    (``ScenesDataModule(hard_negatives=True)``: the swapped twins), then ``swap_negatives`` copies of
+    the caption with two words swapped (:func:`swapped_words`). Only kept rows go through ``embed``."""
+    parts = []  # (text N*K,L, text_mask N*K,L, kept N,K)
+    if "text_negatives" in batch:
+        given, given_mask = batch["text_negatives"], batch["text_negatives_mask"].bool()
+        parts.append((given.flatten(0, 1), given_mask.flatten(0, 1), given_mask.any(-1)))
+    if swap_negatives:
+        text, swapped = swapped_words(batch["text"], batch["text_mask"], swap_negatives)
+        parts.append((text, batch["text_mask"].repeat_interleave(swap_negatives, 0), swapped.view(-1, swap_negatives)))
+    kept = torch.cat([kept for *_, kept in parts], 1) if parts else None  # B,K
+    if kept is None or not kept.any():
+        return None
+    # one pass through the text encoder: every part's rows, caption by caption, as ``kept`` orders them
+    text = torch.cat([text.unflatten(0, (len(kept), -1)) for text, *_ in parts], 1).flatten(0, 1)
+    text_mask = torch.cat([mask.unflatten(0, (len(kept), -1)) for _, mask, _ in parts], 1).flatten(0, 1)
+    rows = kept.flatten()
+    vectors = embed({"text": text[rows], "text_mask": text_mask[rows]}, "text")
+    negatives = vectors.new_zeros(len(rows), vectors.shape[-1]).index_put((rows.nonzero()[:, 0],), vectors)
+    return negatives.unflatten(0, kept.shape), kept
 
 
 def swapped_words(text: Tensor, text_mask: Tensor, count: int,

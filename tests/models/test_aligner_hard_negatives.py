@@ -92,3 +92,42 @@ def test_a_bag_of_words_text_encoder_pays_for_each_swap_and_the_loss_reaches_the
 def test_swap_negatives_must_not_be_negative():
     with pytest.raises(ValueError, match="objective.swap_negatives must be >= 0"):
         AlignerObjective(swap_negatives=-1)
+
+
+def test_the_datas_own_negatives_join_the_image_to_text_softmax_and_missing_ones_are_never_embedded():
+    torch.manual_seed(0)
+    text, mask = captions()
+    images = F.normalize(torch.randn(3, 8), dim=1)
+    table = torch.nn.Embedding(16, 8)
+    seen = []
+
+    def embed(batch, modality):
+        if modality == "image":
+            return images
+        seen.append(batch["text_mask"])
+        hidden = table(batch["text"]) * torch.arange(1, batch["text"].shape[1] + 1)[:, None]  # word order counts
+        return F.normalize((hidden * batch["text_mask"].unsqueeze(-1)).sum(1), dim=1)
+
+    # caption 1 has two negatives, caption 2 one (its first row is missing), caption 3 none
+    negatives = torch.stack([text[[1, 2]], text[[0, 0]], text[[0, 1]]])
+    negatives_mask = torch.stack([mask[[1, 2]], mask[[0, 0]], mask[[0, 1]]])
+    negatives[1, 0], negatives_mask[1, 0] = PAD_ID, False
+    negatives[2], negatives_mask[2] = PAD_ID, False
+    batch = {"text": text, "text_mask": mask, "text_negatives": negatives, "text_negatives_mask": negatives_mask}
+    log_scale = torch.tensor(math.log(10.0))
+    hard = contrastive_objective(embed, batch, ["image", "text"], log_scale, AlignerObjective(temperature=0.1))
+    assert all(rows.any(1).all() for rows in seen)  # no caption-less row reached the text encoder
+    z = hard["embeddings"]["text"]
+    kept = negatives_mask.any(-1)
+    given = torch.zeros(3, 2, 8)
+    given[kept] = embed({"text": negatives[kept], "text_mask": negatives_mask[kept]}, "text")
+    torch.testing.assert_close(hard["loss"], info_nce_with_negatives(images, z, 10.0, images, z, given, kept))
+    # with swaps as well: the data's negatives first, then the swaps
+    both = contrastive_objective(embed, batch, ["image", "text"], log_scale,
+                                 AlignerObjective(temperature=0.1, swap_negatives=2))
+    assert both["loss"] > hard["loss"]
+    # no row kept anywhere: the plain InfoNCE
+    none = {**batch, "text_negatives_mask": torch.zeros_like(negatives_mask)}
+    torch.testing.assert_close(contrastive_objective(embed, none, ["image", "text"], log_scale,
+                                                     AlignerObjective(temperature=0.1))["loss"],
+                               symmetric_info_nce(images, z, 10.0))
