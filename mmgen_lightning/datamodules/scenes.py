@@ -491,9 +491,10 @@ class ScenesDataset(Dataset):
     """``size`` items of one split, each drawn and rendered on access."""
 
     def __init__(self, size: int, seed: int, split: str, modalities: list[str],
-                 tokenizer: CaptionTokenizer | None, hard_negatives: bool = False) -> None:
+                 tokenizer: CaptionTokenizer | None, hard_negatives: bool = False,
+                 kinds: tuple[str, ...] = KINDS) -> None:
         self.size, self.seed, self.split = size, seed, split
-        self.hard_negatives = hard_negatives
+        self.hard_negatives, self.kinds = hard_negatives, kinds
         self.split_id = SCENE_SPLITS.index(split)
         self.modalities = set(modalities)
         self.tokenizer = tokenizer
@@ -507,7 +508,7 @@ class ScenesDataset(Dataset):
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} items")
         rng = np.random.default_rng([self.seed, self.split_id, index])
-        caption = draw_caption(KINDS[index % len(KINDS)], self.split == "heldout", rng)
+        caption = draw_caption(self.kinds[index % len(self.kinds)], self.split == "heldout", rng)
         text = caption_text(caption, int(rng.integers(WORDINGS)))
         return draw_scene(caption, rng, text)
 
@@ -564,6 +565,9 @@ class ScenesDataModule(MultimodalDataModule):
         hard_negatives: with ``text``, each item also carries its caption's swapped twins as
             ``text_negatives`` and ``text_negatives_mask`` (``ScenesDataset.twins``), which the Aligner
             contrasts its image with (``objectives/aligner.py``).
+        train_kinds: the caption kinds the train split draws, cycling in this order (default: all of
+            ``KINDS``); val, test and heldout keep every kind. A captioner trained without binding
+            captions names the relation of every two objects it sees.
     """
 
     available_modalities = ("image", "text")
@@ -575,7 +579,7 @@ class ScenesDataModule(MultimodalDataModule):
     def __init__(self, modalities: list[str] | None = None, train_size: int = 50_000, val_size: int = 500,
                  test_size: int = 500, heldout_size: int = 500, batch_size: int = 64, num_workers: int = 0,
                  seed: int = 0, max_text_length: int = 24, tokenizer_path: str | None = None,
-                 hard_negatives: bool = False) -> None:
+                 hard_negatives: bool = False, train_kinds: list[str] | None = None) -> None:
         super().__init__(["image", "text"] if modalities is None else modalities, batch_size=batch_size,
                          num_workers=num_workers, seed=seed, max_text_length=max_text_length,
                          tokenizer_path=tokenizer_path)
@@ -588,6 +592,11 @@ class ScenesDataModule(MultimodalDataModule):
                              f">= {_longest_caption() + 2} tokens with [BOS] and [EOS]")
         self.split_sizes = sizes
         self.hard_negatives = hard_negatives
+        self.train_kinds = KINDS if train_kinds is None else tuple(train_kinds)
+        unknown = [kind for kind in self.train_kinds if kind not in KINDS]
+        if unknown or not self.train_kinds:
+            raise ValueError(f"train_kinds: {'unknown ' + repr(unknown[0]) if unknown else 'none given'}; "
+                             f"allowed: {', '.join(KINDS)}")
 
     def dataset(self, split: str) -> Dataset:
         """The split's dataset; ``heldout`` besides ``train``, ``val`` and ``test``."""
@@ -604,7 +613,8 @@ class ScenesDataModule(MultimodalDataModule):
     def build_split(self, split: str) -> Dataset:
         tokenizer = self.tokenizer if "text" in self.modalities else None
         return ScenesDataset(self.split_sizes[split], self.seed, split, self.modalities, tokenizer,
-                             self.hard_negatives and "text" in self.modalities)
+                             self.hard_negatives and "text" in self.modalities,
+                             self.train_kinds if split == "train" else KINDS)
 
     def source_spec(self) -> dict[str, Any]:
         return {"image_size": IMAGE_SIZE, "image_channels": 3, "attribute_names": list(ATTRIBUTE_NAMES),

@@ -280,3 +280,12 @@ def test_hard_negatives_are_the_captions_swapped_twins_false_of_the_image():
     assert kept_per_kind["single"] == kept_per_kind["counting"] == 0
     assert kept_per_kind["relation"] > 0 and kept_per_kind["binding"] > 0
     assert "text_negatives" not in make().dataset("train")[1]  # only when asked
+
+
+def test_train_kinds_choose_the_train_splits_captions_only():
+    data = make(train_kinds=["relation", "counting"])
+    assert [data.dataset("train").scene(i).caption.kind for i in range(4)] == ["relation", "counting"] * 2
+    assert [data.dataset("test").scene(i).caption.kind for i in range(4)] == list(KINDS)
+    assert data.dataset("heldout").scene(2).caption.kind == "binding"
+    with pytest.raises(ValueError, match="train_kinds: unknown 'pairs'; allowed: single, relation"):
+        make(train_kinds=["pairs"])
