@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser synth demo test test-fast bench clean
+.PHONY: install browser synth demo test test-fast bench docs clean
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ install: $(STAMP)
 # pillow is pinned below 13 because Gradio (the serve extra, for `mmgen serve`) requires pillow<13.
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,pretrained,serve]"
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,pretrained,serve,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -49,6 +49,16 @@ test: $(STAMP) browser synth
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# The documentation site (docs/, mkdocs.yml) built into site/; --strict makes a broken link, anchor or API
+# reference an error. The docs extra (pinned in constraints.txt) goes into .venv once. Open site/index.html.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf runs outputs .pytest_cache

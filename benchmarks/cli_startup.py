@@ -35,7 +35,7 @@ def small_checkpoint(folder: Path) -> Path:
 
     torch.manual_seed(0)
     data = DigitsDataModule(modalities=["image", "text"], batch_size=32)
-    model = MultimodalVAE(data.data_spec, latent_dim=8, width=16, text_width=32)
+    model = MultimodalVAE(data.data_spec, network={"latent_dim": 8, "width": 16, "text_width": 32})
     trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
                         default_root_dir=folder)

@@ -15,6 +15,7 @@ machines without a GPU. Writes benchmarks/results/gpu.json (or gpu_cpu_smoke.jso
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -30,12 +31,12 @@ from overhead import StepTimer, build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the sub-networks each family's training step calls through ``__call__`` (so compiling them helps)
-COMPILED = {"vae": ("encoders", "decoders"), "gan": ("generator", "discriminator")}
+COMPILED = {"vae": ("autoencoder.encoders", "autoencoder.decoders"), "gan": ("generator", "discriminator")}
 
 
 def compile_networks(model, family: str) -> None:
     for name in COMPILED[family]:
-        network = getattr(model, name)
+        network = functools.reduce(getattr, name.split("."), model)
         if isinstance(network, torch.nn.ModuleDict):
             for key in list(network.keys()):
                 network[key] = torch.compile(network[key])

@@ -40,7 +40,6 @@ import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from mmgen_lightning.callbacks.compile import CompileNetworks
-from mmgen_lightning.losses import kl_weight
 from mmgen_lightning.metrics.report import _import
 from mmgen_lightning.objectives.captioner import captioning_objective
 
@@ -56,9 +55,7 @@ BUDGET_VQVAE = ROOT / "runs" / "budget" / "vqvae" / "checkpoints" / "last.ckpt"
 
 # --- plain PyTorch steps: the same objective as each training_step, written by hand ----------------
 def vae_step(model, batch: dict, optimizers: list, step: int) -> torch.Tensor:
-    model.open_private_gate(step)
-    beta = kl_weight(step, model.hparams.beta, model.hparams.kl_warmup_steps)
-    loss = model.elbo_terms(batch, beta)["loss"]
+    loss = model.training_loss(batch, step)["loss"]  # the objective at this step's KL weight and private gate
     optimizers[0].zero_grad(set_to_none=True)
     loss.backward()
     optimizers[0].step()

@@ -1,13 +1,17 @@
-"""`make bench`: run the short benchmarks, then write benchmarks/RESULTS.md from every results JSON.
+"""`make bench`: run the short benchmarks, then write benchmarks/RESULTS.md and benchmarks/EXPERIMENTS.md.
 
     python benchmarks/run_all.py               # run them (about 20 minutes on 2 CPU cores), then report
-    python benchmarks/run_all.py --report-only # rewrite RESULTS.md from benchmarks/results/*.json
+    python benchmarks/run_all.py --report-only # rewrite both reports from the JSONs
 
 Each benchmark is its own script, runnable alone, printing its table and writing
 benchmarks/results/<name>.json. RESULTS.md is generated only from those JSONs (plus this run's exit
 codes and durations, kept in results/run_all.json), so it stays true as other benchmarks land: the
 long 5-minute recipe measurements (vae_quality.py, gan_quality.py, captioner_quality.py, ...) are
 not rerun here, but every JSON they left is summarised with the command that made it.
+
+benchmarks/results/ holds the measurements of the recipes as they are (configs/**/*.yaml) and of the
+benchmarks; the runs of settings that were tried and not adopted, or that a recipe has since replaced,
+live in benchmarks/results/experiments/ and are summarised, grouped by recipe, in EXPERIMENTS.md.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from peers.multivae_compare import table_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+EXPERIMENTS = RESULTS / "experiments"
 #: what `make bench` runs, in order, with budgets that keep the whole run near 20 minutes on 2 cores
 BENCHMARKS = [
     ["benchmarks/budget_quality.py", "--budget", "60"],  # first: its VQVAE is stage 1 of overhead's TokenTransformer
@@ -36,8 +41,12 @@ BENCHMARKS = [
     ["benchmarks/peers/multivae_compare.py", "--steps", "800", "--compiled"],
     ["bash", "benchmarks/gpu.sh", "--cpu"],  # the GPU script's smoke mode, so it stays tested without a GPU
 ]
-#: JSONs written by the runs above, reported in their own sections below
-OWN = {"run_all", "overhead", "peer_multivae", "budget_quality", "profile_vae", "gpu", "gpu_cpu_smoke", "compile_speed"}
+#: JSONs written by the runs above (and the peer comparison's repeats), reported in their own sections below
+OWN = {"run_all", "overhead", "peer_multivae", "peer_multivae_round2", "peer_multivae_round3", "peer_multivae_median",
+       "peer_multivae_mmvae_plus", "budget_quality", "profile_vae", "gpu", "gpu_cpu_smoke", "compile_speed"}
+#: the class each results-name prefix measures, for the headings of EXPERIMENTS.md
+FAMILIES = {"vae": "MultimodalVAE", "gan": "ConditionalGAN", "flow": "FlowMatching", "captioner": "Captioner",
+            "tokens": "TokenTransformer", "aligner": "Aligner", "vqvae": "VQVAE"}
 
 
 def versions() -> str:
@@ -71,8 +80,8 @@ def run_benchmarks() -> None:
         "libraries": versions()}, indent=2) + "\n")
 
 
-def load(name: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
+def load(name: str, folder: Path = RESULTS) -> dict[str, Any] | None:
+    path = folder / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -137,6 +146,20 @@ def peer_section(report: dict) -> list[str]:
               "profiling section), but the peer gets data padded only to the longest caption of the data set, so "
               "that gain is not counted here. Coherence: 180 test items, one seed (one item is 0.6 points); "
               "MVAE's text->image stays at chance for both libraries at this length of training.", ""]
+    median = load("peer_multivae_median")
+    if median:
+        lines += ["Median of three runs of that command, one after the other (`peer_multivae.json`, then "
+                  "`peer_multivae_round2.json` and `peer_multivae_round3.json`; `peer_multivae_median.json`):", "",
+                  "| fusion | ours / MultiVae, eager (per run) | compiled / MultiVae as shipped | "
+                  "compiled / MultiVae compiled |", "|---|---|---|---|"]
+        for fusion, row in median["fusions"].items():
+            ratios = [row.get(key) for key in ("speed_ratio", "compiled_speed_ratio", "compiled_vs_compiled_speed_ratio")]
+            cells = [f"{r['median']:.2f}x ({' / '.join(f'{x:.2f}' for x in r['rounds'])})" if r else "-" for r in ratios]
+            lines.append(f"| {fusion} | " + " | ".join(cells) + " |")
+        lines.append("")
+    mmvae_plus = load("peer_multivae_mmvae_plus")
+    if mmvae_plus and "error" not in mmvae_plus:
+        lines += [f"MMVAE+ (`{mmvae_plus['command']}`):", ""] + table_lines(mmvae_plus) + [""]
     return lines
 
 
@@ -217,10 +240,13 @@ def guessed_command(name: str, report: dict) -> str:
     return ""
 
 
-def recipe_rows(name: str, report: dict) -> list[str]:
-    """One line per direction of a recipe report (the `mmgen evaluate` format), else its top-level numbers."""
+def recipe_rows(name: str, report: dict, with_note: bool = False) -> list[str]:
+    """One line per direction of a recipe report (the `mmgen evaluate` format), else its top-level numbers;
+    ``with_note`` adds the report's note (what a trial changed, why it was set aside) after its command."""
     command = report.get("command") or guessed_command(name, report)
     command = f"`{command}`" + ("" if report.get("command") or not command else " (inferred: the JSON names none)")
+    if with_note and report.get("note"):
+        command += " — " + report["note"].replace("|", "/").replace("\n", " ")
     judged = report.get("recipe_sampling") or (report if "accuracy_per_attribute" in report else None)
     steps = report.get("steps", "")
     if judged:
@@ -239,6 +265,34 @@ def recipe_rows(name: str, report: dict) -> list[str]:
             cells.append(f"diversity min {judged['min_diversity_ratio']:.3f} of real")
         if judged.get("sampling"):
             cells.append("sampling " + ", ".join(f"{k} {v}" for k, v in judged["sampling"].items()))
+        return [head + "; ".join(cells) + f" | {command} |"]
+    if "text_to_image" in report and "image_to_text" in report:  # tokens_quality.py: both stages, both orders
+        cells = [f"image->text {report['image_to_text']['accuracy']:.3f}"]
+        for row in report["text_to_image"]["by_sampling"]:  # the last row samples with the recipe's own defaults
+            knobs = (row["sampling"] if isinstance(row["sampling"], str)
+                     else f"top_k {row['sampling']['top_k']}, guidance {row['sampling']['guidance_scale']}")
+            cells.append(f"text->image {row['accuracy']:.3f} ({knobs})")
+        return [head + "; ".join(cells) + f" | {command} |"]
+    retrieval = {key: value for key, value in report.items() if "->" in key and isinstance(value, dict)
+                 and "relevant_hit@1" in value}
+    if retrieval:  # aligner_quality.py: hit@1 counts any item with the query's attributes, exact only the pair
+        cells = [f"{direction} hit@1 {row['relevant_hit@1']:.2f} (exact recall@1 {row['exact_recall@1']:.2f})"
+                 for direction, row in retrieval.items()]
+        cells.append(f"among {report.get('items', '?')} items, exact ceiling {report['exact_recall_at_1_ceiling']:.2f}")
+        return [head + "; ".join(cells) + f" | {command} |"]
+    if isinstance(report.get("settings"), dict):  # vae_quality.py --sweep: one checkpoint at other sampling knobs
+        cells = [f"{setting}: {direction} coherence {row['coherence']:.3f}, diversity {row['diversity_vs_real']:.3f}"
+                 for setting, directions in report["settings"].items() for direction, row in directions.items()]
+        return [head + "; ".join(cells) + f" | {command} |"]
+    runs = report.get("means") or report.get("runs")
+    if isinstance(runs, list):  # vae_quality.py --summarize (means over seeds), or a table of runs side by side
+        cells = []
+        for run in runs:
+            label = " ".join(str(run[key]) if key == "tag" else f"seed {run[key]}" for key in ("tag", "seed") if key in run)
+            numbers = [f"{k} {number(v)}" for k, v in run.items() if k not in {"tag", "seed", "steps", "samples"}
+                       and ("coherence" in k or "diversity" in k or k in {"shape", "color", "size", "position"})
+                       and isinstance(v, float)]
+            cells.append(f"{label}: {', '.join(numbers[:6])}")
         return [head + "; ".join(cells) + f" | {command} |"]
     scalars = [f"{k} {number(v)}" for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return [head + "; ".join(scalars[:8]) + f" | {command} |"]
@@ -272,24 +326,62 @@ def write_report() -> None:
     others = sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in OWN and not p.stem.startswith("profile_"))
     if others:
         lines += ["## Recipe measurements (long runs, not repeated by `make bench`)", "",
-                  "| results | family | steps | numbers | command |", "|---|---|---|---|---|"]
-        for name in others:
-            try:
-                lines += recipe_rows(name, json.loads((RESULTS / f"{name}.json").read_text()))
-            except (ValueError, KeyError, TypeError) as error:
-                lines.append(f"| `{name}.json` | | | unreadable here: {type(error).__name__} | |")
-        lines.append("")
+                  "Each recipe of configs/ as it is now, on every seed it was measured on. Settings that were tried "
+                  "and not adopted, and runs of a recipe's earlier versions, are in `benchmarks/EXPERIMENTS.md`.", ""]
+        lines += results_table(others, RESULTS) + [""]
     (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("wrote benchmarks/RESULTS.md")
 
 
+def results_table(names: list[str], folder: Path, with_note: bool = False) -> list[str]:
+    lines = ["| results | family | steps | numbers | command |", "|---|---|---|---|---|"]
+    for name in names:
+        try:
+            lines += recipe_rows(name, json.loads((folder / f"{name}.json").read_text()), with_note)
+        except (ValueError, KeyError, TypeError) as error:
+            lines.append(f"| `{name}.json` | | | unreadable here: {type(error).__name__} | |")
+    return lines
+
+
+def recipe_of(name: str) -> str:
+    """The recipes a trial named ``<family>_<dataset>_...`` varied, as the configs/ files they are now."""
+    family, _, rest = name.partition("_")
+    dataset = rest.split("_")[0]
+    configs = ([ROOT / "configs" / "quickstart.yaml"] if dataset == "quickstart"
+               else sorted((ROOT / "configs" / family).glob(f"{dataset}*.yaml")))
+    return ", ".join(f"`{c.relative_to(ROOT)}`" for c in configs) or "no recipe in configs/ now"
+
+
+def write_experiments() -> None:
+    """EXPERIMENTS.md: every run in results/experiments/, grouped by the recipe it tried settings of."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(EXPERIMENTS.glob("*.json")):
+        family, _, rest = path.stem.partition("_")
+        groups.setdefault(f"{family}_{rest.split('_')[0]}", []).append(path.stem)
+    lines = ["# Experiments log", "", "What was tried, with its command; not the current recipes. Generated by "
+             "`python benchmarks/run_all.py --report-only` from benchmarks/results/experiments/*.json. The recipes "
+             "as they are (configs/) and their measurements are in `benchmarks/RESULTS.md`.", "",
+             "A command with `--set KEY=VALUE`, `--fit-args` or a copy of a config names what its run changed from "
+             "the recipe of its day; `--tag` names the run. Some ran against a recipe's earlier version (a config "
+             "that has since changed or been renamed), so compare a row with the rows beside it, not with RESULTS.md.",
+             ""]
+    for group, names in groups.items():
+        family, _, dataset = group.partition("_")
+        lines += [f"## {FAMILIES.get(family, family)}, {dataset}", "", f"Recipes now: {recipe_of(names[0])}.", ""]
+        lines += results_table(names, EXPERIMENTS, with_note=True) + [""]
+    (ROOT / "benchmarks" / "EXPERIMENTS.md").write_text("\n".join(lines) + "\n")
+    print("wrote benchmarks/EXPERIMENTS.md")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md from the JSONs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rewrite RESULTS.md and EXPERIMENTS.md from the JSONs")
     args = parser.parse_args()
     if not args.report_only:
         run_benchmarks()
     write_report()
+    write_experiments()
 
 
 if __name__ == "__main__":

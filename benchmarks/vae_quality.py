@@ -1,7 +1,7 @@
 """Train a MultimodalVAE recipe within its wall-clock budget, then score it with `mmgen evaluate`, and the
 per-class diversity and precision/recall of its conditional samples.
 
-    python benchmarks/vae_quality.py [--config configs/vae/digits.yaml] [--seed S] [--set fusion=mopoe ...]
+    python benchmarks/vae_quality.py [--config configs/vae/digits.yaml] [--seed S] [--set objective.cross_samples=4 ...]
                                      [--tag NAME] [--skip-fit] [--private-scales 1.0 1.5]
     python benchmarks/vae_quality.py --summarize digits mopoe mopoe_private   # the runs side by side
     python benchmarks/vae_quality.py --seed S --tag T --sweep truncation=0.5,private_scale=1.25 ...
@@ -10,7 +10,8 @@ per-class diversity and precision/recall of its conditional samples.
 With no ``--seed``/``--set``/``--tag`` the recipe runs as written and the result is
 benchmarks/results/vae_<config name>.json (+ .md); otherwise the run is
 ``vae_<config name>_<tag>_seed<S>.json`` and trains from a copy of the recipe that differs only in the
-seed, the given ``model.init_args`` and its output folders (same ``max_time``). Each report holds the
+seed, the given ``model.init_args`` (``fusion=poe``, or a group's field: ``network.private_dim={image: 8}``) and
+its output folders (same ``max_time``). Each report holds the
 training time, steps and the coherence of every direction, each read by a judge trained only on the
 real training split.
 
@@ -134,8 +135,12 @@ def run_config(config_path: str, seed: int | None, overrides: list[str], tag: st
     for override in overrides:
         key, _, value = override.partition("=")
         if not key or not value:
-            raise SystemExit(f"--set: give KEY=VALUE (a model.init_args key), got {override!r}")
-        config["model"]["init_args"][key] = yaml.safe_load(value)
+            raise SystemExit(f"--set: give KEY=VALUE (a model.init_args key or SECTION.FIELD), got {override!r}")
+        section, _, field = key.rpartition(".")
+        target = config["model"].setdefault("init_args", {})
+        if section:  # a field of an option group: objective.cross_samples=8
+            target = target.setdefault(section, {})
+        target[field] = yaml.safe_load(value)
     trainer = config["trainer"]
     if max_time is not None:
         trainer["max_time"] = max_time
@@ -206,8 +211,8 @@ def sweep(ckpt: Path, name: str, settings: list[str], per_class: int) -> None:
     command = shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
     report = {"command": command, "checkpoint": str(ckpt),
               "steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
-              "defaults": {"private_sample_scale": model.hparams.get("private_sample_scale", 1.0),
-                           "truncation": model.hparams.get("sample_truncation", 1.0)},
+              "defaults": {"private_sample_scale": model.config.sampling.private_scale,
+                           "truncation": model.config.sampling.truncation},
               "settings": {}}
     out = ROOT / "benchmarks" / "results" / f"{name}_sweep.json"
     if out.exists():  # an earlier sweep of the same checkpoint keeps its settings; one of another is replaced
@@ -230,7 +235,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/vae/digits.yaml")
     parser.add_argument("--seed", type=int, default=None, help="seed_everything of the run (default: the recipe's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model.init_args entry (YAML value), e.g. fusion=mopoe")
+                        help="override a model.init_args entry (YAML value), e.g. fusion=poe, or a field of an "
+                             "option group, e.g. objective.private_dropout=0.5")
     parser.add_argument("--tag", default=None, help="names the run's result file")
     parser.add_argument("--max-time", default=None, help="a shorter budget than the recipe's, for prototypes "
                                                         "(DD:HH:MM:SS)")
@@ -277,8 +283,8 @@ def main() -> None:
         report["diversity"] = class_diversity(model, datamodule, args.per_class, seed=0)
         text += "\nPer-class diversity (mean pairwise L2 / the real images' of the class), with coherence and " \
                 "precision/recall of the same samples:\n\n" + diversity_markdown(report["diversity"])
-        if args.private_scales and any(model.private_dims.values()):
-            report["private_sample_scale"] = model.hparams.get("private_sample_scale", 1.0)
+        if args.private_scales and any(model.autoencoder.private_dims.values()):
+            report["private_sample_scale"] = model.config.sampling.private_scale
             report["diversity_by_private_scale"] = {
                 str(scale): class_diversity(model, datamodule, args.per_class, seed=0, private_scale=scale)
                 for scale in args.private_scales}
@@ -286,10 +292,10 @@ def main() -> None:
                 text += f"\nSame checkpoint, private_scale={scale} (the recipe's default is " \
                         f"{report['private_sample_scale']}):\n\n" + diversity_markdown(table)
     command = shlex.join(["python", "benchmarks/vae_quality.py", *sys.argv[1:]])
-    report.update({"command": command, "config": args.config, "fusion": model.hparams.fusion,
-                   "private_dim": model.hparams.private_dim,
-                   "private_warmup_steps": model.hparams.get("private_warmup_steps", 0),
-                   "sample_truncation": model.hparams.get("sample_truncation", 1.0),
+    report.update({"command": command, "config": args.config, "fusion": model.fusion,
+                   "private_dim": model.config.network.private_dim,
+                   "private_warmup_steps": model.config.objective.private_warmup_steps,
+                   "sample_truncation": model.config.sampling.truncation,
                    "train_seconds_including_startup": train_seconds,
                    "steps": steps, "machine": f"{platform.processor() or platform.machine()}, "
                                               f"{torch.get_num_threads()} threads", "torch": torch.__version__})

@@ -73,9 +73,8 @@ class ConfigGroup:
         names it and the allowed ones."""
         if isinstance(value, cls):
             return value
-        base = default if default is not None else cls()
         if value is None:
-            return base
+            return default if default is not None else cls()
         if dataclasses.is_dataclass(value):  # a group of another class given for this section
             raise ValueError(f"{cls.section}: expected {cls.__name__}, got {type(value).__name__}")
         if not isinstance(value, Mapping):
@@ -84,7 +83,7 @@ class ConfigGroup:
         if unknown:
             raise ValueError(f"{cls.section}: unknown option(s) {', '.join(unknown)}; "
                              f"allowed: {', '.join(cls.field_names())}")
-        return base.replace(**value)
+        return default.replace(**value) if default is not None else cls(**value)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain ``dict`` a checkpoint and ``hparams.yaml`` hold (tuples stay tuples)."""

@@ -89,8 +89,8 @@ KNOWN_KNOBS: dict[str, Knob] = {
     "guidance_scale": Knob(float, 0, help="classifier-free guidance scale (1 = conditional model)"),
     "guidance_start": Knob(float, 0, 1, help="time (0 = noise, 1 = data) from which guidance applies"),
     "guidance_stop": Knob(float, 0, 1, help="time (0 = noise, 1 = data) after which guidance stops"),
-    "private_scale": Knob(float, 0, 4, help="scale of a VAE's cross-modal private-latent draws, relative to its "
-                                             "auxiliary prior r (1 = r; 0 = r's mean); default private_sample_scale"),
+    "private_scale": Knob(float, 0, 4, help="scale c of a VAE's cross-modal private-latent draws w ~ N(0, c^2 I) "
+                                             "(0 = the prior's mean); default sampling.private_scale"),
     "truncation": Knob(float, 0, help="latent truncation / noise scale (0 = the mode)"),
     "num_beams": Knob(int, 1, help="beam width of beam search (1 = none)"),
     "steps": Knob(int, 1, help="solver / refinement steps"),
@@ -103,7 +103,6 @@ KNOWN_KNOBS: dict[str, Knob] = {
     "max_new_tokens": Knob(int, 1, help="at most this many tokens after the start token"),
     "griffin_lim_iterations": Knob(int, 1, help="Griffin-Lim iterations turning a spectrogram into a waveform"),
     "use_cache": Knob(bool, help="reuse the keys/values of earlier positions (KV cache)"),
-    "use_ema": Knob(bool, help="sample from the averaged weights"),
     "interpolate": Knob(bool, help="the samples walk from one latent draw to a second"),
 }
 

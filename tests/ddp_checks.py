@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-import mmgen_lightning.models.vae as vae_module
+import mmgen_lightning.objectives.vae as vae_objective
 from tests.conftest import fit_two_ranks_in_subprocess
 
 
@@ -28,7 +28,7 @@ class RecordRanks(Callback):
 
     def setup(self, trainer, pl_module, stage) -> None:
         if self.noise_free_vae:
-            vae_module.reparameterize = noise_free
+            vae_objective.reparameterize = noise_free
 
     def on_train_start(self, trainer, pl_module) -> None:
         torch.save(pl_module.state_dict(), f"{self.folder}/initial_rank{trainer.global_rank}.pt")

@@ -44,11 +44,11 @@ def world(tmp_path_factory):
 
     toy = ToyDataModule(["image", "text", "audio", "label"], size=16, batch_size=8)
     toy.setup("fit")
-    vae = fit_and_save(MultimodalVAE(toy.data_spec, latent_dim=4, width=8, text_width=16, n_mels=16), toy,
-                       root / "vae.ckpt")
+    vae = fit_and_save(MultimodalVAE(toy.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16,
+                                                             "n_mels": 16}), toy, root / "vae.ckpt")
     toy_image = ToyDataModule(["image"], size=16, batch_size=8)
     toy_image.setup("fit")
-    vq = fit_and_save(VQVAE(toy_image.data_spec, num_codes=8, code_dim=4, width=8), toy_image, root / "vqvae.ckpt")
+    vq = fit_and_save(VQVAE(toy_image.data_spec, network={"num_codes": 8, "code_dim": 4, "width": 8}), toy_image, root / "vqvae.ckpt")
 
     data = root / "data"
     data.mkdir()
@@ -63,8 +63,8 @@ def world(tmp_path_factory):
 
     user = ManifestDataModule(str(manifest), image_size=16, batch_size=4, split_fractions=(0.6, 0.2, 0.2))
     user.setup("fit")
-    manifest_vae = fit_and_save(MultimodalVAE(user.data_spec, latent_dim=4, width=8, text_width=16), user,
-                                root / "manifest_vae.ckpt")
+    manifest_vae = fit_and_save(MultimodalVAE(user.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16}),
+                                user, root / "manifest_vae.ckpt")
 
     files = root / "files"  # what a user already has: nothing here may change
     files.mkdir()
@@ -387,7 +387,7 @@ def fit_config(tmp_path: Path, data: dict, model: dict | None = None, name: str 
                                          "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}],
                           **trainer},
               "model": model or {"class_path": "mmgen_lightning.models.MultimodalVAE",
-                                 "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
+                                 "init_args": {"network": {"latent_dim": 4, "width": 8, "text_width": 16}}},
               "data": data}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))

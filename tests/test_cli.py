@@ -68,7 +68,7 @@ def _config(tmp_path: Path) -> Path:
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
         "model": {"class_path": "mmgen_lightning.models.MultimodalVAE",
-                  "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
+                  "init_args": {"network": {"latent_dim": 4, "width": 8, "text_width": 16}}},
         "data": {"class_path": "tests.conftest.ToyDataModule", "init_args": {"size": 32}},
     }
     path = tmp_path / "config.yaml"

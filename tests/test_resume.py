@@ -21,7 +21,8 @@ BATCHES, EVERY, CRASH_AT = 8, 3, 7
 STEPS_PER_BATCH = {"vae": 1, "gan": 2}
 
 FAMILIES = {
-    "vae": lambda spec: MultimodalVAE(spec, latent_dim=4, width=8, text_width=16, lr=3e-3),
+    "vae": lambda spec: MultimodalVAE(spec, network={"latent_dim": 4, "width": 8, "text_width": 16},
+                                      optimization={"lr": 3e-3}),
     "gan": lambda spec: ConditionalGAN(spec, condition="text",
                                        network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16},
                                        objective={"r1_gamma": 1.0}),

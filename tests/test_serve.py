@@ -25,7 +25,7 @@ from mmgen_lightning.serve import (MAX_UPLOAD_MB, Server, UserError, build_app, 
 
 SPEC = {"dataset": "toy", "image_size": 16, "image_channels": 1, "max_text_length": 6, "sample_rate": 8000,
         "audio_length": 2000, "num_classes": 4}
-GAN_SIZES = {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}
+GAN_SIZES = {"network": {"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16}}
 
 
 def save(model, path: Path) -> Path:
@@ -44,14 +44,14 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     tokenizer = CaptionTokenizer.train(["class zero one two three"], max_length=6)
     spec = {**SPEC, "vocab_size": tokenizer.vocab_size}
     torch.manual_seed(0)
-    vae = MultimodalVAE({**spec, "modalities": ["image", "text", "audio"]}, latent_dim=4, width=8, text_width=16,
-                        n_mels=16)
+    vae = MultimodalVAE({**spec, "modalities": ["image", "text", "audio"]},
+                        network={"latent_dim": 4, "width": 8, "text_width": 16, "n_mels": 16})
     text_gan = ConditionalGAN({**spec, "modalities": ["image", "text"]}, condition="text", **GAN_SIZES)
     video_gan = ConditionalGAN({**spec, "modalities": ["video", "text"], "num_frames": 4, "video_size": 16},
                                condition="text", output="video", **GAN_SIZES)
     vae.tokenizer = text_gan.tokenizer = video_gan.tokenizer = tokenizer
     label_gan = ConditionalGAN({**spec, "modalities": ["image", "label"]}, condition="label", **GAN_SIZES)
-    vqvae = VQVAE({**spec, "modalities": ["image"]}, num_codes=16, code_dim=8, width=16)
+    vqvae = VQVAE({**spec, "modalities": ["image"]}, network={"num_codes": 16, "code_dim": 8, "width": 16})
     models = {"vae": vae, "text_gan": text_gan, "video_gan": video_gan, "label_gan": label_gan, "vqvae": vqvae}
     return {name: save(model, folder / f"{name}.ckpt") for name, model in models.items()}
 
@@ -156,7 +156,8 @@ def test_bad_uploads_are_one_line_and_the_server_goes_on(server, checkpoints, tm
 
 def test_checkpoint_paths_outside_the_given_folders_are_refused(server, checkpoints, tmp_path):
     folder = checkpoints["vae"].parent
-    outside = save(MultimodalVAE({**SPEC, "modalities": ["image"]}, latent_dim=4, width=8), tmp_path / "else.ckpt")
+    outside = save(MultimodalVAE({**SPEC, "modalities": ["image"]}, network={"latent_dim": 4, "width": 8}),
+                   tmp_path / "else.ckpt")
     (folder / "link.ckpt").symlink_to(outside)
     for path in (outside, folder / ".." / tmp_path.name / "else.ckpt", folder / "link.ckpt", "/etc/passwd"):
         with pytest.raises(UserError, match="refused, it is outside the folders this server was started with"):

@@ -56,6 +56,7 @@ from mmgen_lightning.datamodules import DigitsDataModule
 from mmgen_lightning.datamodules.digits import parse_caption
 from mmgen_lightning.metrics.judges import get_judge, judge_accuracy, judge_path
 from mmgen_lightning.models import MultimodalVAE
+from mmgen_lightning.objectives.vae import multimodal_elbo
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the quality benchmarks' shared helpers
@@ -114,10 +115,13 @@ def export(datamodule: DigitsDataModule, path: Path) -> None:
 def run_ours(datamodule: DigitsDataModule, fusion: str, steps: int, warmup: int,
              compiled: bool = False) -> tuple[dict, dict]:
     torch.manual_seed(SIZES["seed"])
-    private = dict(private_dim=SIZES["private_dim"], cross_samples=SIZES["cross_samples"]) if fusion == "mmvae_plus" else {}
-    model = MultimodalVAE(datamodule.data_spec, modalities=["image", "text"], fusion=fusion, **private,
-                          latent_dim=SIZES["latent_dim"], width=SIZES["width"], text_width=SIZES["text_width"],
-                          likelihood="laplace", learn_scale=False, init_scale=SIZES["image_scale"], lr=SIZES["lr"])
+    plus = fusion == "mmvae_plus"
+    network = {"latent_dim": SIZES["latent_dim"], "width": SIZES["width"], "text_width": SIZES["text_width"],
+               "private_dim": SIZES["private_dim"] if plus else 0}
+    objective = {"likelihood": "laplace", "learn_scale": False, "init_scale": SIZES["image_scale"],
+                 "cross_samples": SIZES["cross_samples"] if plus else 1}
+    model = MultimodalVAE(datamodule.data_spec, modalities=["image", "text"], fusion=fusion, network=network,
+                          objective=objective, optimization={"lr": SIZES["lr"]})
     model.tokenizer = datamodule.tokenizer
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
@@ -129,7 +133,8 @@ def run_ours(datamodule: DigitsDataModule, fusion: str, steps: int, warmup: int,
     test = datamodule.dataset("test").tensors
     torch.manual_seed(SIZES["seed"])
     with torch.no_grad():
-        losses = [model.elbo_terms({k: v[rows] for k, v in test.items()}, kl_scale=model.hparams.beta)["loss"].item()
+        losses = [multimodal_elbo(model.autoencoder, model.autoencoder.read({k: v[rows] for k, v in test.items()}),
+                                  fusion, model.config.objective, model.config.objective.beta)["loss"].item()
                   * len(rows) for rows in torch.arange(len(test["image"])).split(256)]
         count = len(test["image"])
         images = model.sample({"text": test["text"], "text_mask": test["text_mask"]}, count, ["image"])["image"]

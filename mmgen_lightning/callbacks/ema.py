@@ -5,6 +5,11 @@ callback in its recipe: it keeps ``ema <- d * ema + (1 - d) * weights`` after ea
 swaps the average in for validation, and writes it into the checkpoint's ``state_dict`` (the live
 weights go beside it, so a resumed run continues both), which is what ``load_generator`` rebuilds.
 
+The average stays swapped in until ``on_validation_end`` (Lightning's callback swaps it out at
+``on_validation_epoch_end``), so every callback that scores or draws at the end of the validation
+epoch (``EvaluationCallback``) sees the averaged weights whatever its place in the callback list;
+checkpoint callbacks run after the swap back, as Lightning orders them last.
+
 With ``warmup`` the decay is ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so an average
 started from early weights forgets them quickly (as StyleGAN's and TensorFlow's EMAs do); Lightning's
 callback takes the decay as fixed, and its averaging function receives ``n``, so only that function
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor
@@ -51,3 +57,9 @@ class EMA(EMAWeightAveraging):
                          update_starting_at_step=update_starting_at_step, use_buffers=use_buffers, **kwargs)
         if warmup:
             self._kwargs["avg_fn"] = warmed_up_ema(decay)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the average in: the other callbacks' ``on_validation_epoch_end`` run after this one."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_epoch_end(trainer, pl_module)  # the swap back to the live weights

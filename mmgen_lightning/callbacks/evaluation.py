@@ -6,7 +6,8 @@ the judges' feature spaces, BLEU/chrF, likelihood), plus the coherence matrix as
 
 Under DDP each process generates its share of the samples and the metric states are gathered
 before computing, so the logged numbers are those of one process evaluating everything. Judges
-are trained (or loaded from the cache) in ``setup``, by the first process before the others.
+are trained (or loaded from the cache) at the first evaluation, by the first process before the
+others, so a run that ends before its first evaluation trains none.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class EvaluationCallback(L.Callback):
         self.evaluator: Evaluator | None = None
         self.results: dict[str, Any] | None = None
         self._evaluated_epoch: int | None = None
+        self._judged: list[str] = []
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -63,22 +65,26 @@ class EvaluationCallback(L.Callback):
             raise ValueError("EvaluationCallback needs a multimodal datamodule (trainer.fit/validate(datamodule=...))")
         directions = self.directions or default_directions(pl_module, datamodule)
         targets = sorted({d.split("->")[1] for d in directions} & set(JUDGEABLE))
-        targets = [m for m in targets if judged_attributes(datamodule, m)]
-        # judges train outside inference mode, once: the first process trains and caches, the others load
-        with torch.inference_mode(False), torch.enable_grad():
-            if trainer.is_global_zero:
-                for modality in targets:
-                    get_judge(datamodule, modality, seed=self.judge_seed)
-            trainer.strategy.barrier("mmgen_judges")
-            judges = {m: get_judge(datamodule, m, seed=self.judge_seed) for m in targets}
+        self._judged = [m for m in targets if judged_attributes(datamodule, m)]
         inception = None
-        if self.inception_weights and "image" in targets:
+        if self.inception_weights and "image" in self._judged:
             inception = InceptionFeatures(None if self.inception_weights == "auto" else self.inception_weights)
-        self.evaluator = Evaluator(datamodule, judges, split=self.split, num_samples=self.num_samples,
+        # the judges come at the first evaluation (a short run that never evaluates never trains one)
+        self.evaluator = Evaluator(datamodule, {}, split=self.split, num_samples=self.num_samples,
                                    batch_size=self.batch_size, seed=self.seed, directions=directions,
                                    inception=inception, likelihood=self.likelihood, iwae_samples=self.iwae_samples,
                                    sampling=self.sampling)
         self.evaluator.my_chunks(trainer.global_rank, trainer.world_size)  # fails now, not epochs later
+
+    def load_judges(self, trainer: L.Trainer) -> None:
+        """Train (or load from the cache) the judges: the first process trains and caches, the others load."""
+        datamodule = self.evaluator.datamodule
+        with torch.inference_mode(False), torch.enable_grad():  # validation runs in inference mode
+            if trainer.is_global_zero:
+                for modality in self._judged:
+                    get_judge(datamodule, modality, seed=self.judge_seed)
+            trainer.strategy.barrier("mmgen_judges")
+            self.evaluator.judges = {m: get_judge(datamodule, m, seed=self.judge_seed) for m in self._judged}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or self.evaluator is None:
@@ -88,6 +94,8 @@ class EvaluationCallback(L.Callback):
                         or self._evaluated_epoch == trainer.current_epoch):
             return
         self._evaluated_epoch = trainer.current_epoch if fitting else None
+        if set(self.evaluator.judges) != set(self._judged):
+            self.load_judges(trainer)
         self.results = self.evaluator.run(pl_module, trainer.global_rank, trainer.world_size)
         # every process holds the same gathered numbers: the mean over processes is that number
         pl_module.log_dict(flatten(self.results), sync_dist=True)

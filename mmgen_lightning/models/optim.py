@@ -5,6 +5,11 @@ AdamW (or Adam) over parameter groups, with weight decay on matrices only (biase
 embedding/position tables are not decayed, as in GPT-2 and DiT), a linear warm-up, then a constant
 rate or a cosine decay to ``final_lr_fraction`` of it. A family that trains two players (the GAN)
 asks for one optimiser per named group, each with its own rate (``group_lr``).
+
+``optimizer: muon`` trains the hidden matrices with ``torch.optim.Muon`` (momentum orthogonalised by a
+Newton-Schulz iteration, Jordan et al. 2024), its step rescaled to AdamW's update size
+(``adjust_lr_fn="match_rms_adamw"``, Liu et al. 2025) so one ``lr`` serves both, and everything else
+(biases, norms, tables, convolution kernels) with AdamW.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import nn
 
 from mmgen_lightning.config import ConfigGroup
 
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "muon")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -29,7 +34,8 @@ class Optimization(ConfigGroup):
     """How a family's weights are trained.
 
     Args:
-        optimizer: ``adamw`` (decoupled weight decay) or ``adam``.
+        optimizer: ``adamw`` (decoupled weight decay), ``adam``, or ``muon`` (Muon on the hidden matrices,
+            AdamW on the rest).
         lr: peak learning rate.
         betas: Adam's moment decay rates.
         weight_decay: decay of the matrices (``decay_vectors`` adds biases and norms).
@@ -84,11 +90,55 @@ def _decay_split(named: Sequence[tuple[str, nn.Parameter]], config: Optimization
             {"params": [p for (_, p), decay in zip(named, decays) if not decay], "weight_decay": 0.0}]
 
 
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon on ``matrices`` and AdamW on ``others``, stepped together as one optimizer (Lightning's automatic
+    optimization takes one; torch ships the two apart). ``param_groups`` are the two optimizers' own group
+    dicts, so a scheduler's learning rates reach both."""
+
+    def __init__(self, matrices: list[dict[str, Any]], others: list[dict[str, Any]], lr: float,
+                 betas: tuple[float, float]) -> None:
+        self.optimizers = [torch.optim.Muon(matrices, lr=lr, adjust_lr_fn="match_rms_adamw")] if matrices else []
+        self.optimizers.append(torch.optim.AdamW(others, lr=lr, betas=betas))
+        super().__init__([p for o in self.optimizers for g in o.param_groups for p in g["params"]], {"lr": lr})
+        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for optimizer, state in zip(self.optimizers, state_dict["optimizers"]):
+            optimizer.load_state_dict(state)
+
+
 def build_optimizer(named: Sequence[tuple[str, nn.Parameter]], config: Optimization, lr: float,
                     no_decay: Sequence[str] = ()) -> torch.optim.Optimizer:
     """One optimizer over the trainable parameters of ``named`` at rate ``lr``."""
     trainable = [(name, p) for name, p in named if p.requires_grad]
     groups = _decay_split(trainable, config, no_decay)
+    if config.optimizer == "muon":  # the hidden matrices: 2-D, and not a table named in no_decay
+        hidden = [[p for p in g["params"] if p.ndim == 2] for g in groups]
+        ids = {id(p) for ps in hidden for p in ps}
+        embedded = {id(p) for name, p in trainable if any(key in name for key in no_decay)}
+        matrices = [{"params": [p for p in ps if id(p) not in embedded], "weight_decay": g["weight_decay"]}
+                    for ps, g in zip(hidden, groups)]
+        others = [{"params": [p for p in g["params"] if id(p) not in ids or id(p) in embedded],
+                   "weight_decay": g["weight_decay"]} for g in groups]
+        return MuonAdamW([g for g in matrices if g["params"]], [g for g in others if g["params"]], lr,
+                         tuple(config.betas))
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return kind(groups, lr=lr, betas=tuple(config.betas))
 
@@ -122,11 +172,3 @@ def configure_optimization(module: L.LightningModule, config: Optimization,
         return {"optimizer": optimizers[0], "lr_scheduler": schedulers[0]}
     return optimizers, schedulers
 
-
-def adamw_warmup_cosine(module: L.LightningModule, no_decay: tuple[str, ...]) -> dict[str, Any]:
-    """The flat-keyword families' recipe (hparams ``lr``, ``betas``, ``weight_decay``, ``warmup_steps``) as an
-    :class:`Optimization`; goes once every family takes the group."""
-    hp = module.hparams
-    config = Optimization(lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
-                          schedule="cosine")
-    return configure_optimization(module, config, no_decay=no_decay)

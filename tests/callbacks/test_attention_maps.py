@@ -70,7 +70,7 @@ def test_overlay_marks_the_most_attended_cell():
 
 def test_needs_a_captioner(tmp_path):
     datamodule = ToyDataModule(modalities=["image", "text"], size=8)
-    model = MultimodalVAE(datamodule.data_spec, latent_dim=4, width=8, text_width=16)
+    model = MultimodalVAE(datamodule.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16})
     trainer = L.Trainer(max_steps=1, logger=False, callbacks=[AttentionMapLogger()], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(TypeError, match="MultimodalVAE has no cross_attention_maps"):

@@ -21,7 +21,7 @@ def _fit(callbacks: list, steps: int = 6, **trainer_kwargs) -> tuple[MultimodalV
     datamodule = ToyDataModule(["image", "text"], size=40, batch_size=16)  # 40 rows: the last batch has 8
     datamodule.setup("fit")
     torch.manual_seed(0)
-    model = MultimodalVAE(data_spec=datamodule.data_spec, latent_dim=8, width=8, text_width=32)
+    model = MultimodalVAE(data_spec=datamodule.data_spec, network={"latent_dim": 8, "width": 8, "text_width": 32})
     losses: list[float] = []
 
     class Record(L.Callback):
@@ -72,7 +72,7 @@ def test_compiled_training_under_bf16_mixed_matches_eager():
 
 def test_compiled_training_under_two_process_ddp(tmp_path):
     config = two_rank_config(tmp_path, {"class_path": "mmgen_lightning.models.MultimodalVAE",
-                                         "init_args": {"latent_dim": 4, "width": 8, "text_width": 16}},
+                                         "init_args": {"network": {"latent_dim": 4, "width": 8, "text_width": 16}}},
                              {"class_path": "tests.conftest.ToyDataModule", "init_args": {"size": 32, "batch_size": 8}})
     config["trainer"]["callbacks"].append({"class_path": "mmgen_lightning.callbacks.CompileNetworks",
                                            "init_args": {"backend": "eager"}})
@@ -84,7 +84,7 @@ def test_compiled_training_under_two_process_ddp(tmp_path):
 def test_compile_networks_is_idempotent_and_sampling_still_works():
     reset_compile_counters()
     datamodule = ToyDataModule(["image", "text"], size=8, batch_size=4)
-    model = MultimodalVAE(data_spec=datamodule.data_spec, latent_dim=8, width=8, text_width=32).eval()
+    model = MultimodalVAE(datamodule.data_spec, network={"latent_dim": 8, "width": 8, "text_width": 32}).eval()
     names = compile_networks(model, backend="eager")
     assert compile_networks(model, backend="eager") == names
     conditions = datamodule.tokenizer.encode(["class one"])
@@ -96,7 +96,7 @@ def test_compile_networks_is_idempotent_and_sampling_still_works():
 @pytest.mark.parametrize("bad", [{"backend": "no-such-backend"}])
 def test_unknown_backend_is_named(bad):
     datamodule = ToyDataModule(["image", "text"], size=8, batch_size=4)
-    model = MultimodalVAE(data_spec=datamodule.data_spec, latent_dim=8, width=8, text_width=32)
+    model = MultimodalVAE(data_spec=datamodule.data_spec, network={"latent_dim": 8, "width": 8, "text_width": 32})
     with pytest.raises(Exception, match="no-such-backend"):
         compile_networks(model, **bad)
         model.generate(datamodule.tokenizer.encode(["class one"]), num_samples=1, to="image")

@@ -15,7 +15,7 @@ from mmgen_lightning.models.vae import MultimodalVAE
 from tests.conftest import ToyDataModule
 
 FAMILIES = {
-    "vae": lambda spec: MultimodalVAE(spec, latent_dim=4, width=8, text_width=16),
+    "vae": lambda spec: MultimodalVAE(spec, network={"latent_dim": 4, "width": 8, "text_width": 16}),
     "gan": lambda spec: ConditionalGAN(spec, condition="text",
                                        network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16}),
 }

@@ -11,7 +11,7 @@ from tests.conftest import ToyDataModule
 
 def test_sample_logger_writes_images_text_and_audio(tmp_path):
     datamodule = ToyDataModule(modalities=["image", "text", "audio"], size=16)
-    model = MultimodalVAE(datamodule.data_spec, latent_dim=4, width=8, text_width=16, n_mels=16)
+    model = MultimodalVAE(datamodule.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16, "n_mels": 16})
     logger = TensorBoardLogger(tmp_path, name="run")
     logger_callback = SampleLogger(directions=["text->image", "image->text", "text->audio"], num_samples=4,
                                    every_n_epochs=1, sampling={"griffin_lim_iterations": 2})

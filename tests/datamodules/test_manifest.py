@@ -36,7 +36,8 @@ def datamodule(manifest, **options):
 
 
 FAMILIES = {
-    "vae_every_modality": (None, lambda s: MultimodalVAE(s, latent_dim=4, width=16, text_width=16, n_mels=16)),
+    "vae_every_modality": (None, lambda s: MultimodalVAE(
+        s, network={"latent_dim": 4, "width": 16, "text_width": 16, "n_mels": 16})),
     "gan_text_to_image": (["image", "text"], lambda s: ConditionalGAN(
         s, condition="text", network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16})),
     "gan_audio_to_video": (["video", "audio"], lambda s: ConditionalGAN(
@@ -201,7 +202,7 @@ def test_skip_drops_counts_and_reports_every_bad_row_exactly(bad_corpus):
     assert len(dm.rows["train"]) == 12 + 3  # the 4 read-time failures are gone already
     report = DataErrorReport()
     torch.manual_seed(0)
-    model = MultimodalVAE(dm.data_spec, latent_dim=4, width=8, text_width=16, n_mels=16)
+    model = MultimodalVAE(dm.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16, "n_mels": 16})
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", max_epochs=2, limit_val_batches=0,
                         callbacks=[report])

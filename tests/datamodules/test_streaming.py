@@ -117,7 +117,7 @@ def test_a_model_trains_from_shards(shards):
     _, out = shards
     dm = StreamingDataModule(str(out), modalities=["image", "text", "audio"], batch_size=3)
     torch.manual_seed(0)
-    model = MultimodalVAE(dm.data_spec, latent_dim=4, width=8, text_width=16, n_mels=16)
+    model = MultimodalVAE(dm.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16, "n_mels": 16})
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", max_epochs=1, limit_val_batches=1)
     trainer.fit(model, datamodule=dm)
@@ -129,7 +129,7 @@ def test_shards_smaller_than_one_batch_are_refused_before_training(shards):
 
     _, out = shards
     dm = StreamingDataModule(str(out), modalities=["image", "text"], batch_size=64)
-    model = MultimodalVAE(dm.data_spec, latent_dim=4, width=8, text_width=16)
+    model = MultimodalVAE(dm.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16})
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", max_epochs=1, limit_val_batches=0)
     with pytest.raises(UsageError, match="the train split has 18 rows, fewer than one batch of batch_size=64"):

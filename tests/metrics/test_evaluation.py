@@ -47,7 +47,7 @@ def validate_with_callback(devices: int, path: Path | None = None) -> dict:
 
     datamodule = DigitsDataModule(modalities=["image", "text", "label"], batch_size=32)
     torch.manual_seed(0)
-    model = MultimodalVAE(data_spec=datamodule.data_spec, latent_dim=8, width=8, text_width=16)
+    model = MultimodalVAE(data_spec=datamodule.data_spec, network={"latent_dim": 8, "width": 8, "text_width": 16})
     callback = RecordingEvaluation(path, directions=["text->image", "->image", "image->text", "label->text"],
                                    num_samples=64, batch_size=16, split="val")
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_fork" if devices > 1 else "auto",
@@ -88,7 +88,7 @@ def test_two_process_ddp_evaluation_equals_one_process(tmp_path, digits_judge, j
 
 def test_evaluation_is_reproducible_and_only_the_model_changes_it(digits, digits_judge):
     torch.manual_seed(0)
-    model = MultimodalVAE(data_spec=digits.data_spec, latent_dim=8, width=8, text_width=16)
+    model = MultimodalVAE(data_spec=digits.data_spec, network={"latent_dim": 8, "width": 8, "text_width": 16})
     model.tokenizer = digits.tokenizer
     evaluator = Evaluator(digits, {"image": digits_judge}, split="val", num_samples=48, batch_size=16,
                           directions=["text->image", "->image", "image->text"])
@@ -103,7 +103,7 @@ def test_evaluation_is_reproducible_and_only_the_model_changes_it(digits, digits
 
 
 def test_default_directions_are_the_scorable_ones(digits):
-    model = MultimodalVAE(data_spec=digits.data_spec, latent_dim=4, width=8, text_width=16)
+    model = MultimodalVAE(data_spec=digits.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16})
     assert default_directions(model, digits) == ["text->image", "label->image", "image->text", "label->text",
                                                  "image->label", "text->label", "->image"]
 
@@ -116,7 +116,7 @@ def test_too_few_chunks_for_the_processes_is_an_early_clear_error(digits, digits
 
 def test_callback_evaluates_every_n_epochs_while_fitting(digits, digits_judge):
     torch.manual_seed(0)
-    model = MultimodalVAE(data_spec=digits.data_spec, latent_dim=4, width=8, text_width=16)
+    model = MultimodalVAE(data_spec=digits.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16})
     callback = EvaluationCallback(directions=["label->image"], num_samples=32, batch_size=16, every_n_epochs=2)
     runs = []
     original = callback.on_validation_epoch_end

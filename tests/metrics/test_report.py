@@ -17,13 +17,14 @@ from mmgen_lightning.metrics.report import evaluate_cli, markdown
 def vae(spec, folder=None):
     from mmgen_lightning.models.vae import MultimodalVAE
 
-    return MultimodalVAE(spec, latent_dim=4, width=8, text_width=16)
+    return MultimodalVAE(spec, network={"latent_dim": 4, "width": 8, "text_width": 16})
 
 
 def gan(spec, folder=None):
     from mmgen_lightning.models.gan import ConditionalGAN
 
-    return ConditionalGAN(spec, condition="label", width=8, latent_dim=8, condition_dim=8, text_width=16, n_mels=16)
+    return ConditionalGAN(spec, condition="label",
+                          network={"width": 8, "latent_dim": 8, "condition_dim": 8, "text_width": 16, "n_mels": 16})
 
 
 def captioner(spec, folder=None):
@@ -35,7 +36,7 @@ def captioner(spec, folder=None):
 def vqvae(spec, folder=None):
     from mmgen_lightning.models.vqvae import VQVAE
 
-    return VQVAE(spec, num_codes=16, code_dim=8, width=16)
+    return VQVAE(spec, network={"num_codes": 16, "code_dim": 8, "width": 16})
 
 
 def tokens(spec, folder):
@@ -48,8 +49,8 @@ def tokens(spec, folder):
     images = torch.rand(8, spec["image_channels"], spec["image_size"], spec["image_size"]) * 2 - 1
     trainer.fit(stage1, train_dataloaders=DataLoader([{"image": images}], batch_size=None))
     trainer.save_checkpoint(folder / "vqvae.ckpt")
-    return TokenTransformer(spec, vqvae_checkpoint=str(folder / "vqvae.ckpt"), width=32, num_layers=2, num_heads=2,
-                            dropout=0.0)
+    return TokenTransformer(spec, vqvae_checkpoint=str(folder / "vqvae.ckpt"),
+                            network={"width": 32, "num_layers": 2, "num_heads": 2, "dropout": 0.0})
 
 
 FAMILIES = {  # family -> (builder, what its report must hold)

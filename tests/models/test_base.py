@@ -14,7 +14,7 @@ SPEC = {"dataset": "toy", "modalities": ["image", "text"], "image_size": 16, "im
 
 
 def tiny_vae(**kwargs) -> MultimodalVAE:
-    model = MultimodalVAE(SPEC, latent_dim=4, width=8, text_width=16, **kwargs)
+    model = MultimodalVAE(SPEC, network={"latent_dim": 4, "width": 8, "text_width": 16}, **kwargs)
     model.tokenizer = CaptionTokenizer.train(["a b c d e f g h"], max_length=6)
     return model
 

@@ -226,6 +226,43 @@ def test_checkpoint_round_trip_carries_the_ema_weights(tmp_path, toy_datamodule)
     assert loaded.tokenizer is not None
 
 
+def tiny_bert(folder) -> None:
+    """A tiny BERT and its word-piece tokenizer saved as a local ``save_pretrained`` folder."""
+    transformers = pytest.importorskip("transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "class", "zero",
+             "one", "two", "three"]
+    transformers.BertTokenizerFast(vocab={word: index for index, word in enumerate(words)}).save_pretrained(folder)
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16)
+    transformers.BertModel(config).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_a_pretrained_text_encoder_reads_the_captions(tmp_path, trainable):
+    tiny_bert(tmp_path / "bert")
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16, batch_size=8)
+    model = tiny(datamodule.data_spec, condition="text",
+                 network={"text_encoder_path": str(tmp_path / "bert"), "text_encoder_trainable": trainable})
+    model.tokenizer = datamodule.tokenizer
+    bert = model.velocity.embedder.encode.encoder.encoder.model
+    before = [p.detach().clone() for p in bert.parameters()]
+    fit(model, datamodule, max_steps=3, limit_val_batches=0, default_root_dir=tmp_path,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], enable_checkpointing=True)
+    changed = any(not torch.equal(p, q) for p, q in zip(bert.parameters(), before))
+    assert changed == trainable and all(p.requires_grad == trainable for p in bert.parameters())
+    # the caption's words reach the velocity: two captions give two fields from the same noise
+    conditions = model.tokenizer.encode(["class one", "class two"])
+    tokens, mask = model.velocity.embedder.encode(conditions)
+    assert tokens.shape[:2] == mask.shape and tokens.shape[-1] == TINY["network"]["width"]
+    assert not torch.allclose(tokens[0, mask[0]].mean(0), tokens[1, mask[1]].mean(0))
+    loaded = load_generator(tmp_path / "ckpt" / "last.ckpt")
+    torch.testing.assert_close(loaded.generate(conditions, 2, seed=0)["image"],
+                               model.generate(conditions, 2, seed=0)["image"])
+    with pytest.raises(ValueError, match="network.text_encoder_path is only used with condition='text'"):
+        tiny(datamodule.data_spec, condition="label", network={"text_encoder_path": str(tmp_path / "bert")})
+
+
 @pytest.mark.parametrize("condition", ["audio", "image", None])
 def test_other_conditions_train_and_sample(condition):
     modalities = ["image"] + ([condition] if condition and condition != "image" else [])
@@ -280,7 +317,7 @@ def test_latent_flow_at_128_px_keeps_its_frozen_vqvae_in_the_checkpoint(tmp_path
     torch.manual_seed(0)
     datamodule = ShapesDataModule(modalities=["image", "text"], image_size=128, train_size=8, val_size=4, test_size=4,
                                   batch_size=4)
-    vqvae = VQVAE(datamodule.data_spec, num_codes=8, code_dim=4, width=8, downsample=16)
+    vqvae = VQVAE(datamodule.data_spec, network={"num_codes": 8, "code_dim": 4, "width": 8, "downsample": 16})
     fit(vqvae, datamodule, max_steps=1, limit_val_batches=0).save_checkpoint(tmp_path / "vqvae.ckpt")
     model = tiny(datamodule.data_spec, condition="text", latent={"vqvae_checkpoint": str(tmp_path / "vqvae.ckpt")},
                  network={"patch_size": 2})

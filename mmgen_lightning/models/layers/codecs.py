@@ -58,7 +58,7 @@ class LatentCodec(nn.Module):
         super().__init__()
         self.vqvae = vqvae.requires_grad_(False).eval()
         self.register_buffer("latent_std", torch.tensor(float(latent_std)))
-        side = image_size // vqvae.hparams.downsample
+        side = image_size // vqvae.config.network.downsample
         self.shape = (vqvae.quantizer.dim, side, side)
 
     def train(self, mode: bool = True) -> "LatentCodec":

@@ -64,17 +64,19 @@ class FeatureEmbedder(nn.Module):
 
 
 class PretrainedTextEncoder(nn.Module):
-    """A frozen ``transformers`` text encoder (BERT, RoBERTa, T5's encoder, ...; anything ``AutoModel``
+    """A ``transformers`` text encoder (BERT, RoBERTa, MiniLM, T5's encoder, ...; anything ``AutoModel``
     builds) from a local ``save_pretrained`` folder holding the model and its tokenizer; nothing is
-    downloaded. Captions are given as strings (the family decodes the datamodule's token ids) and
-    come back as the masked mean of the last hidden states, ``B,hidden_size``, with no gradient.
+    downloaded. Captions are given as strings (the family decodes the datamodule's token ids).
+    :meth:`hidden_states` gives its last hidden states per token, ``forward`` their masked mean,
+    ``B,hidden_size``. Frozen (the default) it runs without gradient and stays in eval mode.
 
     Args:
         path: the local folder (``config.json``, weights and tokenizer files).
         max_length: longest tokenised caption kept.
+        trainable: fine-tune its weights with the family (``False``: frozen).
     """
 
-    def __init__(self, path: str, max_length: int = 64) -> None:
+    def __init__(self, path: str, max_length: int = 64, trainable: bool = False) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -86,21 +88,30 @@ class PretrainedTextEncoder(nn.Module):
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)
         self.model = model.get_encoder() if hasattr(model, "get_encoder") and model.config.is_encoder_decoder else model
-        self.model.requires_grad_(False).eval()
+        self.trainable = trainable
+        self.model.requires_grad_(trainable)
+        if not trainable:
+            self.model.eval()
         self.max_length = max_length
         self.hidden_size = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
                                else self.model.config.d_model)
 
     def train(self, mode: bool = True) -> "PretrainedTextEncoder":
         super().train(mode)
-        self.model.eval()  # frozen: dropout stays off while the rest of the family trains
+        if not self.trainable:
+            self.model.eval()  # frozen: dropout stays off while the rest of the family trains
         return self
 
-    @torch.no_grad()
-    def forward(self, captions: list[str]) -> Tensor:
+    def hidden_states(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """``(hidden B,L,hidden_size, mask bool B,L)`` of the captions' own tokens (``[CLS]``/``[SEP]`` included)."""
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt").to(device)
-        hidden = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
-        weights = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return ((hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)).float()
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            hidden = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        return hidden.float(), tokens["attention_mask"].bool()
+
+    def forward(self, captions: list[str]) -> Tensor:
+        hidden, mask = self.hidden_states(captions)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)

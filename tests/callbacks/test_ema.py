@@ -1,0 +1,39 @@
+"""The EMA callback: what the other callbacks see at the end of validation, and what the checkpoint holds."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mmgen_lightning.callbacks import EMA
+from tests.conftest import ToyDataModule, fit
+from tests.models.test_flow import tiny
+
+
+class WeightsAtValidationEnd(L.Callback):
+    """Records the first DiT parameter as callbacks see it at ``on_validation_epoch_end``."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.seen.append(next(pl_module.velocity.dit.parameters()).detach().clone())
+
+
+def test_callbacks_after_the_ema_score_the_averaged_weights_and_training_goes_on_live(tmp_path):
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16, batch_size=8)
+    model = tiny(datamodule.data_spec, condition="text")
+    ema, probe = EMA(decay=0.5), WeightsAtValidationEnd()
+    fit(model, datamodule, max_steps=4, limit_val_batches=1, val_check_interval=2, default_root_dir=tmp_path,
+        enable_checkpointing=True, callbacks=[ema, probe, ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    averaged = next(p for name, p in ema._average_model.module.named_parameters() if name.startswith("velocity.dit"))
+    live = torch.load(tmp_path / "last.ckpt", weights_only=True)["current_model_state"]
+    first = next(name for name in live if name.startswith("velocity.dit"))
+    assert len(probe.seen) == 2
+    torch.testing.assert_close(probe.seen[-1], averaged.detach())  # the probe, listed after EMA, saw the average
+    assert not torch.equal(live[first], averaged.detach())          # ... which differs from the live weights
+    stored = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"][first]
+    torch.testing.assert_close(stored, averaged.detach())            # and the checkpoint's state_dict is the average
