@@ -185,8 +185,11 @@ class Aligner(GenerativeModule):
         """The modality's token encoder pooled by a learned query, or its own pooled encoder (text, label)."""
         net, kind = self.config.network, get_modality(modality)
         if not modality_networks.has_token_encoder(kind):
-            return modality_networks.encoder(kind, self.data_spec, net.width, net.width, num_layers=net.text_layers,
-                                             num_heads=net.num_heads)
+            encoder = modality_networks.encoder(kind, self.data_spec, net.width, net.width,
+                                                num_layers=net.text_layers, num_heads=net.num_heads)
+            if modality == "text":  # from a zero position table the encoder starts as a bag of words, and a
+                nn.init.normal_(encoder.position, std=0.02)  # caption and its swapped twin embed alike
+            return encoder
         tokens = modality_networks.token_encoder(kind, self.data_spec, net.width, num_layers=net.encoder_layers,
                                                  num_heads=net.num_heads, dropout=net.dropout,
                                                  patch_size=net.patch_size, n_mels=net.n_mels,
