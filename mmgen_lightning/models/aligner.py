@@ -187,8 +187,8 @@ class Aligner(GenerativeModule):
         if not modality_networks.has_token_encoder(kind):
             encoder = modality_networks.encoder(kind, self.data_spec, net.width, net.width,
                                                 num_layers=net.text_layers, num_heads=net.num_heads)
-            if modality == "text":  # from a zero position table the encoder starts as a bag of words, and a
-                nn.init.normal_(encoder.position, std=0.02)  # caption and its swapped twin embed alike
+            if modality == "text":  # from a zero position table (or one far smaller than the words' N(0, 1))
+                nn.init.normal_(encoder.position)  # it reads a bag of words: a caption and its twin embed alike
             return encoder
         tokens = modality_networks.token_encoder(kind, self.data_spec, net.width, num_layers=net.encoder_layers,
                                                  num_heads=net.num_heads, dropout=net.dropout,
