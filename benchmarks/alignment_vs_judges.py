@@ -27,8 +27,8 @@ from mmgen_lightning.metrics.alignment import alignment_scores
 from mmgen_lightning.metrics.evaluator import coherence
 from mmgen_lightning.metrics.judges import get_judge
 from mmgen_lightning.metrics.report import load_datamodule
+from mmgen_lightning.models.aligner import load_aligner
 from mmgen_lightning.models.base import load_generator
-from mmgen_lightning.retrieve import load_aligner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -40,11 +40,11 @@ import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from mmgen_lightning.callbacks.compile import CompileNetworks
-from mmgen_lightning.metrics.report import _import
 from mmgen_lightning.objectives.captioner import captioning_objective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gan_overhead import plain_step as gan_step  # noqa: E402  (the GAN's game from its objective functions)
+from recipe_run import build_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FAMILIES = ("vae", "gan", "captioner", "vqvae", "tokens")
@@ -170,14 +170,8 @@ def peak_step_memory(model, datamodule, log_every: int, root: str, steps: int = 
 
 
 def build(config: dict) -> tuple[Any, Any]:
-    data = config["data"]
-    datamodule = _import(data["class_path"], "data.class_path")(**data.get("init_args", {}))
-    datamodule.setup("fit")
-    model_config = config["model"]
-    model = _import(model_config["class_path"], "model.class_path")(datamodule.data_spec,
-                                                                      **model_config.get("init_args", {}))
-    model.tokenizer = datamodule.tokenizer
-    return model, datamodule
+    """The recipe's model and datamodule, wired as ``mmgen fit`` wires them (``recipe_run.build_recipe``)."""
+    return build_recipe(config)
 
 
 def load_recipe(config_path: str) -> dict:

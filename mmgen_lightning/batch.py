@@ -2,17 +2,15 @@
 
 A batch is a plain ``dict[str, Tensor]``; every key is optional, batch dimension first:
 
-=============  ====================  ==========================================
-key            dtype / shape         range / meaning
-=============  ====================  ==========================================
-``image``      float ``B,C,H,W``     [-1, 1]
-``text``       long ``B,L``          token ids from the datamodule's tokenizer, padded
-``text_mask``  bool ``B,L``          True on real tokens
-``audio``      float ``B,T``         waveform in [-1, 1] at the datamodule's sample rate
-``video``      float ``B,F,C,H,W``   [-1, 1]
-``label``      long ``B``            class index
-``attributes`` long ``B,K``          ground-truth factors (synthetic data), metrics only
-=============  ====================  ==========================================
+| key | dtype / shape | range / meaning |
+|---|---|---|
+| ``image`` | float ``B,C,H,W`` | [-1, 1] |
+| ``text`` | long ``B,L`` | token ids from the datamodule's tokenizer, padded |
+| ``text_mask`` | bool ``B,L`` | True on real tokens |
+| ``audio`` | float ``B,T`` | waveform in [-1, 1] at the datamodule's sample rate |
+| ``video`` | float ``B,F,C,H,W`` | [-1, 1] |
+| ``label`` | long ``B`` | class index |
+| ``attributes`` | long ``B,K`` | ground-truth factors (synthetic data), metrics only |
 
 A source that knows what its captions mean may add hard negatives for contrastive training:
 ``text_negatives`` (long ``B,K,L``, ``K`` false captions per item, padded) with

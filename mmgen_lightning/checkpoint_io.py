@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,32 @@ def load_weights_only(path: str | Path, map_location: Any = None) -> dict[str, A
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as error:
         raise ValueError(f"{path}: refusing to load this checkpoint with weights_only=True: it is truncated or "
                          f"needs arbitrary pickles, which could run code ({error})") from error
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
+_KEYS = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: ((?:\"[^\"]+\"(?:, )?)+)")
+
+
+def state_dict_mismatch(message: str) -> str | None:
+    """The first difference in torch's ``load_state_dict`` error (which lists every one, a line each) as a
+    phrase, with how many more there are; ``None`` when ``message`` is not such an error.
+
+    Parsed from the message because Lightning loads the state dict inside ``Trainer.fit``, after the
+    family's ``on_load_checkpoint`` may have converted an older checkpoint: only the error sees what was
+    really compared."""
+    if not message.startswith("Error(s) in loading state_dict for"):
+        return None
+    sizes = _SIZE_MISMATCH.findall(message)
+    keys = {kind: re.findall(r"\"([^\"]+)\"", names) for kind, names in _KEYS.findall(message)}
+    count = len(sizes) + sum(len(names) for names in keys.values())
+    if sizes:
+        name, stored, built = sizes[0]
+        first = f"{name} has shape ({stored}) in the checkpoint but ({built}) in the model"
+    elif keys.get("Missing"):
+        first = f"the model's {keys['Missing'][0]} is not in the checkpoint"
+    elif keys.get("Unexpected"):
+        first = f"the checkpoint's {keys['Unexpected'][0]} is not in the model"
+    else:
+        return None
+    return first + (f" (and {count - 1} more differences)" if count > 1 else "")

@@ -1,4 +1,10 @@
-"""The ``mmgen`` command: LightningCLI's ``fit/validate/test/predict`` plus ``generate``, ``evaluate``, ``shard``.
+"""The ``mmgen`` command: LightningCLI's ``fit/validate/test/predict`` plus ``generate``, ``evaluate``, ``shard``,
+``retrieve`` and ``serve``.
+
+This module parses, calls the package and prints; nothing in the package imports it (the console script
+is its only caller). Generation, knob checks and output files are :mod:`mmgen_lightning.service`'s, which the
+``serve`` page calls too; ``evaluate``, ``retrieve`` and ``serve`` are :mod:`~mmgen_lightning.metrics.report`,
+:mod:`~mmgen_lightning.retrieve` and :mod:`~mmgen_lightning.serve`.
 
 Models and datamodules are chosen by ``class_path`` in YAML (subclass mode). The datamodule's
 ``data_spec`` (vocab size, image size, sample rate, ...) is linked into ``model.data_spec`` at
@@ -9,9 +15,9 @@ Every subcommand reports the errors a user can fix as one line on stderr,
 data and checkpoint errors (:mod:`mmgen_lightning.errors`); ``--debug`` or ``MMGEN_DEBUG=1`` shows the
 traceback. Nothing a user already has is overwritten unless they pass ``--overwrite``.
 
-Start-up: this module imports only the standard library and :mod:`mmgen_lightning.errors`/``knobs``;
-torch and Lightning are imported inside the subcommand that uses them, so ``mmgen --help``,
-``mmgen generate --help`` and a bad argument return before ``import lightning`` would have finished.
+Start-up: this module imports only the standard library and the package's light modules (``errors``,
+``knobs``, ``service``); torch and Lightning are imported inside the subcommand that uses them, so
+``mmgen --help``, ``mmgen generate --help`` and a bad argument return before ``import lightning`` would have finished.
 """
 
 from __future__ import annotations
@@ -25,105 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmgen_lightning.errors import ArgumentParser, CheckpointError, InputError, UsageError, report
-from mmgen_lightning.knobs import KNOWN_KNOBS, SEED_LIMIT, check_sampling
+from mmgen_lightning.errors import ArgumentParser, CheckpointError, InputError, MMGenError, UsageError, report
+from mmgen_lightning.knobs import KNOWN_KNOBS
+from mmgen_lightning.service import (CONDITIONS, GENERATED, OFFERED_KNOBS, Request, check_at_least_one, check_caption,
+                                     check_checkpoint_file, check_config_file, check_device, check_input_file,
+                                     check_knobs, check_output_file, check_output_folder, check_seed, generate, warn)
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_SUBCOMMANDS = ("generate", "evaluate", "shard", "retrieve", "serve")
-#: knobs `mmgen generate` has a flag for; each family takes some of them (its `sample` arguments)
-CLI_KNOBS = ("temperature", "top_k", "top_p", "guidance_scale", "guidance_start", "guidance_stop", "truncation",
-             "private_scale", "num_beams", "steps")
-#: what `--to` may ask for: batch.MODALITIES without `label` (batch.py imports torch, too slow for --help)
-GENERATED = ("image", "text", "audio", "video")
-#: the condition flags of `mmgen generate`, in their order; the files among them are read by their modality
-CONDITIONS = ("text", "image", "audio", "label")
-FILE_CONDITIONS = ("image", "audio")
-#: an image whose longer side is more than this many times its shorter one loses most of itself to the crop
-FAR_FROM_SQUARE = 2.0
-
-
-def warn(command: str, message: str) -> None:
-    print(f"mmgen {command}: warning: {message}", file=sys.stderr)
-
-
-# --- output paths: checked before any model is loaded -----------------------------------------
-def _writable_ancestor(path: Path, option: str) -> None:
-    """Raise unless the nearest existing folder at or above ``path`` can be written to."""
-    probe = path.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"{probe} is a file, so {path} cannot be created", option, "give a path under a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write in {probe}", option, "give a folder you can write to")
-
-
-def check_output_folder(path: str | Path, option: str = "--out", overwrite: bool = False) -> Path:
-    """A folder for new files: a file there, or a folder that already holds files, is refused unless
-    ``overwrite`` (the earlier files are then replaced as named)."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file, not a folder", option, "give a folder path (created if missing)")
-    if out.is_dir():
-        held = sorted(p.name for p in out.iterdir())
-        if held and not overwrite:
-            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-            raise UsageError(f"{out} already holds {len(held)} files ({shown})", option,
-                             "give a new or empty folder, or pass --overwrite to replace them")
-    _writable_ancestor(out, option)
-    return out
-
-
-def check_output_file(path: str | Path, option: str = "--out", overwrite: bool = False,
-                      also: Sequence[str] = ()) -> Path:
-    """A file to write (and the files with suffixes ``also`` beside it): refused when it is a folder,
-    or exists and ``overwrite`` is off."""
-    out = Path(path)
-    for target in (out, *(out.with_suffix(s) for s in also)):
-        if target.is_dir():
-            raise UsageError(f"{target} is a folder", option, "give a file path, e.g. reports/model.json")
-        if target.exists() and not overwrite:
-            raise UsageError(f"{target} already exists", option, "give a new path, or pass --overwrite to replace it")
-    _writable_ancestor(out.parent, option)
-    return out
-
-
-def check_device(device: str) -> None:
-    """A device torch knows and this machine has; asked before the checkpoint is loaded onto it."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as error:
-        raise UsageError(f"unknown device {device!r}", "--device", "give cpu, cuda or cuda:N") from error
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("this machine has no usable CUDA device (torch.cuda.is_available() is False)",
-                             f"--device {device}", "use --device cpu")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise UsageError(f"there is no CUDA device {parsed.index}; this machine has "
-                             f"{torch.cuda.device_count()}", f"--device {device}", "give cuda:0 or another index")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("MPS is not available on this machine", f"--device {device}", "use --device cpu")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"device type {parsed.type!r} is not supported here", "--device", "give cpu or cuda")
-
-
-def check_seed(seed: int, option: str = "--seed") -> None:
-    if not 0 <= seed < SEED_LIMIT:
-        raise UsageError(f"seed {seed} is out of range", option, "give a whole number in [0, 2**63 - 1]")
-
-
-def check_input_file(path: str, option: str) -> Path:
-    """A condition file that exists and is not empty (decoding it comes later, with the model's sizes)."""
-    file = Path(path)
-    if not file.exists():
-        raise InputError("file not found", f"{option} {file}", "check the path")
-    if file.is_dir():
-        raise InputError("is a folder, not a file", f"{option} {file}", "give a file")
-    if file.stat().st_size == 0:
-        raise InputError("file is empty (0 bytes)", f"{option} {file}", "give a non-empty file")
-    return file
 
 
 # --- fit / validate / test / predict ----------------------------------------------------------
@@ -136,31 +51,63 @@ def _checkpoint_family(path: str | Path) -> str | None:
     return (extras or {}).get("class_path", "").rpartition(".")[2] or None
 
 
+def _config_files(args: Sequence[str]) -> list[str]:
+    """The files given to ``--config``/``-c`` (LightningCLI also takes an inline YAML string there)."""
+    found = []
+    for index, argument in enumerate(args):
+        if argument in ("--config", "-c") and index + 1 < len(args):
+            found.append(args[index + 1])
+        elif argument.startswith("--config="):
+            found.append(argument.partition("=")[2])
+    return [path for path in found if Path(path).is_file()]
+
+
+def free_name(folder: str | Path, filename: str) -> str:
+    """``filename``, or the first of ``stem-v1.suffix``, ``stem-v2.suffix``, ... not taken in ``folder``
+    (the suffix ModelCheckpoint gives a checkpoint name that is taken)."""
+    stem, suffix = Path(filename).stem, Path(filename).suffix
+    name, version = filename, 0
+    while (Path(folder) / name).exists():
+        version += 1
+        name = f"{stem}-v{version}{suffix}"
+    return name
+
+
 def lightning_main(args: Sequence[str]) -> None:
+    for path in _config_files(args):
+        check_config_file(path)
+
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     import mmgen_lightning.datamodules  # noqa: F401 - registers the built-in sources for class_path
     import mmgen_lightning.models  # noqa: F401 - registers the families for class_path
     from mmgen_lightning.callbacks.faults import DataErrorReport, RandomStateCheckpoint, StopOnNonFiniteLoss
-    from mmgen_lightning.checkpoint_io import AtomicCheckpointIO
+    from mmgen_lightning.checkpoint_io import AtomicCheckpointIO, state_dict_mismatch
     from mmgen_lightning.datamodules.base import MultimodalDataModule
     from mmgen_lightning.models.base import GenerativeModule
 
     command = args[0] if args else "fit"
 
     class SaveConfigBesideTheUsers(SaveConfigCallback):
-        """Lightning's saving of the run's config to its log folder, except over a config file the run was
-        started from: with the logger off the log folder is ``default_root_dir``, often that file's folder."""
+        """Lightning's saving of the run's config to its log folder, but never over a file: not over a config
+        file the run was started from (with the logger off the log folder is ``default_root_dir``, often that
+        file's folder; the run's is then ``config.run.yaml``), nor over an earlier run's (``config-v1.yaml``, ...)."""
+
+        def wanted_filename(self, folder: str) -> str:
+            given = {os.path.abspath(str(path)) for path in (self.config.get("config") or [])}
+            if os.path.abspath(os.path.join(folder, self.config_filename)) in given:
+                return f"{Path(self.config_filename).stem}.run.yaml"
+            return self.config_filename
 
         def setup(self, trainer, pl_module, stage: str) -> None:
-            given = {os.path.abspath(str(path)) for path in (self.config.get("config") or [])}
-            target = os.path.abspath(os.path.join(trainer.log_dir or ".", self.config_filename))
-            if target in given:
-                self.config_filename = f"{Path(self.config_filename).stem}.run.yaml"
-                if trainer.is_global_zero:
-                    warn(command, f"{target} is this run's --config: the resolved config is saved beside it as "
-                                  f"{self.config_filename}")
+            if not self.already_saved:
+                folder = trainer.log_dir or "."
+                wanted = self.wanted_filename(folder)
+                if wanted != self.config_filename and trainer.is_global_zero:
+                    warn(command, f"{os.path.join(folder, self.config_filename)} is this run's --config: the "
+                                  f"resolved config is saved beside it as {free_name(folder, wanted)}")
+                self.config_filename = free_name(folder, wanted)
             super().setup(trainer, pl_module, stage)
 
     class MMGenCLI(LightningCLI):
@@ -202,6 +149,21 @@ def lightning_main(args: Sequence[str]) -> None:
                 error.mmgen_exit_code = 2  # a config value a class refused: a usage error, unless it says otherwise
                 raise
 
+        def _run_subcommand(self, subcommand: str) -> None:
+            try:
+                super()._run_subcommand(subcommand)
+            except RuntimeError as error:
+                # the checkpoint's hyper-parameters rebuilt the model, but sizes linked from the data (image size,
+                # vocabulary, ...) can still differ: torch then lists every mismatching tensor; the first is enough
+                mismatch = state_dict_mismatch(str(error))
+                ckpt_path = self.config[subcommand].get("ckpt_path")
+                if mismatch is None or not ckpt_path:
+                    raise
+                raise CheckpointError(f"the checkpoint does not fit the {type(self.model).__name__} this config "
+                                      f"builds: {mismatch}", f"--ckpt_path {ckpt_path}",
+                                      "use the model and data settings it was trained with (the data's sizes set "
+                                      "the model's)") from error
+
         def _check_ckpt_family(self, config) -> None:
             """``--ckpt_path`` of another family would fail deep in ``load_state_dict``; name both at once."""
             ckpt_path, model = config.get("ckpt_path"), config.get("model")
@@ -217,19 +179,34 @@ def lightning_main(args: Sequence[str]) -> None:
         def before_fit(self) -> None:
             if self.config[self.subcommand].get("ckpt_path"):
                 return  # resuming continues the run in its own folder
+            run_folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective call under DDP
+            if not self.trainer.is_global_zero:
+                return
+            for saver in self.trainer.callbacks:
+                wanted = saver.wanted_filename(str(run_folder)) if isinstance(saver, SaveConfigBesideTheUsers) else None
+                if wanted and (run_folder / wanted).exists():
+                    warn(command, f"{run_folder} already holds a run's {wanted}; it is kept, and this run's config is "
+                                  f"saved beside it as {free_name(run_folder, wanted)}")
             for callback in self.trainer.checkpoint_callbacks:
-                folder = Path(callback.dirpath) if isinstance(callback, ModelCheckpoint) and callback.dirpath else None
-                held = sorted(p.name for p in folder.glob("*.ckpt")) if folder and folder.is_dir() else []
+                if not isinstance(callback, ModelCheckpoint):
+                    continue
+                folder = Path(callback.dirpath) if callback.dirpath else run_folder / "checkpoints"
+                held = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
                 if held:
                     warn(command, f"{folder} already holds a run's checkpoints ({', '.join(held[:3])}); they are kept, "
                                   f"and this run's get a -vN suffix there (e.g. last-v1.ckpt); the names follow at the end")
 
         def after_fit(self) -> None:
-            for callback in self.trainer.checkpoint_callbacks:
-                written = [p for p in (getattr(callback, "last_model_path", ""), callback.best_model_path) if p]
-                if written and self.trainer.is_global_zero:
-                    print(f"mmgen {command}: this run's checkpoints: {', '.join(dict.fromkeys(written))}",
-                          file=sys.stderr)
+            run_folder = self.trainer.log_dir or "."  # a collective call under DDP
+            if not self.trainer.is_global_zero:
+                return
+            written = [p for callback in self.trainer.checkpoint_callbacks
+                       for p in (getattr(callback, "last_model_path", ""), callback.best_model_path) if p]
+            configs = [os.path.join(run_folder, c.config_filename) for c in self.trainer.callbacks
+                       if isinstance(c, SaveConfigCallback) and c.already_saved]
+            if written or configs:
+                print(f"mmgen {command}: this run's checkpoints: {', '.join(dict.fromkeys(written)) or 'none'}"
+                      + (f"; its config: {configs[0]}" if configs else ""), file=sys.stderr)
 
     # Fault tolerance by default: a NaN/Inf loss stops with the last finite state saved, checkpoints carry
     # the random state (exact resumption) and are written atomically, skipped samples are reported.
@@ -247,6 +224,20 @@ def lightning_main(args: Sequence[str]) -> None:
 
 
 # --- generate --------------------------------------------------------------------------------
+def add_knob_flags(parser) -> None:
+    """The sampling-knob flags of ``mmgen generate`` and ``mmgen evaluate`` (unset: the checkpoint's defaults)."""
+    knobs = parser.add_argument_group("sampling knobs", "passed to the family's sample(); each family takes some "
+                                                        "of them, and names its own when given another")
+    for knob in OFFERED_KNOBS:
+        spec = KNOWN_KNOBS[knob]
+        knobs.add_argument(f"--{knob}", type=spec.kind, default=None, help=f"{spec.describe()}: {spec.help}")
+
+
+def knob_flags(args) -> dict[str, Any]:
+    """The knob flags given, checked against the ranges every family shares."""
+    return check_knobs({knob: getattr(args, knob) for knob in OFFERED_KNOBS})
+
+
 def generate_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="mmgen generate", description=(
         "Sample from a checkpoint; writes one file per sample and DIR/manifest.jsonl into a new or empty folder "
@@ -275,178 +266,14 @@ def generate_parser() -> ArgumentParser:
     return parser
 
 
-def add_knob_flags(parser) -> None:
-    """The sampling-knob flags of ``mmgen generate`` and ``mmgen evaluate`` (unset: the checkpoint's defaults)."""
-    knobs = parser.add_argument_group("sampling knobs", "passed to the family's sample(); each family takes some "
-                                                        "of them, and names its own when given another")
-    for knob in CLI_KNOBS:
-        spec = KNOWN_KNOBS[knob]
-        knobs.add_argument(f"--{knob}", type=spec.kind, default=None, help=f"{spec.describe()}: {spec.help}")
-
-
-def knob_values(args) -> dict[str, Any]:
-    """The knob flags given, each checked against the range every family shares (the family's own names and
-    ranges are checked once the model is loaded: :func:`~mmgen_lightning.knobs.check_sampling`)."""
-    sampling = {k: getattr(args, k) for k in CLI_KNOBS if getattr(args, k) is not None}
-    for name, value in sampling.items():
-        problem = KNOWN_KNOBS[name].problem(value)
-        if problem:
-            raise UsageError(f"{name} {problem}, got {value!r}", f"--{name}",
-                             f"give --{name} as {KNOWN_KNOBS[name].describe()}")
-    return sampling
-
-
-def _check_generate_args(args) -> dict[str, Any]:
-    """Everything that can be checked without the model: counts, ranges, knob values, files, --out."""
-    for option, value in (("--num", args.num), ("--batch_size", args.batch_size)):
-        if value < 1:
-            raise UsageError(f"{option} must be >= 1, got {value}", option, f"give {option} 1 or more")
-    check_seed(args.seed)
-    sampling = knob_values(args)
-    counts = {name: len(getattr(args, name)) for name in CONDITIONS if getattr(args, name)}
-    if len(set(counts.values())) > 1:
-        raise UsageError(f"give the same number of each condition, got {counts}",
-                         " ".join(f"--{name}" for name in counts), "conditions are paired in order")
-    for text in args.text:
-        if not text.strip():
-            raise UsageError("the caption is empty", f"--text {text!r}", "give a caption with words")
-    for label in args.label:
-        if label < 0:
-            raise UsageError(f"a class index must be >= 0, got {label}", f"--label {label}", "give 0 or more")
-    for option in FILE_CONDITIONS:
-        for path in getattr(args, option):
-            check_input_file(path, f"--{option}")
-    ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        raise CheckpointError("checkpoint not found" if not ckpt.exists() else "is a folder, not a checkpoint file",
-                              f"--ckpt {ckpt}", "give the .ckpt file `mmgen fit` wrote (e.g. CKPT_DIR/last.ckpt)")
-    check_output_folder(args.out, overwrite=args.overwrite)
-    check_device(args.device)
-    return sampling
-
-
-def _load_for_generate(args):
-    from mmgen_lightning.models.base import load_generator
-
-    try:
-        model = load_generator(args.ckpt, map_location=args.device).to(args.device)
-    except (ValueError, KeyError) as error:
-        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        raise CheckpointError(message.replace(f"{args.ckpt}: ", ""), f"--ckpt {args.ckpt}",
-                              "give a checkpoint written by `mmgen fit`") from error
-    if args.compile:
-        from mmgen_lightning.callbacks.compile import compile_networks
-
-        compile_networks(model)
-    return model
-
-
-def _conditions(args, model) -> tuple[dict[str, Any], list[dict]]:
-    """Read the repeated condition flags into a batch of ``k`` rows and their manifest entries, with the
-    same readers (and checks) as training from a manifest; warns about what the model will not see."""
-    import torch
-
-    given = {name: getattr(args, name) for name in CONDITIONS if getattr(args, name)}
-    rows = len(next(iter(given.values()))) if given else 1
-    conditions: dict[str, torch.Tensor] = {}
-    if "text" in given:
-        if model.tokenizer is None:
-            raise UsageError(f"{type(model).__name__} has no tokenizer, so it takes no captions",
-                             "--text", f"drop --text; it serves: {', '.join(model.directions())}")
-        for text in given["text"]:
-            for problem in model.tokenizer.problems(text):
-                warn("generate", f"--text {_short(text)}: {problem}")
-        conditions.update(model.tokenizer.encode(given["text"]))
-    from mmgen_lightning.modalities import get_modality
-
-    for name in FILE_CONDITIONS:
-        if name not in given:
-            continue
-        tensors = []
-        for path in given[name]:
-            try:  # the reader training uses for a manifest's files
-                tensors.append(get_modality(name).read(Path(path), model.data_spec))
-            except (ValueError, OSError) as error:
-                raise InputError(str(error), f"--{name} {path}", f"give a readable, finite {name} file") from error
-            if get_modality(name).pixels:
-                _warn_far_from_square(path)
-        conditions[name] = torch.stack(tensors)
-    if "label" in given:
-        classes = model.data_spec.get("num_classes")
-        for label in given["label"]:
-            if classes and label >= classes:
-                raise UsageError(f"class {label} is out of range: the model knows {classes} classes",
-                                 f"--label {label}", f"give 0 to {classes - 1}")
-        conditions["label"] = torch.tensor(given["label"], dtype=torch.long)
-    described = [{name: values[row] for name, values in given.items()} for row in range(rows)]
-    return conditions, described
-
-
-def _warn_far_from_square(path: str) -> None:
-    """Warn when a picture loses most of itself to the centre crop its reader makes."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        width, height = image.size
-    if max(width, height) / max(1, min(width, height)) > FAR_FROM_SQUARE:
-        warn("generate", f"--image {path} is {width}x{height}, far from square: like training from a manifest, "
-                         "only its centre square is used")
-
-
-def _short(text: str, length: int = 40) -> str:
-    return repr(text if len(text) <= length else text[:length] + "...")
-
-
-def _clear_earlier_run(out: Path) -> None:
-    """With --overwrite: delete an earlier run's manifest.jsonl and the files it lists, so the new manifest
-    describes only the new files (files the manifest does not list are left alone)."""
-    manifest = out / "manifest.jsonl"
-    if not manifest.is_file():
-        return
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        try:
-            name = json.loads(line).get("file")
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(name, str) and Path(name).name == name:  # only plain names inside the folder
-            (out / name).unlink(missing_ok=True)
-    manifest.unlink()
-
-
 def generate_main(argv: Sequence[str]) -> None:
     args = generate_parser().parse_args(argv)
-    sampling = _check_generate_args(args)
-    model = _load_for_generate(args)
-    check_sampling(model, sampling, flag_style=True)
-    sources = tuple(name for name in CONDITIONS if getattr(args, name))
-    if not model.serves(sources, args.to):
-        given = "+".join(sources) or "(no condition)"
-        served = ", ".join(model.directions())
-        raise UsageError(f"{type(model).__name__} cannot generate {given}->{args.to}", f"--to {args.to}",
-                         f"it serves: {served}" if served else "it generates nothing (an Aligner scores and retrieves: "
-                         "use `mmgen retrieve`, or `mmgen evaluate --aligner` to score another model)")
-    conditions, described = _conditions(args, model)
-
-    import torch
-
-    from mmgen_lightning.generate import write_samples
-
-    out = Path(args.out)
-    if args.overwrite:
-        _clear_earlier_run(out)
-    # every condition row repeated --num times, generated in chunks of --batch_size (indices made per chunk,
-    # so a large --num costs time, not memory)
-    total = len(described) * args.num
-    torch.manual_seed(args.seed)
-    written = 0
-    for start in range(0, total, args.batch_size):
-        chunk = torch.arange(start, min(start + args.batch_size, total)) // args.num
-        batch = {key: value[chunk] for key, value in conditions.items()}
-        samples = model.generate(batch, num_samples=len(chunk), to=args.to, **sampling)
-        write_samples(samples, args.to, out, [described[i] for i in chunk.tolist()], args.seed, model.data_spec,
-                      model.tokenizer, start_index=written)
-        written += len(chunk)
-    print(f"wrote {written} {args.to} samples and manifest.jsonl to {out}")
+    request = Request(args.ckpt, args.to, args.out, {name: getattr(args, name) for name in CONDITIONS},
+                      num=args.num, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                      sampling={knob: getattr(args, knob) for knob in OFFERED_KNOBS}, overwrite=args.overwrite,
+                      compile=args.compile)
+    rows = generate(request)
+    print(f"wrote {len(rows)} {args.to} samples and manifest.jsonl to {args.out}")
 
 
 # --- shard -----------------------------------------------------------------------------------
@@ -469,6 +296,9 @@ def shard_parser():
     parser.add_argument("--chunk_bytes", "--chunk-bytes", dest="chunk_bytes", default="64MB",
                         help="target size of one chunk file")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="write at most this many rows of each split (the first ones): try the settings on a "
+                             "large manifest before converting all of it")
     return parser
 
 
@@ -488,10 +318,11 @@ def shard_main(argv: Sequence[str]) -> None:
     argv = [a for a in argv]
     if "--overwrite" in argv:  # a plain switch, as in generate and evaluate
         argv[argv.index("--overwrite")] = "--overwrite=true"
-    parser = shard_parser()
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}", "--workers", "give 1 or more")
+    for path in _config_files(argv):
+        check_config_file(path, expected="a data: section of ManifestDataModule options")
+    args = shard_parser().parse_args(argv)
+    check_at_least_one("--workers", args.workers)
+    check_at_least_one("--limit", args.limit)
     _check_chunk_bytes(args.chunk_bytes)
     out = check_output_folder(args.out, overwrite=args.overwrite)
     created = not out.exists()
@@ -506,7 +337,8 @@ def shard_main(argv: Sequence[str]) -> None:
             error.mmgen_exit_code = 2  # an option value the datamodule refused
         raise
     try:
-        meta = shard_manifest(datamodule, out, chunk_bytes=args.chunk_bytes, num_workers=args.workers)
+        meta = shard_manifest(datamodule, out, chunk_bytes=args.chunk_bytes, num_workers=args.workers,
+                              limit=args.limit)
     except BaseException:
         if created:  # a half-written folder of our own would only be refused next time
             shutil.rmtree(out, ignore_errors=True)
@@ -517,10 +349,175 @@ def shard_main(argv: Sequence[str]) -> None:
 
 
 # --- evaluate --------------------------------------------------------------------------------
-def evaluate_main(argv: Sequence[str]) -> None:
-    from mmgen_lightning.metrics.report import evaluate_cli
+def evaluate_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mmgen evaluate", description=(
+        "Score a checkpoint: cross-modal coherence and sample quality (FID, KID, IS, precision/recall) read by "
+        "judges trained on the real training data, BLEU/chrF of captions, and likelihood where the family has "
+        "one. Writes JSON and a Markdown table beside it (never over existing files unless --overwrite). "
+        "On data without judged attributes (a manifest) only the likelihood is measured, or alignment with "
+        "--aligner."))
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `mmgen fit`")
+    parser.add_argument("--config", default=None, help="config whose `data` section rebuilds the datamodule "
+                                                       "(default: the datamodule stored in the checkpoint)")
+    parser.add_argument("--out", required=True, help="report path (.json); a .md table is written beside it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report and its .md table")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples")
+    parser.add_argument("--seed", type=int, default=0, help="seeds sampling, in [0, 2**63 - 1]")
+    parser.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64,
+                        help="samples generated at once")
+    parser.add_argument("--direction", action="append", default=None,
+                        help="direction to score, e.g. 'text->image', or --direction=->image for unconditional "
+                             "samples (repeatable; default: every direction the model serves)")
+    parser.add_argument("--inception", nargs="?", const=True, default=None, metavar="WEIGHTS",
+                        help="add Inception-v3 FID/KID/IS for images; weights from WEIGHTS, else "
+                             "$MMGEN_INCEPTION_WEIGHTS, else torch-fidelity's cache (never downloaded)")
+    parser.add_argument("--aligner", default=None, metavar="ALIGNER_CKPT",
+                        help="an Aligner checkpoint: adds reference-free alignment (mean cosine of condition and "
+                             "sample) and R-precision; works on a manifest with no attributes")
+    add_knob_flags(parser)
+    return parser
 
-    evaluate_cli(argv)
+
+def evaluate_main(argv: Sequence[str]) -> None:
+    args = evaluate_parser().parse_args(argv)
+    sampling = knob_flags(args)
+    check_at_least_one("--limit", args.limit)
+    check_at_least_one("--batch_size", args.batch_size)
+    check_seed(args.seed)
+    check_checkpoint_file(args.ckpt)
+    if args.config is not None:
+        check_config_file(args.config, expected="a data: section (class_path and init_args)")
+    if args.aligner is not None:
+        check_checkpoint_file(args.aligner, "--aligner")
+    out = check_output_file(args.out, overwrite=args.overwrite, also=(".md",))
+
+    from mmgen_lightning.metrics.report import evaluate, write_report
+
+    report = evaluate(args.ckpt, args.config, args.split, args.limit, args.seed, inception=args.inception,
+                      batch_size=args.batch_size, directions=args.direction, aligner=args.aligner, sampling=sampling)
+    print(write_report(report, out))
+
+
+# --- retrieve --------------------------------------------------------------------------------
+#: the kinds of query `mmgen retrieve` takes, one flag each (--query_text, --query_image, --query_audio)
+QUERY_KINDS = ("text", "image", "audio")
+
+
+def retrieve_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mmgen retrieve", description=(
+        "Rank the files (or captions) of a manifest by their similarity to a query, in the space of an Aligner "
+        "checkpoint; prints the top K and optionally writes them as JSON lines "
+        "{rank, score, line, file | caption}."))
+    parser.add_argument("--ckpt", required=True, help="Aligner checkpoint written by `mmgen fit`")
+    query = parser.add_mutually_exclusive_group(required=True)
+    # underscores as every mmgen command spells its flags; the dashed spelling is kept as an alias
+    query.add_argument("--query_text", "--query-text", dest="query_text", help="a caption")
+    query.add_argument("--query_image", "--query-image", dest="query_image", help="an image file")
+    query.add_argument("--query_audio", "--query-audio", dest="query_audio", help="a WAV/FLAC file")
+    parser.add_argument("--index", required=True, help="manifest (.jsonl/.csv) whose rows are ranked")
+    parser.add_argument("--target", default=None, choices=["image", "text", "audio", "video"],
+                        help="what of each row is ranked (default: the first file column the aligner embeds that is "
+                             "not the query's kind; text: the captions)")
+    parser.add_argument("--top", type=int, default=10, help="how many results (K)")
+    parser.add_argument("--out", default=None, help="write the results here as JSON lines")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64,
+                        help="rows embedded at once")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    return parser
+
+
+def retrieve_main(argv: Sequence[str]) -> None:
+    args = retrieve_parser().parse_args(argv)
+    check_at_least_one("--top", args.top)
+    check_at_least_one("--batch_size", args.batch_size)
+    kind = next(k for k in QUERY_KINDS if getattr(args, f"query_{k}") is not None)
+    query = getattr(args, f"query_{kind}")
+    if kind == "text":
+        check_caption(query, "--query_text")
+    else:
+        check_input_file(query, f"--query_{kind}")
+    check_checkpoint_file(args.ckpt)
+    out = check_output_file(args.out, overwrite=args.overwrite) if args.out else None
+    check_device(args.device)
+
+    from mmgen_lightning.retrieve import retrieve
+
+    target, results = retrieve(args.ckpt, kind, query, args.index, args.target, args.top, args.batch_size,
+                               args.device)
+    print(f"{'rank':>4}  {'score':>7}  {'line':>5}  {target}")
+    for result in results:
+        print(f"{result['rank']:4d}  {result['score']:7.4f}  {result['line']:5d}  "
+              f"{result.get('file', result.get('caption'))}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(result) + "\n" for result in results))
+        print(f"wrote {len(results)} results to {out}")
+
+
+# --- serve -----------------------------------------------------------------------------------
+def serve_parser() -> ArgumentParser:
+    from mmgen_lightning.serve import AUTH_ENV
+
+    parser = ArgumentParser(prog="mmgen serve", description=(
+        "A web page to try checkpoints: one tab per direction each checkpoint serves, a compare tab, downloads "
+        "and the `mmgen generate` command of every sample. Runs one request at a time and holds at most "
+        "--queue_size more; beyond that a request is refused as busy. Listening on anything but loopback needs a "
+        f"login (--auth_file or ${AUTH_ENV}). Needs `pip install mmgen-lightning[serve]`."))
+    parser.add_argument("--ckpt", action="append", required=True,
+                        help="checkpoint file, or a folder of *.ckpt (repeatable); the page loads checkpoints "
+                             "only from these folders")
+    parser.add_argument("--port", type=int, default=7860, help="TCP port (0 = a free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; the default is this machine only (0.0.0.0 opens it to the "
+                             "network and needs a login)")
+    parser.add_argument("--auth_file", "--auth-file", dest="auth_file", default=None,
+                        help=f"file of user:password lines, one login each (keep it private: chmod 600); or set "
+                             f"${AUTH_ENV}=user:password. A password is never given on the command line")
+    parser.add_argument("--queue_size", "--queue-size", dest="queue_size", type=int, default=16,
+                        help="requests that may wait while one runs; more are refused with a busy message")
+    parser.add_argument("--out", default="outputs/serve", help="folder the page writes samples to")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    return parser
+
+
+def start_serving(argv: Sequence[str]):
+    """Check the arguments, build the page and serve it in the background; returns the Gradio app (its
+    ``local_url``; ``close()`` stops it)."""
+    from mmgen_lightning.serve import AUTH_ENV, Server, UserError, is_loopback, launch, read_logins
+
+    args = serve_parser().parse_args(list(argv))
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in 0..65535, got {args.port}", f"--port {args.port}",
+                         "give 0 for a free port")
+    check_at_least_one("--queue_size", args.queue_size)
+    logins = read_logins(args.auth_file, os.environ.get(AUTH_ENV))
+    if not logins and not is_loopback(args.host):
+        raise UsageError(f"listening on {args.host} opens the page to other machines, and no login is set",
+                         f"--host {args.host}", f"give --auth_file FILE (user:password lines, chmod 600) or set "
+                         f"{AUTH_ENV}=user:password, or listen on 127.0.0.1")
+    check_device(args.device)
+    try:
+        import gradio  # noqa: F401
+    except ImportError as error:
+        raise MMGenError("Gradio is not installed", None, "run `pip install mmgen-lightning[serve]` "
+                         "(`make install` installs it)") from error
+    try:
+        server = Server(args.ckpt, args.out, device=args.device)
+    except UserError as error:
+        raise CheckpointError(str(error)) from error
+    if not is_loopback(args.host):
+        warn("serve", f"listening on {args.host}: other machines can reach this page (with a login)")
+    app = launch(server, args.host, args.port, logins=logins, queue_size=args.queue_size)
+    print(f"mmgen serve: {app.local_url} ({'login required; ' if logins else ''}one request at a time, "
+          f"{args.queue_size} more may wait, beyond that busy; Ctrl-C stops it)", flush=True)
+    return app
+
+
+def serve_main(argv: Sequence[str]) -> None:
+    """``mmgen serve``: start the page and serve until interrupted."""
+    start_serving(argv).block_thread()
 
 
 HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate,shard,retrieve,serve} ... [--debug]
@@ -532,31 +529,22 @@ HELP = """usage: mmgen {fit,validate,test,predict,generate,evaluate,shard,retrie
   generate   sample to files:          mmgen generate --ckpt CKPT --to image --text "a red circle" --num 8 --out DIR
   evaluate   metrics report:           mmgen evaluate --ckpt CKPT --out report.json
   shard      manifest -> shards:       mmgen shard --data.manifest data.jsonl --out shards/
-  retrieve   rank files by a query:    mmgen retrieve --ckpt ALIGNER --query-text "a red circle" --index data.jsonl --top 5
-  serve      local web page:           mmgen serve --ckpt CKPT [--ckpt CKPT2 ...] [--port 7860]
+  retrieve   rank files by a query:    mmgen retrieve --ckpt ALIGNER --query_text "a red circle" --index data.jsonl --top 5
+  serve      web page:                 mmgen serve --ckpt CKPT [--ckpt CKPT2 ...] [--port 7860]
 
 `mmgen SUBCOMMAND --help` explains each one. Errors are one line: exit status 2 for a bad option, 1 for bad
 data or a bad checkpoint; --debug (or MMGEN_DEBUG=1) shows the traceback. Output files that exist are never
 replaced without --overwrite.
 """
 
+COMMANDS = {"generate": generate_main, "evaluate": evaluate_main, "shard": shard_main, "retrieve": retrieve_main,
+            "serve": serve_main}
+
 
 def _dispatch(argv: list[str]) -> None:
     command = argv[0]
-    if command == "generate":
-        generate_main(argv[1:])
-    elif command == "evaluate":
-        evaluate_main(argv[1:])
-    elif command == "shard":
-        shard_main(argv[1:])
-    elif command == "retrieve":
-        from mmgen_lightning.retrieve import main as retrieve_main
-
-        retrieve_main(argv[1:])
-    elif command == "serve":
-        from mmgen_lightning.serve import main as serve_main
-
-        serve_main(argv[1:])
+    if command in COMMANDS:
+        COMMANDS[command](argv[1:])
     elif command in TRAINER_SUBCOMMANDS:
         lightning_main(argv)
     else:

@@ -104,9 +104,9 @@ def user_error(error: BaseException) -> tuple[int, str] | None:
     if found is None:
         found = next((e for e in reversed(chain) if isinstance(e, USER_FACING) and raised_on_purpose(e)), None)
     if found is None:
-        relayed = _relayed(chain)
-        if relayed is not None:
-            return relayed
+        explained = _relayed(chain) or _lost_process(chain)
+        if explained is not None:
+            return explained
     if found is None:
         # a command-line value jsonargparse refused before building anything, or a Trainer setting Lightning
         # refused (MisconfigurationException: an accelerator this machine lacks, ...): usage errors
@@ -143,6 +143,23 @@ def _relayed(chain: list[BaseException]) -> tuple[int, str] | None:
         if found:
             kind, message = found[-1]
             return (2 if kind == "UsageError" else 1), one_line(message)
+    return None
+
+
+#: how torch reports a collective (DDP's gradient all-reduce, a broadcast, a barrier) that failed because another
+#: process of the run died, or did not answer within the process group's timeout
+_LOST_PROCESS = re.compile(r"gloo/transport|ProcessGroup(?:Gloo|NCCL)|Connection (?:reset|closed) by peer")
+
+
+def _lost_process(chain: list[BaseException]) -> tuple[int, str] | None:
+    """A distributed run whose other process died or hung: not a bug, and the stack says nothing the user
+    can act on; name the cause (gloo's or NCCL's first sentence, without its source location) and the way on."""
+    for error in chain:
+        if type(error).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError") or (
+                isinstance(error, RuntimeError) and _LOST_PROCESS.search(str(error))):
+            first = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0]).split(". ")[0]
+            return 1, (f"another process of this distributed run died or stopped answering ({first}), so this one "
+                       "stopped too: resume the run from its last checkpoint (--ckpt_path last, or the checkpoint's path)")
     return None
 
 

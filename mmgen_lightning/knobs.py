@@ -33,7 +33,8 @@ class Knob:
 
     Args:
         kind: ``int``, ``float`` or ``bool`` (``None``: anything, unchecked, e.g. a tensor of latents).
-        low, high: allowed range (``None``: unbounded on that side).
+        low: the smallest value allowed (``None``: unbounded below).
+        high: the largest value allowed (``None``: unbounded above).
         low_open: ``low`` itself is not allowed.
         help: what it does, for ``--help``.
     """

@@ -1,11 +1,20 @@
-"""``mmgen serve``: a local Gradio page to try checkpoints.
+"""``mmgen serve``: a Gradio page to try checkpoints.
 
 The page is built from what each checkpoint declares (``condition_modalities``, ``output_modalities``,
 ``serves()``): one tab per direction with the inputs its conditions need and the sampling knobs its
 family's ``sample`` takes, plus a compare tab that runs several checkpoints on one caption. Each click
-builds an ``mmgen generate`` command and runs exactly that command in the server's process, so the
-command the page shows next to the samples writes the same files again, byte for byte (the checkpoint
-is read again for each run; the page's own copy only tells which tabs and knobs to offer).
+becomes a :class:`~mmgen_lightning.service.Request` run by the same service as ``mmgen generate``, and
+the page shows ``Request.command()`` next to the samples: that command writes the same files again, byte
+for byte (the checkpoint is read again for each run; the page's own copy only tells which tabs and knobs
+to offer).
+
+Under load (:func:`launch`): one request runs at a time (each seeds torch's global generator), at most
+``queue_size`` more wait in Gradio's queue, and a request beyond that is refused at once with Gradio's
+busy message (HTTP 503 "Queue is full"; the page says "This application is currently busy"); none is
+dropped silently. Memory stays flat: Gradio keeps the state of the last :data:`SESSIONS_KEPT` browser
+sessions only, and deletes its copies of output files after an hour. Listening on anything but loopback
+needs a login (:func:`read_logins`: a file or :data:`AUTH_ENV`, never a command-line password), checked by
+Gradio's own login page.
 
 Gradio is an optional extra (``pip install mmgen-lightning[serve]``) imported only when the page is
 built, so ``mmgen --help`` stays fast. Everything above :func:`build_app` works without Gradio.
@@ -13,13 +22,12 @@ built, so ``mmgen --help`` stays fast. Everything above :func:`build_app` works 
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import html
+import ipaddress
 import itertools
-import json
 import os
 import re
-import shlex
 import shutil
 import threading
 from collections.abc import Sequence
@@ -27,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmgen_lightning.cli import CONDITIONS  # the conditions `mmgen generate` takes, in its flags' order
+from mmgen_lightning.errors import MMGenError, UsageError
+from mmgen_lightning.knobs import KNOWN_KNOBS
+from mmgen_lightning.service import CONDITIONS, GENERATED, OFFERED_KNOBS, Request, generate, warn
 
 # Gradio phones home for telemetry and version checks unless told not to; the page is local only.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -38,29 +48,26 @@ MAX_UPLOAD_MB = 20
 MAX_SAMPLES = 16
 #: conditions uploaded as files, and what the page calls such a file
 UPLOADS = {"image": "an image", "audio": "WAV/FLAC audio"}
+#: the environment variable that may hold the page's login, ``user:password``
+AUTH_ENV = "MMGEN_SERVE_AUTH"
+#: browser sessions whose state Gradio keeps (the oldest is dropped beyond); the page keeps no state of its own,
+#: and Gradio's default of 10,000 sessions at ~0.2 MB each grows the server by 2 GB under a stream of new visitors
+SESSIONS_KEPT = 64
 
 
 class UserError(ValueError):
     """A problem with what the page was asked for; shown in the page as one line, the server goes on."""
 
 
-def _generate_options() -> dict[str, argparse.Action]:
-    """``mmgen generate``'s options by name, read from its own parser (the page offers nothing it lacks)."""
-    from mmgen_lightning.cli import generate_parser
-
-    return {action.dest: action for action in generate_parser()._actions}
-
-
 # --- directions and knobs ----------------------------------------------------------------------
 def served_directions(model) -> list[tuple[tuple[str, ...], str]]:
     """The ``(sources, target)`` pairs the page offers for ``model``: for each output, unconditional, each
     single condition (all conditions together only where no single one is served), as far as
-    ``model.serves`` accepts them and ``mmgen generate`` can ask for them. A source equal to the target
+    ``model.serves`` accepts them and the service can ask for them. A source equal to the target
     (reconstruction) is offered only when it is the model's only way to that output (a VQVAE)."""
-    targets = _generate_options()["to"].choices
     conditions = tuple(m for m in CONDITIONS if m in model.condition_modalities)
     found: list[tuple[tuple[str, ...], str]] = []
-    for target in (t for t in model.output_modalities if t in targets):
+    for target in (t for t in model.output_modalities if t in GENERATED):
         others = tuple(m for m in conditions if m != target)
         served = [s for s in [(), *((m,) for m in others)] if model.serves(s, target)]
         if not any(served) and len(others) > 1 and model.serves(others, target):
@@ -81,14 +88,12 @@ def direction_name(sources: Sequence[str], target: str) -> str:
 
 
 def sampling_knobs(model) -> dict[str, type]:
-    """The sampling flags of ``mmgen generate`` that this family takes (its declared ``sampling_knobs``,
+    """The offered knobs (``service.OFFERED_KNOBS``) that this family takes (its declared ``sampling_knobs``,
     ``knobs.py``), with their types."""
     from mmgen_lightning.knobs import sampling_knobs as family_knobs
 
-    options, accepted = _generate_options(), family_knobs(model)  # None: any keyword
-    return {name: options[name].type for name in options
-            if name not in ("seed", "num", "batch_size") and options[name].type in (int, float)
-            and (accepted is None or name in accepted)}
+    accepted = family_knobs(model)  # None: any keyword
+    return {name: KNOWN_KNOBS[name].kind for name in OFFERED_KNOBS if accepted is None or name in accepted}
 
 
 def check_upload(path: str | os.PathLike | None, kind: str, model) -> Path:
@@ -210,13 +215,11 @@ class Server:
     def generate(self, checkpoint: str | os.PathLike, target: str, conditions: dict[str, Any],
                  num_samples: int = 4, seed: int = 0, **knobs: Any) -> Run:
         """Sample ``num_samples`` of ``target`` from ``conditions`` (``text``: a caption, ``image``/``audio``:
-        an uploaded file's path, ``label``: a class index) by running ``mmgen generate``.
+        an uploaded file's path, ``label``: a class index) through the service, as ``mmgen generate`` does.
 
         Knobs set to ``None`` keep the family's default. Raises :class:`UserError` with one line for
         anything the page should show the user.
         """
-        from mmgen_lightning.cli import generate_main
-
         checkpoint = self.resolve(checkpoint)
         model = self.model(checkpoint)
         conditions = {k: v for k, v in conditions.items() if v is not None and str(v).strip() != ""}
@@ -241,7 +244,7 @@ class Server:
             name = _slug(direction_name(sources, target).replace("->", " to "))
             number = next(self._runs)
             folder = self.out_dir / f"{number:04d}-{name}"
-            argv = ["--ckpt", str(checkpoint), "--to", target]
+            given: dict[str, list[Any]] = {}
             names: dict[str, tuple[str, str]] = {}  # copies of uploads -> their kind and given name
             for kind in sources:
                 value = conditions[kind]
@@ -251,27 +254,20 @@ class Server:
                     value.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(upload, value)
                     names[str(value)] = (kind, upload.name)
+                    value = str(value)
                 elif kind == "label":
                     value = int(float(value))
-                argv += [f"--{kind}", str(value)]
-            argv += ["--num", str(num_samples), "--out", str(folder), "--seed", str(seed)]
-            if self.device != "cpu":
-                argv += ["--device", self.device]
-            for knob, value in knobs.items():
-                if value is not None:
-                    argv += [f"--{knob}", str(offered[knob](value))]
+                given[kind] = [value]
+            request = Request(str(checkpoint), target, str(folder), given, num=num_samples, seed=seed,
+                              device=self.device,
+                              sampling={k: offered[k](v) for k, v in knobs.items() if v is not None})
             try:
-                generate_main(argv)
-            except SystemExit as error:  # an older `mmgen generate` reports usage errors this way
-                raise UserError(str(error.code).removeprefix("mmgen generate: ")) from error
+                rows = generate(request)
             except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
                 raise UserError(_one_line(error, names)) from error
-        rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
         # run again, the command replaces these files with the same bytes (the folder is no longer new)
-        again = argv + (["--overwrite"] if "overwrite" in _generate_options() else [])
         return Run(checkpoint, target, folder, [folder / row["file"] for row in rows],
-                   "mmgen generate " + shlex.join(again), [row.get("text", "") for row in rows])
-
+                   dataclasses.replace(request, overwrite=True).command(), [row.get("text", "") for row in rows])
 
 def _one_line(error: BaseException, names: dict[str, tuple[str, str]]) -> str:
     """``mmgen generate``'s error as the page shows it: where first, naming the files the user uploaded
@@ -457,7 +453,7 @@ def build_app(server: Server):
         button.click(run, inputs=[caption, picked, extra, num, seed], outputs=[gallery, command, files],
                      api_name=False)
 
-    with gr.Blocks(title="mmgen serve") as app:
+    with gr.Blocks(title="mmgen serve", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# mmgen serve\nTry the checkpoints below: each tab is one direction the checkpoint serves. "
                     f"Samples are written under `{server.out_dir}`; each run shows the `mmgen generate` command "
                     "that writes the same files.")
@@ -483,54 +479,76 @@ def build_app(server: Server):
     return app
 
 
-# --- the command -------------------------------------------------------------------------------
-def serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmgen serve", description=(
-        "A local web page to try checkpoints: one tab per direction each checkpoint serves, a compare tab, "
-        "downloads and the `mmgen generate` command of every sample. Needs `pip install mmgen-lightning[serve]`."))
-    parser.add_argument("--ckpt", action="append", required=True,
-                        help="checkpoint file, or a folder of *.ckpt (repeatable); the page loads checkpoints "
-                             "only from these folders")
-    parser.add_argument("--port", type=int, default=7860, help="TCP port (0 = a free one)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; the default is this machine only (0.0.0.0 opens it to the network)")
-    parser.add_argument("--out", default="outputs/serve", help="folder the page writes samples to")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    return parser
-
-
-def main(argv: Sequence[str]) -> None:
-    """``mmgen serve``: start the page and serve until interrupted."""
-    start(argv).block_thread()
-
-
-def start(argv: Sequence[str]):
-    """Check the arguments, build the page and start serving it in the background; returns the Gradio
-    app (its ``local_url``; ``close()`` stops it)."""
-    args = serve_parser().parse_args(list(argv))
-    if not 0 <= args.port <= 65535:
-        raise SystemExit(f"mmgen serve: error: --port must be in 0..65535, got {args.port}")
+# --- serving ---------------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (a host name other than localhost may resolve to anything)."""
+    if host == "localhost":
+        return True
     try:
-        import gradio  # noqa: F401
-    except ImportError as error:
-        raise SystemExit("mmgen serve: error: Gradio is not installed: run `pip install mmgen-lightning[serve]` "
-                         "(`make install` installs it)") from error
-    try:
-        server = Server(args.ckpt, args.out, device=args.device)
-    except UserError as error:
-        raise SystemExit(f"mmgen serve: error: {error}") from error
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"mmgen serve: warning: listening on {args.host}: other machines can reach this page", flush=True)
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_logins(path: str | os.PathLike | None, env_value: str | None) -> list[tuple[str, str]]:
+    """The logins the page asks for: the ``user:password`` lines of the file ``path`` (blank lines and ``#``
+    comments skipped), else the one login in :data:`AUTH_ENV`'s value; empty when neither is given.
+    Messages never show a password."""
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise UsageError("file not found" if not file.exists() else "is a folder, not a file",
+                             f"--auth_file {file}", "give a file of user:password lines")
+        if file.stat().st_mode & 0o077:
+            warn("serve", f"--auth_file {file} can be read by other users (mode {file.stat().st_mode & 0o777:o}): "
+                          f"chmod 600 {file}")
+        lines = file.read_text(encoding="utf-8").splitlines()
+        where = [f"--auth_file {file} line {number}" for number in range(1, len(lines) + 1)]
+    elif env_value:
+        lines, where = [env_value], [f"${AUTH_ENV}"]
+    else:
+        return []
+    logins = []
+    for line, place in zip(lines, where):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, colon, password = line.strip().partition(":")
+        if not colon or not user.strip() or not password:
+            raise UsageError("not a user:password login (the line is not shown: it may hold a password)", place,
+                             "write one login a line as user:password")
+        logins.append((user.strip(), password))
+    if not logins:
+        raise UsageError("holds no user:password login", where[0] if path is None else f"--auth_file {path}",
+                         "write one login a line as user:password")
+    return logins
+
+
+def launch(server: Server, host: str = "127.0.0.1", port: int = 0, logins: Sequence[tuple[str, str]] = (),
+           queue_size: int = 16):
+    """Build the page for ``server`` and serve it in the background on ``host:port`` (0: a free port); with
+    ``logins``, Gradio's login page admits only them. One request runs at a time and at most ``queue_size``
+    wait; Gradio refuses the next at once as busy. Returns the Gradio app (``local_url``, ``close()``)."""
     app = build_app(server)
+    port = port or _free_port(host)
     try:
-        app.queue(default_concurrency_limit=1).launch(
-            server_name=args.host, server_port=args.port or _free_port(args.host), share=False, show_error=True,
-            quiet=True, ssr_mode=False, max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[str(server.out_dir)],
-            footer_links=[], prevent_thread_lock=True)
+        app.queue(default_concurrency_limit=1, max_size=queue_size).launch(
+            server_name=host, server_port=port, share=False, show_error=True, quiet=True,
+            ssr_mode=False, max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[str(server.out_dir)], footer_links=[],
+            auth=list(logins) or None, auth_message="mmgen serve: log in with a user:password of its --auth_file "
+            f"or ${AUTH_ENV}", state_session_capacity=SESSIONS_KEPT, prevent_thread_lock=True)
     except OSError as error:
-        raise SystemExit(f"mmgen serve: error: cannot listen on {args.host}:{args.port} ({error}): "
-                         f"give another --port") from error
-    print(f"mmgen serve: {app.local_url} (Ctrl-C stops it)", flush=True)
+        raise UsageError(f"cannot listen on {host}:{port} ({error})", f"--port {port}", "give another --port") \
+            from error
+    except ValueError as error:
+        # Gradio checks its own address with one 3 s request once started and calls a timeout "localhost is
+        # not accessible" (advising share=True, which would publish the page): say what happened instead
+        if "localhost is not accessible" not in str(error):
+            raise
+        app.close()
+        raise MMGenError(f"the page did not answer on {host}:{port} within Gradio's start-up check (3 s): the "
+                         "machine is too busy, or a proxy intercepts local addresses", "--host", "start it again, "
+                         "or unset HTTP_PROXY/HTTPS_PROXY for local addresses (NO_PROXY=127.0.0.1,localhost)") \
+            from error
     return app
 
 
@@ -540,5 +558,3 @@ def _free_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
-
-

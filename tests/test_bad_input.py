@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -20,9 +21,6 @@ from PIL import Image
 
 from mmgen_lightning.cli import main
 from tests.conftest import ToyDataModule
-
-CORPUS: dict[str, int] = {}  # command -> bad inputs tried, printed at the end (the issue's count)
-
 
 def fit_and_save(model, datamodule, path: Path, steps: int = 2) -> Path:
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
@@ -66,6 +64,17 @@ def world(tmp_path_factory):
     manifest_vae = fit_and_save(MultimodalVAE(user.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16}),
                                 user, root / "manifest_vae.ckpt")
 
+    from mmgen_lightning.models.aligner import Aligner
+
+    toy_pairs = ToyDataModule(["image", "text"], size=8)
+    aligner = Aligner(toy_pairs.data_spec, network={"embed_dim": 8, "width": 16, "encoder_layers": 1,
+                                                  "text_layers": 1, "num_heads": 2})
+    aligner.tokenizer = toy_pairs.tokenizer  # what fitting on the datamodule would set
+    trainer = L.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
+    trainer.strategy.connect(aligner)
+    trainer.save_checkpoint(root / "aligner.ckpt")
+
     files = root / "files"  # what a user already has: nothing here may change
     files.mkdir()
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(files / "picture.png")
@@ -78,6 +87,9 @@ def world(tmp_path_factory):
     soundfile.write(files / "inf.wav", np.full(2000, np.inf, dtype=np.float32), 8000, subtype="FLOAT")
     soundfile.write(files / "silent0.wav", np.zeros(0, dtype=np.float32), 8000)
     (files / "report.json").write_text("{}\n")
+    (files / "empty.yaml").write_text("")
+    (files / "comments.yaml").write_text("# only a comment\n")
+    (files / "empty.jsonl").write_text("\n")
     earlier = files / "earlier_run"  # an earlier `mmgen generate`
     earlier.mkdir()
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(earlier / "00000_image.png")
@@ -89,7 +101,7 @@ def world(tmp_path_factory):
     (files / "garbage.ckpt").write_bytes(b"\x00garbage" * 20)
     (files / "empty.ckpt").write_bytes(b"")
     return {"root": root, "vae": vae, "vqvae": vq, "manifest_vae": manifest_vae, "manifest": manifest,
-            "files": files}
+            "aligner": root / "aligner.ckpt", "files": files}
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -111,7 +123,6 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 def assert_error(argv, code, names, capsys, world, command=None):
     """``argv`` exits with ``code`` and one error line that mentions each of ``names``; nothing changed."""
     command = argv[0] if command is None else command
-    CORPUS[command] = CORPUS.get(command, 0) + 1
     before = checksums(world["files"])
     status, _, err = run(argv, capsys)
     prefix = f"mmgen {command}: error: " if command else "mmgen: error: "
@@ -146,6 +157,8 @@ GENERATE_USAGE = [  # (extra arguments, words the message must name); exit statu
     (["--text", "class one", "--text", "class two", "--label", "1"], ["--text", "--label"]),
     (["--label", "-1"], ["--label"]), (["--label", "99"], ["--label 99", "4 classes"]),
     (["--foo", "1"], ["--foo"]), (["--device", "nonsense"], ["--device"]),
+    (["--guidance_start", "0.8", "--guidance_stop", "0.2"], ["guidance interval is reversed",
+                                                             "--guidance_start 0.8 --guidance_stop 0.2"]),
 ]
 
 
@@ -278,6 +291,10 @@ EVALUATE_CASES = [  # (extra, exit status, words)
     (["--steps", "4"], 2, ["--steps", "MultimodalVAE", "truncation"]),  # a knob the family does not take
     (["--temperature", "nan"], 2, ["--temperature", "finite"]),
     (["--truncation", "-1"], 2, ["--truncation", ">= 0"]),
+    (["--config", "empty.yaml"], 2, ["--config empty.yaml", "the config is empty", "data: section"]),
+    (["--config", "comments.yaml"], 2, ["--config comments.yaml", "the config is empty"]),
+    (["--guidance_start", "0.8", "--guidance_stop", "0.2"], 2, ["guidance interval is reversed",
+                                                                "--guidance_start 0.8 --guidance_stop 0.2"]),
 ]
 
 
@@ -288,6 +305,22 @@ def test_evaluate_bad_options_fail_at_once(world, capsys, extra, code, names, mo
     extra = [str(world["root"] / e) if e == "broken.yaml" else e for e in extra]
     assert_error(evaluate(world, *extra), code, names, capsys, world)
     assert not (world["root"] / "report.json").exists()
+
+
+def test_evaluate_refuses_a_reversed_guidance_interval_before_any_judge_is_trained(world, capsys, monkeypatch,
+                                                                                   tmp_path):
+    import mmgen_lightning.metrics.judges as judges
+    import mmgen_lightning.metrics.report as report
+
+    def no_judge(*args, **kwargs):
+        raise AssertionError("a judge was trained before the options were checked")
+
+    monkeypatch.setenv("MMGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(judges, "get_judge", no_judge)
+    monkeypatch.setattr(report, "get_judge", no_judge)
+    assert_error(evaluate(world, "--guidance_start", "0.8", "--guidance_stop", "0.2", ckpt="vae"), 2,
+                 ["guidance interval is reversed", "guidance_start <= guidance_stop"], capsys, world)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_evaluate_bad_checkpoint_and_output(world, capsys):
@@ -327,6 +360,7 @@ def test_shard_bad_inputs(world, capsys, tmp_path):
     assert_error(shard(world, out=files / "shards"), 2, ["shards already holds", "--overwrite"], capsys, world)
     assert_error(shard(world, out=files / "notes.txt"), 2, ["is a file"], capsys, world)
     assert_error(shard(world, "--workers", "0"), 2, ["--workers"], capsys, world)
+    assert_error(shard(world, "--limit", "0"), 2, ["--limit must be >= 1"], capsys, world)
     assert_error(shard(world, "--chunk_bytes", "abc"), 2, ["--chunk_bytes", "'abc'"], capsys, world)
     assert_error(shard(world, "--data.nope", "1"), 2, ["nope"], capsys, world)
     assert_error(shard(world, manifest=tmp_path / "none.jsonl"), 1, ["none.jsonl"], capsys, world)
@@ -375,6 +409,43 @@ def test_manifest_captions_cut_by_the_context_are_reported_once(world, tmp_path,
         "and are cut; raise max_text_length to keep them whole"]
 
 
+# --- retrieve ----------------------------------------------------------------------------------
+def retrieve(world, *extra, index=None):
+    return ["retrieve", "--ckpt", str(world["aligner"]), "--index", str(index or world["manifest"]), "--top", "2",
+            *map(str, extra)]
+
+
+def test_retrieve_bad_inputs(world, capsys):
+    files = world["files"]
+    assert_error(retrieve(world, "--query_text", ""), 2, ["the caption is empty", "--query_text ''"], capsys, world)
+    assert_error(retrieve(world, "--query_text", "   "), 2, ["--query_text"], capsys, world)
+    assert_error(retrieve(world, "--query_text", "class one", index=files / "empty.jsonl"), 1,
+                 ["the index has no rows", f"--index {files / 'empty.jsonl'}"], capsys, world)
+    assert_error(retrieve(world, "--query_image", files / "missing.png"), 1, ["--query_image", "not found"],
+                 capsys, world)
+    assert_error(retrieve(world, "--query_image", files / "text.png"), 1, ["--query_image", "cannot decode"],
+                 capsys, world)
+    assert_error(retrieve(world, "--query_text", "class one", "--top", "0"), 2, ["--top"], capsys, world)
+    assert_error(retrieve(world, "--query_text", "class one", "--out", files / "notes.txt"), 2,
+                 ["notes.txt already exists", "--overwrite"], capsys, world)
+    assert_error(["retrieve", "--ckpt", str(world["vae"]), "--index", str(world["manifest"]), "--query_text",
+                  "class one"], 1, ["MultimodalVAE", "not an Aligner"], capsys, world)
+
+
+def test_retrieve_warns_about_words_the_aligner_will_not_read(world, capsys):
+    """As generate does: every word unknown to the aligner's tokenizer, or a query cut before its content."""
+    status, out, err = run(retrieve(world, "--query_text", "purple zebra"), capsys)
+    assert status == 0 and "rank" in out, err
+    assert ("mmgen retrieve: warning: --query_text 'purple zebra': 2 unknown token(s) ('purple', 'zebra') are read "
+            "as [UNK]") in err
+    status, out, err = run(retrieve(world, "--query_text", "class class class class one"), capsys)
+    assert status == 0, err
+    assert ("mmgen retrieve: warning: --query_text 'class class class class one': the caption is 5 tokens long, "
+            "but the model reads at most 4") in err and "cut after 'class class class class'" in err
+    status, _, err = run(retrieve(world, "--query_text", "class one"), capsys)
+    assert status == 0 and "warning" not in err, err
+
+
 # --- fit ---------------------------------------------------------------------------------------
 def fit_config(tmp_path: Path, data: dict, model: dict | None = None, name: str = "config.yaml", **trainer) -> Path:
     import yaml
@@ -417,6 +488,9 @@ def test_fit_bad_inputs(world, capsys, tmp_path):
                  ["VQVAE", "MultimodalVAE", "--ckpt_path"], capsys, world)
     assert_error(["fit", "--config", good, "--ckpt_path", str(files / "garbage.ckpt")], 1, ["garbage.ckpt"],
                  capsys, world)
+    for empty in ("empty.yaml", "comments.yaml"):
+        assert_error(["fit", "--config", str(files / empty)], 2, [f"--config {files / empty}", "the config is empty",
+                                                                  "trainer, model and data"], capsys, world)
     assert_error(["fit", "--config", good, "--seed_everything", "-1"], 2, ["seed -1", "seed_everything"], capsys,
                  world)
     assert_error(["fit", "--config", good, "--data.init_args.seed", "-1"], 2, ["seed must be in"], capsys, world)
@@ -431,6 +505,22 @@ def test_fit_bad_inputs(world, capsys, tmp_path):
     if not torch.cuda.is_available():
         assert_error(["fit", "--config", good, "--trainer.accelerator", "gpu"], 2, ["gpu"], capsys, world)
     assert_error(["fitt"], 2, ["unknown subcommand 'fitt'", "allowed: fit"], capsys, world, command="")
+
+
+def test_fit_from_a_checkpoint_of_other_sizes_names_the_first_mismatch(world, capsys, tmp_path):
+    """The same family trained on 16 px images, resumed on 32 px data: one line naming the checkpoint and the
+    first tensor whose shape differs, not torch's list of every one."""
+    small = str(fit_config(tmp_path, manifest_data(world["manifest"]), max_steps=1))
+    assert run(["fit", "--config", small], capsys)[0] == 0
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    (tmp_path / "larger").mkdir()
+    larger = str(fit_config(tmp_path / "larger", manifest_data(world["manifest"], image_size=32)))
+    line = assert_error(["fit", "--config", larger, "--ckpt_path", str(ckpt)], 1,
+                        [f"(--ckpt_path {ckpt})", "does not fit the MultimodalVAE this config builds",
+                         "more differences", "data settings"], capsys, world)
+    assert re.search(r"builds: [\w.]+ has shape \(\d+(, \d+)*\) in the checkpoint but \(\d+(, \d+)*\) in the "
+                     r"model \(and \d+ more differences\)", line), line
+    assert not (tmp_path / "larger" / "ckpt").exists()
 
 
 def test_fit_names_a_bad_file_found_in_a_loader_worker(world, capsys, tmp_path):
@@ -451,10 +541,36 @@ def test_fit_into_a_folder_holding_a_run_keeps_it_and_says_where_the_new_one_wen
     # with the logger off the run's folder is the config's: the resolved config goes beside it, not over it
     assert Path(config).read_text() == written and (tmp_path / "config.run.yaml").is_file()
     first = checksums(tmp_path / "ckpt")
+    first_config = (tmp_path / "config.run.yaml").read_text()
     status, _, err = run(["fit", "--config", config], capsys)
     assert status == 0, err
     assert "already holds a run's checkpoints" in err and "last-v1.ckpt" in err
+    assert f"already holds a run's config.run.yaml; it is kept, and this run's config is saved beside it as " \
+           f"config.run-v1.yaml" in err
     assert {k: v for k, v in checksums(tmp_path / "ckpt").items() if k in first} == first
+    assert (tmp_path / "config.run.yaml").read_text() == first_config and (tmp_path / "config.run-v1.yaml").is_file()
+    assert f"its config: {tmp_path / 'config.run-v1.yaml'}" in err
+
+
+def test_fit_twice_into_the_default_run_folder_keeps_the_first_runs_config(world, capsys, tmp_path):
+    """Logger off and Lightning's default checkpoint folder (``default_root_dir/checkpoints``): the second run
+    warns about both, writes ``config-v1.yaml`` and never touches the first run's ``config.yaml``."""
+    run_folder = tmp_path / "run"
+    config = str(fit_config(tmp_path, manifest_data(world["manifest"]), callbacks=[],
+                            default_root_dir=str(run_folder)))
+    assert run(["fit", "--config", config], capsys)[0] == 0
+    kept = checksums(run_folder)
+    assert sorted(kept) == ["checkpoints/epoch=0-step=2.ckpt", "config.yaml"], sorted(kept)
+    status, _, err = run(["fit", "--config", config, "--trainer.max_steps", "3"], capsys)
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("mmgen fit: warning:")]
+    assert warnings == [
+        f"mmgen fit: warning: {run_folder} already holds a run's config.yaml; it is kept, and this run's config is "
+        "saved beside it as config-v1.yaml",
+        f"mmgen fit: warning: {run_folder / 'checkpoints'} already holds a run's checkpoints (epoch=0-step=2.ckpt); "
+        "they are kept, and this run's get a -vN suffix there (e.g. last-v1.ckpt); the names follow at the end"]
+    assert {k: v for k, v in checksums(run_folder).items() if k in kept} == kept
+    assert "max_steps: 3" in (run_folder / "config-v1.yaml").read_text()
 
 
 # --- the handler itself --------------------------------------------------------------------------
@@ -467,19 +583,14 @@ def test_debug_shows_the_traceback_and_a_real_bug_keeps_its_stack(world, capsys,
         main(argv)
     monkeypatch.delenv("MMGEN_DEBUG")
 
-    import mmgen_lightning.cli as cli
+    import mmgen_lightning.service as service
 
-    def broken(args):
+    def broken(request):
         return {}["a bug"]
 
-    monkeypatch.setattr(cli, "_check_generate_args", broken)
+    monkeypatch.setattr(service, "check_request", broken)
     with pytest.raises(KeyError):
         main(generate(world))
-
-
-def test_the_corpus_is_wide(world):
-    """Printed for the issue's note: bad inputs tried per command (the tests above, run in this module)."""
-    print("bad inputs tried per command:", CORPUS)
 
 
 def test_the_python_api_names_the_knobs_a_family_takes(world):

@@ -1,5 +1,6 @@
 """The `mmgen` command: help for every subcommand, fit -> generate -> manifest, clear errors."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import pytest
 import yaml
 from PIL import Image
 
+import mmgen_lightning
 from mmgen_lightning.cli import main
 
+PACKAGE = Path(mmgen_lightning.__file__).parent
 SUBCOMMANDS = ["fit", "validate", "test", "predict", "generate", "evaluate"]
 
 
@@ -58,6 +61,40 @@ def test_help_and_bad_arguments_import_neither_torch_nor_lightning():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
     assert "mmgen generate: error: --num must be >= 1" in result.stderr
+
+
+def imported_modules(source: str, module: str) -> set[str]:
+    """Every module an ``import`` or ``from ... import`` in ``source`` names, at any depth (inside functions
+    too), relative imports resolved against ``module``'s package; ``from a import b`` counts ``a`` and ``a.b``."""
+    package = module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}".rstrip(".")
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_nothing_in_the_package_imports_the_cli():
+    """The CLI parses and prints; generation lives in the service. Only the console script imports cli.py."""
+    # dotted names keep `.__init__`, so relative imports in a package's __init__ resolve against the package
+    modules = {".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts): path for path in PACKAGE.rglob("*.py")}
+    assert "mmgen_lightning.service" in modules and len(modules) > 30
+    importers = sorted(name for name, path in modules.items() if name != "mmgen_lightning.cli"
+                       and "mmgen_lightning.cli" in imported_modules(path.read_text(), name))
+    assert importers == []
+    # the check itself sees an import inside a function, a relative one and a from-import of the name
+    assert "mmgen_lightning.cli" in imported_modules("def f():\n    from mmgen_lightning.cli import main\n", "x.y")
+    assert "mmgen_lightning.cli" in imported_modules("from .. import cli\n", "mmgen_lightning.metrics.report")
+    assert "mmgen_lightning.cli" in imported_modules("from . import cli\n", "mmgen_lightning.serve")
+    assert "mmgen_lightning.cli" in imported_modules("from .cli import main\n", "mmgen_lightning.__init__")
+    assert "mmgen_lightning.cli" not in imported_modules("import mmgen_lightning.service\n", "x.y")
 
 
 def _config(tmp_path: Path) -> Path:

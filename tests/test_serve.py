@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +21,12 @@ import torch
 from PIL import Image, ImageSequence
 
 from mmgen_lightning.cli import main as mmgen
+from mmgen_lightning.cli import serve_parser, start_serving
+from mmgen_lightning.errors import UsageError
 from mmgen_lightning.tokenizer import CaptionTokenizer
 from mmgen_lightning.models import ConditionalGAN, MultimodalVAE, VQVAE
-from mmgen_lightning.serve import (MAX_UPLOAD_MB, Server, UserError, build_app, check_upload, sampling_knobs,
-                                   served_directions)
+from mmgen_lightning.serve import (MAX_UPLOAD_MB, Server, UserError, build_app, check_upload, is_loopback, launch,
+                                   read_logins, sampling_knobs, served_directions)
 
 SPEC = {"dataset": "toy", "image_size": 16, "image_channels": 1, "max_text_length": 6, "sample_rate": 8000,
         "audio_length": 2000, "num_classes": 4}
@@ -218,15 +223,190 @@ def test_the_page_has_a_tab_per_direction_and_its_handlers_speak_in_one_line(ser
         compare(" ", ["vae.ckpt"], "", 1, 0)
 
 
-def test_help_stays_fast_and_a_bad_start_is_one_line(tmp_path):
+def test_help_stays_fast_and_a_bad_start_is_one_line(tmp_path, capsys):
     code = ("import sys; from mmgen_lightning.cli import main; main(['--help']); "
             "assert 'gradio' not in sys.modules and 'torch' not in sys.modules, 'heavy import on --help'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0 and "serve" in result.stdout, result.stderr[-2000:]
-    from mmgen_lightning.serve import main as serve_main
+    for argv, code, message in (
+            (["--ckpt", str(tmp_path / "missing.ckpt")], 1,
+             rf"--ckpt {tmp_path}/missing.ckpt: no such checkpoint file or folder$"),
+            (["--ckpt", str(tmp_path), "--port", "70000"], 2, r"--port must be in 0\.\.65535, got 70000"),
+            (["--ckpt", str(tmp_path), "--queue_size", "0"], 2, r"--queue_size must be >= 1")):
+        with pytest.raises(SystemExit) as stop:
+            mmgen(["serve", *argv])
+        err = capsys.readouterr().err
+        assert stop.value.code == code and re.search(rf"^mmgen serve: error: .*{message}", err), err
+        assert len(err.splitlines()) == 1
 
-    with pytest.raises(SystemExit, match="mmgen serve: error: --ckpt .*missing.ckpt: no such checkpoint"):
-        serve_main(["--ckpt", str(tmp_path / "missing.ckpt")])
-    with pytest.raises(SystemExit, match="--port must be in 0..65535"):
-        serve_main(["--ckpt", str(tmp_path), "--port", "70000"])
+
+# --- under load and behind a login ------------------------------------------------------------------
+def click(client, app, elem_id: str, data: list) -> tuple[int, str, str]:
+    """One click of the page's handler that writes ``elem_id``, sent as the browser sends it (Gradio's queue):
+    ``(HTTP status of the join, session, the join's answer)``."""
+    fn_index = next(index for index, function in app.fns.items()
+                    if any(getattr(block, "elem_id", None) == elem_id for block in function.outputs))
+    session = uuid.uuid4().hex
+    answer = client.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
+                                                         "event_data": None, "trigger_id": None})
+    return answer.status_code, session, answer.text
+
+
+def outcome(client, session: str) -> dict:
+    """The ``process_completed`` message of the one event of ``session`` (its output, or its error)."""
+    with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:])["msg"] == "process_completed":
+                return json.loads(line[5:])
+    raise AssertionError(f"session {session} ended without completing")
+
+
+def test_a_full_queue_refuses_at_once_as_busy_and_loses_no_request(server):
+    import httpx
+
+    running, release = threading.Event(), threading.Event()
+    generate = server.generate
+
+    def held(*args, **kwargs):  # the first request holds the model until the queue has been filled
+        running.set()
+        assert release.wait(60)
+        return generate(*args, **kwargs)
+
+    server.generate = held
+    app = launch(server, "127.0.0.1", 0, queue_size=2)
+    try:
+        with httpx.Client(base_url=app.local_url, timeout=60) as client:
+            caption = ["class one", 1, 0, None, None, None]
+            joined = [click(client, app, "vae-ckpt-text-to-image-gallery", caption)]
+            assert running.wait(60)
+            joined += [click(client, app, "vae-ckpt-text-to-image-gallery", caption) for _ in range(3)]
+            assert [status for status, _, _ in joined] == [200, 200, 200, 503]
+            assert json.loads(joined[-1][2]) == {"detail": "Queue is full. Max size is 2 and size is 2."}
+            release.set()
+            done = [outcome(client, session) for _, session, _ in joined[:3]]
+        assert all(message["success"] for message in done)
+        assert len(list(server.out_dir.glob("*-text-to-image/00000_image.png"))) == 3  # every accepted one ran
+    finally:
+        release.set()
+        app.close()
+
+
+def test_a_login_is_asked_and_a_wrong_password_refused(server, tmp_path):
+    import httpx
+
+    app = launch(server, "127.0.0.1", 0, logins=[("ann", "s3cret pass")])
+    try:
+        with httpx.Client(base_url=app.local_url, timeout=60) as client:
+            assert client.get("/config").status_code == 401
+            wrong = client.post("/login", data={"username": "ann", "password": "s3cret"})
+            assert (wrong.status_code, wrong.json()) == (400, {"detail": "Incorrect credentials."})
+            assert client.post("/login", data={"username": "bob", "password": "s3cret pass"}).status_code == 400
+            assert client.get("/config").status_code == 401
+            assert client.post("/login", data={"username": "ann", "password": "s3cret pass"}).status_code == 200
+            assert client.get("/config").status_code == 200
+            status, session, _ = click(client, app, "vae-ckpt-text-to-image-gallery", ["class two", 1, 0, None, None,
+                                                                                       None])
+            assert status == 200 and outcome(client, session)["success"]
+    finally:
+        app.close()
+
+
+def test_logins_come_from_a_file_or_the_environment_never_from_a_flag(tmp_path, capsys):
+    logins = tmp_path / "logins"
+    logins.write_text("# who may use the page\nann:s3cret:with:colons\n\nbob: spaced pass\n")
+    logins.chmod(0o600)
+    assert read_logins(logins, "ignored:when-a-file-is-given") == [("ann", "s3cret:with:colons"),
+                                                                   ("bob", " spaced pass")]
+    assert capsys.readouterr().err == ""
+    logins.chmod(0o644)
+    read_logins(logins, None)
+    assert f"--auth_file {logins} can be read by other users (mode 644): chmod 600" in capsys.readouterr().err
+    assert read_logins(None, "carol:pw") == [("carol", "pw")] and read_logins(None, None) == []
+    for text, where in (("ann\n", "line 1"), ("# none\n\n", "holds no user:password login"), ("ann:\n", "line 1"),
+                        (":pw\n", "line 1")):
+        logins.write_text(text)
+        with pytest.raises(UsageError, match=where) as caught:
+            read_logins(logins, None)
+        assert "pw" not in str(caught.value)  # a password is never echoed
+    with pytest.raises(UsageError, match=r"\$MMGEN_SERVE_AUTH"):
+        read_logins(None, "no-colon-here")
+    options = {option for action in serve_parser()._actions for option in action.option_strings}
+    assert not any("pass" in option for option in options)
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("my-host")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.4"])
+def test_listening_beyond_loopback_without_a_login_is_refused_in_one_line(checkpoints, tmp_path, capsys,
+                                                                           monkeypatch, host):
+    monkeypatch.delenv("MMGEN_SERVE_AUTH", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        mmgen(["serve", "--ckpt", str(checkpoints["vae"]), "--host", host, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == (
+        f"mmgen serve: error: listening on {host} opens the page to other machines, and no login is set "
+        f"(--host {host}): give --auth_file FILE (user:password lines, chmod 600) or set MMGEN_SERVE_AUTH="
+        "user:password, or listen on 127.0.0.1\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_starts_behind_a_login_from_the_environment(checkpoints, tmp_path, capsys, monkeypatch):
+    import httpx
+
+    monkeypatch.setenv("MMGEN_SERVE_AUTH", "ann:from the environment")
+    app = start_serving(["--ckpt", str(checkpoints["vae"]), "--port", "0", "--out", str(tmp_path / "out"),
+                         "--queue_size", "4"])
+    try:
+        assert "login required; one request at a time, 4 more may wait" in capsys.readouterr().out
+        with httpx.Client(base_url=app.local_url, timeout=60) as client:
+            assert client.post("/login", data={"username": "ann", "password": "from"}).status_code == 400
+            right = client.post("/login", data={"username": "ann", "password": "from the environment"})
+            assert right.status_code == 200
+    finally:
+        app.close()
+
+
+def test_a_scenes_checkpoint_refuses_captions_it_cannot_draw_and_warns_on_free_text(tmp_path, capsys):
+    """`mmgen generate` and the page, on a tiny untrained FlowMatching of scenes: a caption naming an unknown
+    colour or shape, a count above 4 or five objects is one line (exit 2, nothing written); free text is drawn,
+    with the scenes parser's warning; a scene caption is drawn without one."""
+    from mmgen_lightning.datamodules.scenes import ScenesDataModule
+    from mmgen_lightning.models.flow import FlowMatching
+
+    data = ScenesDataModule(train_size=8, val_size=8, test_size=8, heldout_size=8)
+    torch.manual_seed(0)
+    model = FlowMatching(data.data_spec, condition="text", sampling={"steps": 2},
+                         network={"width": 32, "depth": 1, "num_heads": 2, "patch_size": 8, "condition_layers": 1})
+    model.tokenizer = data.tokenizer
+    ckpt = save(model, tmp_path / "scenes.ckpt")
+
+    def generate(caption: str, out: str) -> tuple[int, str]:
+        try:
+            mmgen(["generate", "--ckpt", str(ckpt), "--to", "image", "--text", caption, "--num", "1",
+                   "--out", str(tmp_path / out)])
+            status = 0
+        except SystemExit as stop:
+            status = stop.code
+        return status, capsys.readouterr().err
+
+    refused = {"a magenta circle": ": unknown colour 'magenta'", "a red hexagon": ": unknown shape 'hexagon'",
+               "five red circles": ": count 'five' is outside 1-4",
+               "a red circle, a blue square, a green circle and two red squares": " names 5 objects; the canvas "
+                                                                                   "fits at most 4"}
+    for index, (caption, reason) in enumerate(refused.items()):
+        status, err = generate(caption, f"refused{index}")
+        assert status == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"mmgen generate: error: caption {caption!r}{reason}") and "(--text)" in err, err
+        assert not (tmp_path / f"refused{index}").exists()
+    status, err = generate("a cat asleep on a sofa", "free")
+    assert status == 0 and "mmgen generate: warning: --text: caption 'a cat asleep on a sofa' is not a scene " \
+                           "caption: it names no colour, shape, size or count" in err, err
+    assert len(list((tmp_path / "free").glob("*.png"))) == 1
+    status, err = generate("two blue squares", "scene")
+    assert status == 0 and "not a scene caption" not in err and len(list((tmp_path / "scene").glob("*.png"))) == 1
+
+    server = Server([tmp_path], tmp_path / "served")
+    with pytest.raises(UserError, match=r"^--text: caption 'five red circles': count 'five' is outside 1-4[^\n]*$"):
+        server.generate(ckpt, "image", {"text": "five red circles"}, 1)
+    assert len(server.generate(ckpt, "image", {"text": "a red circle above a blue square"}, 2).files) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mmgen_lightning.serve import start
+from mmgen_lightning.cli import start_serving
 from tests.test_serve import checkpoints  # noqa: F401 - the tiny checkpoints fixture
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -44,7 +44,7 @@ def chromium(width: int = 1400, height: int = 1000):
 @pytest.fixture
 def page(checkpoints, tmp_path) -> Iterator[tuple[object, str]]:  # noqa: F811 - pytest fixture by name
     """`mmgen serve --ckpt vae.ckpt --port 0` (everything `main` does but block), and Chromium on its page."""
-    app = start(["--ckpt", str(checkpoints["vae"]), "--port", "0", "--out", str(tmp_path / "out")])
+    app = start_serving(["--ckpt", str(checkpoints["vae"]), "--port", "0", "--out", str(tmp_path / "out")])
     driver = None
     try:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/?", app.local_url), app.local_url  # loopback by default

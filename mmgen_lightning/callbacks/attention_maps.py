@@ -23,7 +23,9 @@ from mmgen_lightning.tokenizer import EOS_ID, UNK_ID
 
 
 class AttentionMapLogger(L.Callback):
-    """Args:
+    """Logs a captioner's cross-attention for each generated word, drawn over its input.
+
+    Args:
         num_samples: inputs taken from the start of the validation split.
         every_n_epochs: log at the end of every n-th training epoch (0 turns this off).
         layer: decoder layer whose cross-attention is drawn (negative counts from the last);

@@ -6,8 +6,9 @@ the judges' feature spaces, BLEU/chrF, likelihood), plus the coherence matrix as
 
 Under DDP each process generates its share of the samples and the metric states are gathered
 before computing, so the logged numbers are those of one process evaluating everything. Judges
-are trained (or loaded from the cache) at the first evaluation, by the first process before the
-others, so a run that ends before its first evaluation trains none.
+are trained (or loaded from the cache) before fitting, by the first process before the others, so
+they take none of the time ``max_time`` counts; a run whose ``max_steps`` ends it before its first
+evaluation (a 20-step try) trains none.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from mmgen_lightning.modalities import JUDGEABLE
 
 
 class EvaluationCallback(L.Callback):
-    """Args:
+    """Scores the model with the report's :class:`~mmgen_lightning.metrics.evaluator.Evaluator` at the end of validation
+    and logs every number as ``eval/<direction>/<metric>``.
+
+    Args:
         directions: e.g. ``["text->image", "->image"]``; default: every scorable direction the model serves.
         num_samples: items of ``split`` evaluated, shared out over processes.
         batch_size: samples generated at once (fixes the chunks: keep it when comparing runs).
@@ -69,12 +73,26 @@ class EvaluationCallback(L.Callback):
         inception = None
         if self.inception_weights and "image" in self._judged:
             inception = InceptionFeatures(None if self.inception_weights == "auto" else self.inception_weights)
-        # the judges come at the first evaluation (a short run that never evaluates never trains one)
         self.evaluator = Evaluator(datamodule, {}, split=self.split, num_samples=self.num_samples,
                                    batch_size=self.batch_size, seed=self.seed, directions=directions,
                                    inception=inception, likelihood=self.likelihood, iwae_samples=self.iwae_samples,
                                    sampling=self.sampling)
         self.evaluator.my_chunks(trainer.global_rank, trainer.world_size)  # fails now, not epochs later
+        # judges train before fitting, outside the time max_time counts, unless the run ends before it evaluates
+        if stage != "fit" or self.evaluates(trainer, datamodule):
+            self.load_judges(trainer)
+
+    def evaluates(self, trainer: L.Trainer, datamodule) -> bool:
+        """Whether a fit evaluates before ``max_steps`` ends it (a 20-step try trains no judge)."""
+        if trainer.max_steps is None or trainer.max_steps < 0 or not self.every_n_epochs:
+            return bool(self.every_n_epochs)
+        if isinstance(trainer.val_check_interval, int):
+            return trainer.max_steps >= trainer.val_check_interval
+        try:
+            batches = len(datamodule.train_dataloader())
+        except TypeError:  # an iterable without a length: assume it evaluates
+            return True
+        return trainer.max_steps >= batches * (trainer.check_val_every_n_epoch or 1) * self.every_n_epochs
 
     def load_judges(self, trainer: L.Trainer) -> None:
         """Train (or load from the cache) the judges: the first process trains and caches, the others load."""

@@ -143,9 +143,11 @@ class RandomStateCheckpoint(Callback):
                         "not restored, so the resumed run draws different noise", states["cpu"].shape[0],
                         trainer.world_size)
             return
-        torch.set_rng_state(states["cpu"][trainer.global_rank])
+        # a copy: torch.set_rng_state reads a view at a storage offset (the row of any rank but 0) wrongly, and
+        # the next draw crashes the process (a segfault in torch 2.14)
+        torch.set_rng_state(states["cpu"][trainer.global_rank].clone())
         if "cuda" in states and pl_module.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"][trainer.global_rank], pl_module.device)
+            torch.cuda.set_rng_state(states["cuda"][trainer.global_rank].clone(), pl_module.device)
 
 
 class DataErrorReport(Callback):

@@ -21,7 +21,9 @@ from mmgen_lightning.tokenizer import UNK_ID
 
 
 class CaptionAttentionLogger(L.Callback):
-    """Args:
+    """Logs a FlowMatching model's cross-attention from image patches to each word of fixed captions.
+
+    Args:
         num_samples: captions taken from the start of the validation split.
         every_n_epochs: log at the end of every n-th training epoch (0 turns this off).
         t: where along the path (0 noise, 1 data) the attention is read.

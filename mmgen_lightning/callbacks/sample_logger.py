@@ -17,7 +17,9 @@ from mmgen_lightning.modalities import batch_keys, get_modality
 
 
 class SampleLogger(L.Callback):
-    """Args:
+    """Logs what ``generate`` makes of fixed validation conditions to TensorBoard, per direction.
+
+    Args:
         directions: e.g. ``["text->image", "image->text", "->image"]``; default: every direction
             the model serves with its full condition set.
         num_samples: conditions taken from the start of the validation split.

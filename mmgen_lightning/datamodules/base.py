@@ -9,10 +9,12 @@ argument link, so sizes that belong to the data are never repeated in YAML.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from mmgen_lightning.batch import check_modalities
 from mmgen_lightning.errors import UsageError
@@ -20,6 +22,52 @@ from mmgen_lightning.modalities import DataSpec
 from mmgen_lightning.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
+
+
+class ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` (order a pure function of ``seed`` and the epoch) that can start an
+    epoch ``skip`` samples in, so a run resumed mid-epoch continues where it stopped."""
+
+    skip: int = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ResumableSampler` that follows Lightning's ``state_dict`` protocol.
+
+    It counts a batch as taken when it hands it out. Lightning's training loop fetches from a sized
+    loader only when it needs the next batch (no prefetching), so a checkpoint written after batch
+    ``n`` records ``n``: the resumed epoch starts at batch ``n + 1`` without loading the ``n`` before it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError("ResumableDataLoader needs a ResumableSampler")
+        self._taken = 0
+        self._resume_at = 0
+
+    def __iter__(self):
+        self._taken, self._resume_at = self._resume_at, 0
+        self.sampler.skip = self._taken * self.batch_size
+        # the base iterator is made now, not at the first batch, so it is set up when Lightning asks for it
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches):
+        for batch in batches:
+            self._taken += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self._taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # a checkpoint from the end of an epoch resumes at the start of the next one
+        self._resume_at = state["batches"] if state["batches"] < len(self) else 0
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -37,6 +85,8 @@ class MultimodalDataModule(L.LightningDataModule):
 
     available_modalities: tuple[str, ...] = ()
     name: str = "data"
+    #: the loaders' ``collate_fn`` (``None``: PyTorch's default)
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
 
     def __init__(self, modalities: list[str], batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  max_text_length: int = 24, tokenizer_path: str | None = None) -> None:
@@ -110,9 +160,21 @@ class MultimodalDataModule(L.LightningDataModule):
             self.dataset(split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        """Evaluation splits in order (Lightning adds a ``DistributedSampler`` under DDP); the train split
+        shuffled by a :class:`ResumableDataLoader`, so a run resumed mid-epoch sees the batches that one that
+        never stopped would."""
+        dataset = self.dataset(split)
+        options = {"batch_size": self.batch_size, "num_workers": self.num_workers,
+                   "persistent_workers": self.num_workers > 0, "collate_fn": self.collate}
+        if not shuffle:
+            return DataLoader(dataset, shuffle=False, **options)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed,
+                                   drop_last=True)
+        # its own generator (worker seeds) keeps loading off the global RNG that models draw noise from
+        return ResumableDataLoader(dataset, sampler=sampler, drop_last=True,
+                                   generator=torch.Generator().manual_seed(self.seed), **options)
 
     def train_dataloader(self) -> DataLoader:
         self.check_train_rows()

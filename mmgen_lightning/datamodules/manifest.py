@@ -21,23 +21,34 @@ columns are unknown raises :class:`DataError` naming the manifest line and the f
 the manifest is read, decoding failures drop the sample from its batch; both are counted in
 :attr:`ManifestDataModule.skip_report`, logged, and summarised at the end of every epoch by
 :class:`~mmgen_lightning.callbacks.faults.DataErrorReport`.
+
+Scale: the manifest is read one row at a time, each row checked as it is read (one ``stat`` per file) and
+kept by column (:class:`ManifestRows`: a line number, a path string, a caption), never as a dict per row,
+so memory grows by little more than the strings themselves; ``benchmarks/manifest_scale.py`` measures the
+time and memory of indexing a million rows.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import itertools
 import json
 import logging
+import os
+import stat
+from array import array
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import Dataset, default_collate
 
-from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule
+from mmgen_lightning.datamodules.base import SPLITS, MultimodalDataModule, ResumableDataLoader, ResumableSampler
 from mmgen_lightning.errors import InputError
 from mmgen_lightning.modalities import REGISTRY, get_modality
 from mmgen_lightning.tokenizer import KINDS, CaptionTokenizer
@@ -50,6 +61,8 @@ COLUMNS = FILE_COLUMNS + ("text", "caption", "label", "split")  # the order of t
 ON_ERROR = ("raise", "skip")
 #: batch key that carries the indices of samples dropped from a batch, popped before the model sees it
 SKIPPED_KEY = "_skipped"
+#: the most captions encoded to find those longer than max_text_length (an even sample beyond)
+LENGTH_CHECK_SAMPLE = 100_000
 
 
 class DataError(InputError):
@@ -69,21 +82,25 @@ def given_modalities(columns: Any) -> list[str]:
     return [name for name, modality in REGISTRY.items() if any(column in columns for column in modality.columns)]
 
 
-def read_manifest(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, row)`` pairs of a ``.jsonl`` or ``.csv`` manifest (CSV line 1 is the header);
-    a line that is not a JSON object raises, naming it."""
+def iter_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` pairs of a ``.jsonl`` or ``.csv`` manifest, read one row at a time (CSV line 1 is
+    the header); a line that is not a JSON object raises, naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    rows = []
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                # an empty cell is a missing value, except a caption, which is then empty (an error)
-                rows.append((line, {k: v for k, v in row.items()
-                                    if v is not None and (v != "" or k in get_modality("text").columns)}))
-        return rows
-    if path.suffix.lower() not in (".jsonl", ".json"):
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
         raise ValueError(f"manifest {path}: unknown format {path.suffix!r}; allowed: .jsonl, .csv")
+    return _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    captions = get_modality("text").columns
+    with open(path, newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            # an empty cell is a missing value, except a caption, which is then empty (an error)
+            yield line, {k: v for k, v in row.items() if v is not None and (v != "" or k in captions)}
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
@@ -94,8 +111,54 @@ def read_manifest(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise DataError(path, line, f"not valid JSON ({error})") from error
             if not isinstance(row, dict):
                 raise DataError(path, line, f"a row must be a JSON object, got {type(row).__name__}")
-            rows.append((line, row))
-    return rows
+            yield line, row
+
+
+class ManifestRows(Sequence):
+    """Checked manifest rows kept by column: per row a line number, a split code, and per modality a file path
+    (``str``), a caption or a label. Row ``i`` reads back as the dict :meth:`ManifestDataModule.check_row`
+    made, ``{"line", "split", <modality>: value}``, with file paths as ``Path``; a dict (and a ``Path``) per
+    row would take several times the memory of a million-row manifest. ``take(indices)`` is a view of some
+    rows sharing the columns."""
+
+    def __init__(self, modalities: Sequence[str]) -> None:
+        self.lines, self.splits = array("q"), array("b")  # split: index in SPLITS, -1 for none
+        self.columns: dict[str, Any] = {name: array("q") if name == "label" else [] for name in modalities}
+        self.indices: Any = None  # the rows of the table this view shows (None: all, in order)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.lines.append(row["line"])
+        self.splits.append(SPLITS.index(row["split"]) if row["split"] is not None else -1)
+        for name, column in self.columns.items():
+            column.append(row[name])
+
+    def take(self, indices: Sequence[int]) -> "ManifestRows":
+        view = copy.copy(self)  # the same columns
+        view.indices = np.asarray(indices, dtype=np.int64) if self.indices is None else self.indices[indices]
+        return view
+
+    def __len__(self) -> int:
+        return len(self.lines) if self.indices is None else len(self.indices)
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        at = index % len(self) if self.indices is None else int(self.indices[index])
+        split = self.splits[at]
+        row: dict[str, Any] = {"line": self.lines[at], "split": SPLITS[split] if split >= 0 else None}
+        for name, column in self.columns.items():
+            row[name] = Path(column[at]) if name in FILE_COLUMNS else column[at]
+        return row
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[index] for index in range(len(self)))
+
+    def column(self, name: str) -> list[Any]:
+        """One column's values of these rows (captions for the tokenizer, without building a dict per row)."""
+        values = self.columns[name]
+        return list(values) if self.indices is None else [values[i] for i in self.indices.tolist()]
 
 
 class ManifestDataset(Dataset):
@@ -105,7 +168,7 @@ class ManifestDataset(Dataset):
     :func:`collate_dropping_skipped` takes it out of the batch and passes the index on.
     """
 
-    def __init__(self, datamodule: "ManifestDataModule", rows: list[dict[str, Any]]) -> None:
+    def __init__(self, datamodule: "ManifestDataModule", rows: Sequence[dict[str, Any]]) -> None:
         self.datamodule, self.rows = datamodule, rows
 
     def __len__(self) -> int:
@@ -151,52 +214,6 @@ def collate_dropping_skipped(items: list[dict[str, Tensor]]) -> dict[str, Tensor
     return batch
 
 
-class ResumableSampler(DistributedSampler):
-    """A ``DistributedSampler`` (order a pure function of ``seed`` and the epoch) that can start an
-    epoch ``skip`` samples in, so a run resumed mid-epoch continues where it stopped."""
-
-    skip: int = 0
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0
-        return iter(indices[skip:])
-
-
-class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` over a :class:`ResumableSampler` that follows Lightning's ``state_dict`` protocol.
-
-    It counts a batch as taken when it hands it out. Lightning's training loop fetches from a sized
-    loader only when it needs the next batch (no prefetching), so a checkpoint written after batch
-    ``n`` records ``n``: the resumed epoch starts at batch ``n + 1`` without decoding the ``n`` before it.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, ResumableSampler):
-            raise TypeError("ResumableDataLoader needs a ResumableSampler")
-        self._taken = 0
-        self._resume_at = 0
-
-    def __iter__(self):
-        self._taken, self._resume_at = self._resume_at, 0
-        self.sampler.skip = self._taken * self.batch_size
-        # the base iterator is made now, not at the first batch, so it is set up when Lightning asks for it
-        return self._counted(super().__iter__())
-
-    def _counted(self, batches):
-        for batch in batches:
-            self._taken += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"batches": self._taken}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        # a checkpoint from the end of an epoch resumes at the start of the next one
-        self._resume_at = state["batches"] if state["batches"] < len(self) else 0
-
-
 class ManifestDataModule(MultimodalDataModule):
     """A user's image/audio/video files and captions, listed in a JSONL or CSV manifest.
 
@@ -228,6 +245,7 @@ class ManifestDataModule(MultimodalDataModule):
 
     available_modalities = ("image", "text", "audio", "video", "label")
     name = "manifest"
+    collate = staticmethod(collate_dropping_skipped)  # a row that fails to decode leaves the batch
 
     def __init__(self, manifest: str, modalities: list[str] | None = None, image_size: int = 32,
                  image_channels: int = 3, video_size: int | None = None, num_frames: int = 8,
@@ -237,11 +255,12 @@ class ManifestDataModule(MultimodalDataModule):
                  vocab_size: int = 4000, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  max_text_length: int = 24, tokenizer_path: str | None = None) -> None:
         self.manifest = Path(manifest)
-        raw_rows = read_manifest(self.manifest)
-        if not raw_rows:
+        raw_rows = iter_manifest(self.manifest)
+        first = next(raw_rows, None)
+        if first is None:
             raise ValueError(f"manifest {self.manifest} has no rows")
         if modalities is None:
-            modalities = given_modalities(raw_rows[0][1])
+            modalities = given_modalities(first[1])
         super().__init__(modalities, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          max_text_length=max_text_length, tokenizer_path=tokenizer_path)
         if on_error not in ON_ERROR:
@@ -265,73 +284,96 @@ class ManifestDataModule(MultimodalDataModule):
         self.resample, self.on_error = resample, on_error
         self.split_fractions, self.tokenizer_kind, self.vocab_size = fractions, tokenizer_kind, vocab_size
         self.allowed_columns = COLUMNS + tuple(ignore_columns or ())
+        self._allowed = frozenset(self.allowed_columns)
+        self._read_as = [(name, get_modality(name)) for name in self.modalities]
+        self.folder = str(self.manifest.parent)  # file paths in the manifest are relative to it
         #: per split: manifest lines dropped when read, and dataset indices dropped from batches since the last report
         self.skip_report: dict[str, dict[str, list]] = {s: {"read": [], "decode": []} for s in SPLITS}
-        self.rows = self._split_rows(raw_rows)
+        self.rows = self._split_rows(itertools.chain([first], raw_rows))
         if not self.rows["train"]:
             raise ValueError(f"manifest {self.manifest}: no usable row is left for the train split")
-        labels = [row["label"] for rows in self.rows.values() for row in rows if "label" in row]
+        labels = [label for rows in self.rows.values() for label in rows.column("label")] \
+            if "label" in self.modalities else []
         self.num_classes = num_classes or (max(labels) + 1 if labels else 0)
-        if "label" in self.modalities and labels and max(labels) >= self.num_classes:
+        if labels and max(labels) >= self.num_classes:
             raise ValueError(f"num_classes is {self.num_classes} but the manifest has label {max(labels)}")
 
     # --- reading the manifest -----------------------------------------------------------------
     def check_row(self, line: int, raw: dict[str, Any]) -> dict[str, Any]:
-        """A row with resolved paths, its caption and label; :class:`DataError` for what can be
-        seen without decoding (unknown column, missing field, empty caption, missing or empty file)."""
-        unknown = [key for key in raw if key not in self.allowed_columns]
-        if unknown:
-            raise DataError(self.manifest, line, f"unknown column {unknown[0]!r}; allowed: "
+        """A row with its file paths joined to the manifest's folder (``str``), its caption and label;
+        :class:`DataError` for what can be seen without decoding (unknown column, missing field, empty caption,
+        missing or empty file). Runs once per row of manifests of millions of rows: one ``stat`` per file,
+        ``os.path`` rather than ``pathlib``."""
+        if not raw.keys() <= self._allowed:
+            unknown = next(key for key in raw if key not in self._allowed)
+            raise DataError(self.manifest, line, f"unknown column {unknown!r}; allowed: "
                             f"{', '.join(self.allowed_columns)} (add others to ignore_columns)")
         if "text" in raw and "caption" in raw:
             raise DataError(self.manifest, line, "give 'text' or 'caption', not both")
         row: dict[str, Any] = {"line": line, "split": raw.get("split")}
-        for name in self.modalities:
-            key = next((column for column in get_modality(name).columns if column in raw), name)
-            if key not in raw:
+        for name, modality in self._read_as:
+            for column in modality.columns:
+                if column in raw:
+                    value = raw[column]
+                    break
+            else:
                 raise DataError(self.manifest, line, f"no {name!r} column, but modalities include {name!r}")
-            value = raw[key]
-            if name in FILE_COLUMNS:
-                path = Path(str(value))
-                path = path if path.is_absolute() else self.manifest.parent / path
-                if not path.exists():
-                    raise DataError(self.manifest, line, f"{name} file not found", path)
-                if path.is_file() and path.stat().st_size == 0:
-                    raise DataError(self.manifest, line, f"{name} file is empty (0 bytes)", path)
+            if modality.from_files:
+                path = os.path.join(self.folder, str(value))
+                try:
+                    found = os.stat(path)
+                except OSError:
+                    raise DataError(self.manifest, line, f"{name} file not found", Path(path)) from None
+                if stat.S_ISREG(found.st_mode) and found.st_size == 0:
+                    raise DataError(self.manifest, line, f"{name} file is empty (0 bytes)", Path(path))
                 row[name] = path
             else:  # a caption or a label, checked by its modality
                 try:
-                    row[name] = get_modality(name).parse_cell(value)
+                    row[name] = modality.parse_cell(value)
                 except ValueError as error:
                     raise DataError(self.manifest, line, str(error)) from error
         if row["split"] is not None and row["split"] not in SPLITS:
             raise DataError(self.manifest, line, f"split: unknown {row['split']!r}; allowed: {', '.join(SPLITS)}")
         return row
 
-    def _split_rows(self, raw_rows: list[tuple[int, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-        """Check every row, then assign it to a split: by its ``split`` column when the manifest has
-        one, else by a seeded permutation of all rows (bad ones included, so a good row's split never
+    def _split_rows(self, raw_rows: Iterable[tuple[int, dict[str, Any]]]) -> dict[str, ManifestRows]:
+        """Check every row as it is read, then assign it to a split: by its ``split`` column when the manifest
+        has one, else by a seeded permutation of all rows (bad ones included, so a good row's split never
         depends on which others are bad)."""
-        by_column = any("split" in raw for _, raw in raw_rows)
-        order = np.random.default_rng(self.seed).permutation(len(raw_rows))
-        cuts = np.rint(np.cumsum(self.split_fractions) * len(raw_rows)).astype(int)
-        position = np.empty(len(raw_rows), dtype=int)
-        position[order] = np.arange(len(raw_rows))
-        rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        table = ManifestRows(self.modalities)
+        kept = array("q")  # each kept row's index among all rows
+        dropped: list[tuple[int, Any, str]] = []  # (index among all rows, its split value, why)
+        count = 0
         for index, (line, raw) in enumerate(raw_rows):
-            split = SPLITS[int(np.searchsorted(cuts[:2], position[index], side="right"))]
+            count += 1
             try:
                 row = self.check_row(line, raw)
-                if by_column and row["split"] is None:
-                    raise DataError(self.manifest, line, "no 'split' value, but other rows have one")
             except DataError as error:
                 if self.on_error == "raise":
                     raise
                 log.warning("skipping %s", error)
-                self.skip_report[raw.get("split") if raw.get("split") in SPLITS else split]["read"].append(str(error))
+                dropped.append((index, raw.get("split"), str(error)))
                 continue
-            rows[row["split"] if by_column else split].append(row)
-        return rows
+            table.append(row)
+            kept.append(index)
+        order = np.random.default_rng(self.seed).permutation(count)
+        position = np.empty(count, dtype=np.int64)
+        position[order] = np.arange(count)
+        cuts = np.rint(np.cumsum(self.split_fractions) * count).astype(int)
+        drawn = np.searchsorted(cuts[:2], position, side="right")  # each row's split by the permutation
+        stored = np.array(table.splits, dtype=np.int8)  # the split column's values (-1: none)
+        by_column = bool((stored >= 0).any()) or any(split is not None for _, split, _ in dropped)
+        if by_column:  # a row without a split where other rows have one
+            for at in np.flatnonzero(stored < 0).tolist():
+                error = DataError(self.manifest, table.lines[at], "no 'split' value, but other rows have one")
+                if self.on_error == "raise":
+                    raise error
+                log.warning("skipping %s", error)
+                dropped.append((kept[at], None, str(error)))
+        for index, split, message in sorted(dropped, key=lambda bad: bad[0]):
+            self.skip_report[split if split in SPLITS else SPLITS[int(drawn[index])]]["read"].append(message)
+        splits = stored if by_column else drawn[np.array(kept, dtype=np.int64)]
+        return {name: table.take(np.flatnonzero(splits == code)) for code, name in enumerate(SPLITS)}
 
     # --- the source ---------------------------------------------------------------------------
     @property
@@ -340,20 +382,33 @@ class ManifestDataModule(MultimodalDataModule):
             self._tokenizer = CaptionTokenizer.train(self.caption_corpus(), self.max_text_length,
                                                      kind=self.tokenizer_kind, vocab_size=self.vocab_size)
         tokenizer = super().tokenizer
-        if not getattr(self, "_lengths_checked", False):  # once: captions the model will only see cut
+        if not getattr(self, "_lengths_checked", False) and "text" in self.modalities:  # once: captions cut short
             self._lengths_checked = True
-            captions = [row["text"] for rows in self.rows.values() for row in rows if "text" in row]
-            lengths = [len(e.ids) for e in tokenizer.tokenizer.encode_batch(captions)]
-            cut = [n for n in lengths if n > self.max_text_length - 2]
-            if cut:
-                log.warning("%s: %d of %d captions are longer than max_text_length=%d allows (%d tokens; the "
-                            "longest has %d) and are cut; raise max_text_length to keep them whole", self.manifest,
-                            len(cut), len(captions), self.max_text_length, self.max_text_length - 2, max(cut))
+            self._warn_about_cut_captions(tokenizer)
         return tokenizer
+
+    def _warn_about_cut_captions(self, tokenizer: CaptionTokenizer) -> None:
+        """Warn when captions are longer than ``max_text_length`` allows: every caption is encoded up to
+        ``LENGTH_CHECK_SAMPLE`` of them, an evenly spaced sample of that size beyond (encoding a caption costs
+        ~25 us, a minute for a few million), and the warning says which."""
+        captions = [caption for rows in self.rows.values() for caption in rows.column("text")]
+        step = max(1, -(-len(captions) // LENGTH_CHECK_SAMPLE))
+        checked = captions[::step]
+        room, cut, longest = self.max_text_length - 2, 0, 0
+        for start in range(0, len(checked), 10_000):  # HF encodings take ~1 KB each: a chunk at a time
+            lengths = [len(e.ids) for e in tokenizer.tokenizer.encode_batch(checked[start:start + 10_000])]
+            cut += sum(n > room for n in lengths)
+            longest = max([longest, *lengths])
+        if cut:
+            counted = f"{cut} of {len(checked)} captions" + (
+                f" (one in every {step} of {len(captions)})" if step > 1 else "")
+            log.warning("%s: %s are longer than max_text_length=%d allows (%d tokens; the longest has %d) and are "
+                        "cut; raise max_text_length to keep them whole", self.manifest, counted,
+                        self.max_text_length, room, longest)
 
     def caption_corpus(self) -> list[str]:
         """The train split's captions (val/test captions stay unseen, as they would in use)."""
-        return [row["text"] for row in self.rows["train"] if "text" in row] or ["(no captions)"]
+        return (self.rows["train"].column("text") if "text" in self.modalities else []) or ["(no captions)"]
 
     def build_split(self, split: str) -> Dataset:
         return ManifestDataset(self, self.rows[split])
@@ -368,20 +423,6 @@ class ManifestDataModule(MultimodalDataModule):
                 "sample_rate": self.sample_rate, "audio_length": self.audio_length, "num_frames": self.num_frames}
 
     # --- loading ------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
-        options = {"batch_size": self.batch_size, "num_workers": self.num_workers,
-                   "persistent_workers": self.num_workers > 0, "collate_fn": collate_dropping_skipped}
-        if not shuffle:  # Lightning adds a DistributedSampler under DDP
-            return DataLoader(dataset, shuffle=False, **options)
-        trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed,
-                                   drop_last=True)
-        # its own generator (worker seeds) keeps loading off the global RNG that models draw noise from
-        return ResumableDataLoader(dataset, sampler=sampler, drop_last=True,
-                                   generator=torch.Generator().manual_seed(self.seed), **options)
-
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Take the dropped samples' indices out of the batch and count them for the epoch report."""
         if isinstance(batch, dict) and SKIPPED_KEY in batch:
@@ -411,5 +452,5 @@ class ManifestDataModule(MultimodalDataModule):
         return count, messages
 
 
-__all__ = ["DataError", "ManifestDataModule", "ManifestDataset", "ResumableDataLoader", "ResumableSampler",
-           "collate_dropping_skipped", "given_modalities", "read_manifest"]
+__all__ = ["DataError", "ManifestDataModule", "ManifestDataset", "ManifestRows", "ResumableDataLoader",
+           "ResumableSampler", "collate_dropping_skipped", "given_modalities", "iter_manifest"]

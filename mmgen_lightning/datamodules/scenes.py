@@ -554,8 +554,9 @@ class ScenesDataModule(MultimodalDataModule):
 
     Args:
         modalities: which of ``image``, ``text`` each batch carries.
-        train_size, val_size, test_size: items in the train, val and test splits (> 0); none holds a
-            pair of ``HELDOUT_PAIRS``.
+        train_size: items in the train split (> 0); none holds a pair of ``HELDOUT_PAIRS``.
+        val_size: items in the val split (> 0), none with a held-out pair.
+        test_size: items in the test split (> 0), none with a held-out pair.
         heldout_size: items in the ``heldout`` split (> 0), each naming one or more held-out pairs.
         batch_size: samples per batch and per process.
         num_workers: ``DataLoader`` worker processes.

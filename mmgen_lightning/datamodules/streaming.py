@@ -71,11 +71,14 @@ class ShardWriter:
 
 
 def shard_manifest(datamodule: ManifestDataModule, output_dir: str | Path, chunk_bytes: str = "64MB",
-                   num_workers: int = 1) -> dict[str, Any]:
-    """Write every non-empty split of ``datamodule`` as litdata chunks under ``output_dir/<split>``.
+                   num_workers: int = 1, limit: int | None = None) -> dict[str, Any]:
+    """Write every non-empty split of ``datamodule`` as litdata chunks under ``output_dir/<split>``, at most
+    ``limit`` rows of each (the first ones; ``None``: all).
 
-    Returns the metadata written to ``output_dir/mmgen.json``; per split it counts the manifest
-    rows, the samples written and the rows skipped (``on_error: skip``).
+    Rows stream through: the writers decode one row at a time by its index and litdata keeps one chunk in
+    memory per writer, so memory does not grow with the rows written (``benchmarks/manifest_scale.py``).
+    Returns the metadata written to ``output_dir/mmgen.json``; per split it counts the manifest rows, the
+    samples written and the rows skipped (``on_error: skip``) among those tried.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +89,9 @@ def shard_manifest(datamodule: ManifestDataModule, output_dir: str | Path, chunk
         if not rows:
             splits[split] = {"rows": dropped_when_read, "written": 0, "skipped": dropped_when_read}
             continue
+        tried = len(rows) if limit is None else min(limit, len(rows))
         try:
-            optimize(fn=ShardWriter(datamodule.dataset(split)), inputs=list(range(len(rows))),
+            optimize(fn=ShardWriter(datamodule.dataset(split)), inputs=list(range(tried)),
                      output_dir=str(output_dir / split), chunk_bytes=chunk_bytes, num_workers=num_workers,
                      mode="overwrite", verbose=False, start_method=START_METHOD)
         except RuntimeError as error:
@@ -99,10 +103,11 @@ def shard_manifest(datamodule: ManifestDataModule, output_dir: str | Path, chunk
             raise InputError(found[-1], hint=DataError.advice) from error
         written = len(StreamingDataset(str(output_dir / split)))
         splits[split] = {"rows": len(rows) + dropped_when_read, "written": written,
-                         "skipped": len(rows) - written + dropped_when_read}
+                         "skipped": tried - written + dropped_when_read}
     datamodule.tokenizer.save(output_dir / TOKENIZER_FILE)
     meta = {"manifest": str(datamodule.manifest), "modalities": list(datamodule.modalities),
-            "max_text_length": datamodule.max_text_length, "spec": datamodule.source_spec(), "splits": splits}
+            "max_text_length": datamodule.max_text_length, "spec": datamodule.source_spec(), "splits": splits,
+            **({"limit": limit} if limit is not None else {})}
     (output_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 

@@ -125,7 +125,7 @@ def alignment_report(generator, generator_path: str | Path, aligner_path: str | 
                      batch_size: int = 64, seed: int = 0, **sampling: Any) -> dict[str, Any]:
     """What ``mmgen evaluate --aligner`` adds to a report: the aligner's file and one row per direction
     (``sampling``: the generator's knobs)."""
-    from mmgen_lightning.retrieve import load_aligner
+    from mmgen_lightning.models.aligner import load_aligner
 
     aligner = load_aligner(aligner_path).to(generator.device)
     directions = directions or default_alignment_directions(generator, aligner, datamodule)

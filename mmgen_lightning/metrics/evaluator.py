@@ -28,6 +28,7 @@ from torch.utils.data import default_collate
 
 from mmgen_lightning.batch import parse_direction
 from mmgen_lightning.datamodules.attributes import describe
+from mmgen_lightning.datamodules.base import MultimodalDataModule
 from mmgen_lightning.metrics.coherence import AttributeAgreement, compared_attributes, read_attributes
 from mmgen_lightning.metrics.features import InceptionFeatures, JudgeFeatures
 from mmgen_lightning.metrics.judges import Judge, judged_attributes
@@ -90,15 +91,19 @@ class Evaluator:
         seed: seeds sampling and the KID subsets.
         directions: e.g. ``["text->image", "->image"]``; default: :func:`default_directions`.
         inception: Inception features for image targets (``None``: judge features only).
-        quality, text, likelihood: turn each group of metrics on or off.
+        quality: compute the sample-quality metrics (FID/KID/IS, precision/recall) of judged targets.
+        text: compute the caption metrics of directions that write text from a condition.
+        likelihood: compute the model's likelihood (bits/dim) where it has one.
         iwae_samples: ``K`` of the VAE's IWAE bound (default: the model's own ``iwae_samples``).
-        kid_subsets, nearest_k: see :class:`~mmgen_lightning.metrics.quality.SampleQuality`.
+        kid_subsets: KID's subsets (:class:`~mmgen_lightning.metrics.quality.SampleQuality`).
+        nearest_k: ``k`` of precision/recall's neighbourhoods (:class:`~mmgen_lightning.metrics.quality.SampleQuality`).
         sampling: keyword arguments of ``generate`` (temperature, truncation, guidance_scale, ...).
     """
 
-    def __init__(self, datamodule, judges: dict[str, Judge], split: str = "test", num_samples: int | None = None,
-                 batch_size: int = 64, seed: int = 0, directions: list[str] | None = None,
-                 inception: InceptionFeatures | None = None, quality: bool = True, text: bool = True,
+    def __init__(self, datamodule: MultimodalDataModule, judges: dict[str, Judge], split: str = "test",
+                 num_samples: int | None = None, batch_size: int = 64, seed: int = 0,
+                 directions: list[str] | None = None, inception: InceptionFeatures | None = None,
+                 quality: bool = True, text: bool = True,
                  likelihood: bool = True, iwae_samples: int | None = None, kid_subsets: int = 50,
                  nearest_k: int = 5, sampling: dict[str, Any] | None = None) -> None:
         if batch_size < 1:

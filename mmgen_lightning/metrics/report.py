@@ -1,4 +1,4 @@
-"""``mmgen evaluate``: one report per checkpoint, as JSON and as a Markdown table.
+"""What ``mmgen evaluate`` measures: one report per checkpoint, as JSON and as a Markdown table.
 
 The datamodule is rebuilt from the arguments stored in the checkpoint (or from ``--config``),
 judges are trained once on its real training split and cached, and the model is scored by the
@@ -6,6 +6,9 @@ same :class:`~mmgen_lightning.metrics.evaluator.Evaluator` the training dashboar
 of every direction it serves (with the real data's own score beside it, the ceiling), FID, KID,
 IS and precision/recall/density/coverage in the judges' feature spaces (and Inception's, for
 images, given ``--inception``), BLEU/chrF of captions, and the likelihood where the family has one.
+A text -> image model of scenes (``datamodules/scenes.py``) also gets the GenEval-style table of
+:func:`~mmgen_lightning.metrics.scenes.evaluate_scenes` (the first ``limit`` captions, default 64, of the
+seen and held-out splits, 8 samples each, the real renders' scores beside).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from mmgen_lightning.metrics.evaluator import JUDGEABLE, Evaluator, default_dire
 from mmgen_lightning.metrics.features import InceptionFeatures
 from mmgen_lightning.metrics.judges import get_judge, judge_path, judged_attributes
 from mmgen_lightning.batch import parse_direction
-from mmgen_lightning.errors import ArgumentParser, CheckpointError, UsageError, one_line
+from mmgen_lightning.datamodules.scenes import ScenesDataModule
+from mmgen_lightning.errors import UsageError, one_line
 from mmgen_lightning.knobs import check_sampling
 from mmgen_lightning.models.base import CHECKPOINT_KEY, load_generator
 
@@ -113,6 +117,13 @@ def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "t
     report: dict[str, Any] = {"checkpoint": str(ckpt), "family": type(model).__name__, "dataset": spec["dataset"],
                               "judges": judge_files}
     report.update(evaluator.run(model))
+    if isinstance(datamodule, ScenesDataModule) and model.serves(("text",), "image"):
+        # a scene is right only as a whole (its objects, colours, sizes, relation, count), which no
+        # per-attribute judge reads: the GenEval-style table of metrics/scenes.py scores it
+        from mmgen_lightning.metrics.scenes import evaluate_scenes, model_sampler
+
+        report["scenes"] = evaluate_scenes(model_sampler(model, **sampling), datamodule, num_captions=limit or 64,
+                                           samples_per_caption=8, batch_size=batch_size, seed=seed)
     if alignment is not None:
         report["alignment"] = alignment
     if extractor is not None:
@@ -183,7 +194,7 @@ def _number(value: Any) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown tables: coherence, sample quality, text, likelihood."""
+    """The report as Markdown tables: coherence, sample quality, text, likelihood, alignment, scenes."""
     lines = [f"### {report['family']} on {report['dataset']} ({report['split']} split, "
              f"{report.get('samples', '?')} samples)", ""]
     if report.get("coherence"):
@@ -225,54 +236,18 @@ def markdown(report: dict[str, Any]) -> str:
         from mmgen_lightning.metrics.alignment import alignment_markdown
 
         lines.append(alignment_markdown(report["alignment"]))
+    if report.get("scenes"):
+        from mmgen_lightning.metrics.scenes import scenes_markdown
+
+        lines.append(scenes_markdown(report["scenes"]))
     return "\n".join(lines)
 
 
-def evaluate_cli(argv: Sequence[str]) -> None:
-    """``mmgen evaluate``; errors are raised (:mod:`mmgen_lightning.errors`) for ``cli.main`` to report as one line."""
-    parser = ArgumentParser(prog="mmgen evaluate", description=(
-        "Score a checkpoint: cross-modal coherence and sample quality (FID, KID, IS, precision/recall) read by "
-        "judges trained on the real training data, BLEU/chrF of captions, and likelihood where the family has "
-        "one. Writes JSON and a Markdown table beside it (never over existing files unless --overwrite). "
-        "On data without judged attributes (a manifest) only the likelihood is measured, or alignment with "
-        "--aligner."))
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `mmgen fit`")
-    parser.add_argument("--config", default=None, help="config whose `data` section rebuilds the datamodule "
-                                                       "(default: the datamodule stored in the checkpoint)")
-    parser.add_argument("--out", required=True, help="report path (.json); a .md table is written beside it")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report and its .md table")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples")
-    parser.add_argument("--seed", type=int, default=0, help="seeds sampling, in [0, 2**63 - 1]")
-    parser.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64,
-                        help="samples generated at once")
-    parser.add_argument("--direction", action="append", default=None,
-                        help="direction to score, e.g. 'text->image', or --direction=->image for unconditional "
-                             "samples (repeatable; default: every direction the model serves)")
-    parser.add_argument("--inception", nargs="?", const=True, default=None, metavar="WEIGHTS",
-                        help="add Inception-v3 FID/KID/IS for images; weights from WEIGHTS, else "
-                             "$MMGEN_INCEPTION_WEIGHTS, else torch-fidelity's cache (never downloaded)")
-    parser.add_argument("--aligner", default=None, metavar="ALIGNER_CKPT",
-                        help="an Aligner checkpoint: adds reference-free alignment (mean cosine of condition and "
-                             "sample) and R-precision; works on a manifest with no attributes")
-    from mmgen_lightning.cli import add_knob_flags, check_output_file, check_seed, knob_values
-
-    add_knob_flags(parser)
-    args = parser.parse_args(argv)
-    sampling = knob_values(args)
-    for option, value in (("--limit", args.limit), ("--batch_size", args.batch_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{option} must be >= 1, got {value}", option, f"give {option} 1 or more")
-    check_seed(args.seed)
-    for option, path in (("--ckpt", args.ckpt), ("--config", args.config), ("--aligner", args.aligner)):
-        if path is not None and not Path(path).is_file():  # a missing config is a usage error, a checkpoint not
-            kind = UsageError if option == "--config" else CheckpointError
-            raise kind("file not found" if not Path(path).exists() else "is a folder, not a file",
-                       f"{option} {path}", "check the path")
-    out = check_output_file(args.out, overwrite=args.overwrite, also=(".md",))
-    report = evaluate(args.ckpt, args.config, args.split, args.limit, args.seed, inception=args.inception,
-                      batch_size=args.batch_size, directions=args.direction, aligner=args.aligner, sampling=sampling)
+def write_report(report: dict[str, Any], out: str | Path) -> str:
+    """Write ``report`` to ``out`` (JSON) and its Markdown table beside it (``.md``); returns the table."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    table = markdown(report)
+    out.with_suffix(".md").write_text(table)
+    return table

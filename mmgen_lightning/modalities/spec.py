@@ -19,12 +19,17 @@ class DataSpec(Mapping):
     Attributes:
         dataset: the source's name (``digits``, ``shapes``, ``manifest``, ...), for cache keys and reports.
         modalities: the batch keys the data carries.
-        vocab_size, max_text_length: the tokenizer's vocabulary and the padded caption length ``L``.
-        image_size, image_channels: side and channels of ``image: B,C,H,W``.
-        video_size, num_frames: side and frame count of ``video: B,F,C,H,W`` (side: ``image_size`` if unset).
-        sample_rate, audio_length: of ``audio: B,T`` (``T = audio_length``).
+        vocab_size: the tokenizer's vocabulary size.
+        max_text_length: the padded caption length ``L`` of ``text: B,L``.
+        image_size: side ``H == W`` of ``image: B,C,H,W``.
+        image_channels: channels ``C`` of ``image: B,C,H,W``.
+        video_size: side of ``video: B,F,C,H,W`` (``image_size`` if unset).
+        num_frames: frame count ``F`` of ``video: B,F,C,H,W``.
+        sample_rate: samples per second of ``audio: B,T``.
+        audio_length: ``T`` of ``audio: B,T``.
         num_classes: label classes.
-        attribute_names, attribute_sizes: the columns of ``attributes: B,K`` and their class counts.
+        attribute_names: the ``K`` columns of ``attributes: B,K``.
+        attribute_sizes: the class count of each column.
         extra: any other key a source gives, kept as is.
     """
 

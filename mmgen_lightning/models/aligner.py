@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,8 +34,9 @@ from torch import Tensor, nn
 from torchmetrics.retrieval import RetrievalHitRate
 
 from mmgen_lightning.config import ConfigGroup, build_groups
+from mmgen_lightning.errors import CheckpointError
 from mmgen_lightning.modalities import MODALITIES, get_modality
-from mmgen_lightning.models.base import GenerativeModule, LegacyLayout
+from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, load_generator
 from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.token_encoders import STEMS
 from mmgen_lightning.models.optim import Optimization
@@ -133,7 +135,10 @@ class AttentionPool(nn.Module):
 
 # --- the family -----------------------------------------------------------------------------------
 class Aligner(GenerativeModule):
-    """Args:
+    """Encoders of several modalities into one L2-normalised space, trained by symmetric InfoNCE over
+    every pair; retrieval, and scores of any generator's samples against their conditions.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modalities: the modalities embedded into the shared space (at least two of ``image``, ``text``,
             ``audio``, ``video``, ``label``); default: every one the data carries.
@@ -284,6 +289,16 @@ class Aligner(GenerativeModule):
         raise ValueError(f"Aligner cannot generate: it serves no direction (nothing); it embeds "
                          f"{', '.join(self.modalities)} into one space for `mmgen retrieve` and "
                          "`mmgen evaluate --aligner`")
+
+
+def load_aligner(path: str | Path, map_location: str = "cpu") -> Aligner:
+    """An :class:`Aligner` from its checkpoint, or a ``CheckpointError`` naming the file when the checkpoint
+    holds another family (``mmgen retrieve`` and ``mmgen evaluate --aligner`` read theirs so)."""
+    model = load_generator(path, map_location=map_location)
+    if not isinstance(model, Aligner):
+        raise CheckpointError(f"a {type(model).__name__} checkpoint, not an Aligner", str(path),
+                              "train one with `mmgen fit --config configs/aligner/<dataset>.yaml`")
+    return model
 
 
 def _caption_hint(spec: Mapping[str, Any], modality: str) -> str:

@@ -199,7 +199,9 @@ def _legacy_pretrained(flat: dict[str, Any]) -> dict[str, Any]:
 
 # --- the family -----------------------------------------------------------------------------------
 class Captioner(GenerativeModule):
-    """Args:
+    """Image, audio or video -> text: an encoder and a causal GPT-2 decoder that cross-attends to it.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modality: the condition, one of ``image``, ``audio``, ``video``; default: the first of them
             the data carries.
@@ -396,8 +398,8 @@ class Captioner(GenerativeModule):
         Args:
             num_beams: beam width (1 = no beam search).
             temperature: 0 decodes the most likely tokens (greedy, or beam search); above 0 samples.
-            top_k, top_p: keep only the ``k`` most likely tokens / the smallest set of mass ``p``
-                when sampling.
+            top_k: keep only the ``k`` most likely tokens when sampling.
+            top_p: keep only the smallest set of tokens whose probability mass reaches ``p`` when sampling.
             repetition_penalty: divides the logits of tokens already generated (> 1 discourages repeats).
             no_repeat_ngram_size: forbid any n-gram of this size from occurring twice (0 = off).
             length_penalty: beam scores are divided by ``length ** length_penalty`` (> 0 favours

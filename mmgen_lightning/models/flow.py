@@ -31,9 +31,9 @@ from mmgen_lightning.models.layers import modality_networks
 from mmgen_lightning.models.layers.codecs import LatentCodec, LogMelCodec, PixelCodec
 from mmgen_lightning.models.layers.conditioning import PretrainedTextEncoder
 from mmgen_lightning.models.layers.dit import ConditionTokens, DiT, TextTokenEncoder
-from mmgen_lightning.models.layers.flow_sampling import SAMPLERS, guided, ode_log_likelihood, straight_path
+from mmgen_lightning.models.layers.flow_sampling import SAMPLERS, guided, ode_log_likelihood
 from mmgen_lightning.models.optim import Optimization
-from mmgen_lightning.objectives.flow import FlowObjective, flow_matching_objective
+from mmgen_lightning.objectives.flow import FlowObjective, flow_matching_objective, straight_path
 
 FLOW_CONDITIONS = ("text", "label", "audio", "image", "video")
 FLOW_OUTPUTS = ("image", "audio")
@@ -246,7 +246,10 @@ class VelocityField(nn.Module):
 
 # --- the family -----------------------------------------------------------------------------------
 class FlowMatching(GenerativeModule):
-    """Args:
+    """Conditional flow matching with a DiT velocity network: text, label, audio, image, video or nothing
+    -> image or audio, sampled by an ODE solver with classifier-free guidance.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         condition: what the velocity network reads: ``text``, ``label``, ``audio``, ``image`` or ``video``;
             ``None`` trains an unconditional model.
@@ -407,8 +410,10 @@ class FlowMatching(GenerativeModule):
         Args:
             steps: solver steps.
             guidance_scale: classifier-free guidance ``w`` (1 = the conditional velocity alone).
-            guidance_start, guidance_stop: the times ``t`` (0 = noise, 1 = data) between which guidance
-                applies; the conditional velocity alone outside them.
+            guidance_start: the time ``t`` (0 = noise, 1 = data) from which guidance applies; the conditional
+                velocity alone before it.
+            guidance_stop: the time ``t`` after which guidance stops and the conditional velocity alone
+                steers.
             sampler: ``euler`` or ``heun``.
             seed: makes the noise reproducible without touching the global random state.
             return_target: also return what the flow generated (pixels, log-mel or latents) as ``"target"``.

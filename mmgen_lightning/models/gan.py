@@ -155,7 +155,10 @@ def _legacy_averaged_generator(state: dict[str, Any], hparams: dict[str, Any]) -
 
 # --- the family -----------------------------------------------------------------------------------
 class ConditionalGAN(GenerativeModule):
-    """Args:
+    """A generator ``G(z, y)`` and a projection discriminator ``D(x, y)`` trained against each other:
+    label, text or audio (or nothing) -> image or video.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         condition: the modality ``y`` the generator is conditioned on: ``label``, ``text`` or ``audio``;
             ``None`` trains an unconditional GAN.

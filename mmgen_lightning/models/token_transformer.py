@@ -1,6 +1,6 @@
 """TokenTransformer: stage 2 of the two-stage (DALL-E / Chameleon) recipe. One decoder-only
 transformer models a single token stream of caption tokens and the stage-1 :class:`VQVAE`'s codes,
-in both orders (see ``layers/token_stream.py``), so the same weights do text -> image and
+in both orders (:class:`~mmgen_lightning.tokenizer.TokenLayout`), so the same weights do text -> image and
 image -> text (or text <-> audio, with an audio VQVAE).
 
 The objective (``objectives/tokens.py``) is next-token cross-entropy on the text and code slots, the
@@ -37,11 +37,12 @@ from transformers.generation import (LogitsProcessorList, TemperatureLogitsWarpe
 from mmgen_lightning.config import ConfigGroup, build_groups
 from mmgen_lightning.knobs import KNOWN_KNOBS, family_knobs
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, load_generator
-from mmgen_lightning.models.layers.token_stream import StreamTransformer, TokenLayout
+from mmgen_lightning.models.layers.token_stream import StreamTransformer
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.models.vqvae import VQVAE
 from mmgen_lightning.modalities import get_modality, random_shift
 from mmgen_lightning.objectives.tokens import TokenObjective, token_stream_objective
+from mmgen_lightning.tokenizer import TokenLayout
 
 
 def classifier_free_guidance(conditional: Tensor, unconditional: Tensor, scale: float) -> Tensor:
@@ -124,7 +125,10 @@ def _legacy_options(flat: dict[str, Any]) -> dict[str, Any]:
 
 # --- the family -----------------------------------------------------------------------------------
 class TokenTransformer(GenerativeModule):
-    """Args:
+    """One decoder-only transformer over caption tokens and a stage-1 :class:`VQVAE`'s codes, in both
+    orders: text -> image and image -> text (or audio) with the same weights.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         vqvae_checkpoint: path of the stage-1 :class:`VQVAE` checkpoint (``mmgen fit`` of a
             ``configs/vqvae`` recipe); read once, when the model is first built.
@@ -271,7 +275,8 @@ class TokenTransformer(GenerativeModule):
         Args:
             temperature: softmax temperature; 0 picks the most likely token. Default: 1 for codes,
                 0 (greedy) for text.
-            top_k, top_p: keep only the ``k`` most likely tokens / the smallest set of mass ``p``.
+            top_k: keep only the ``k`` most likely tokens.
+            top_p: keep only the smallest set of tokens whose probability mass reaches ``p``.
             guidance_scale: classifier-free guidance ``s``; each step also runs the model without the
                 condition and samples from ``uncond + s * (cond - uncond)``. ``None``: no unconditional
                 pass (plain conditional sampling, which ``s = 1`` equals at twice the cost).

@@ -110,11 +110,13 @@ class MultimodalAutoencoder(nn.Module):
     likelihood, and the log-mel front end that audio is encoded, scored and decoded through.
 
     Args:
-        encoders, decoders: per modality, in the model's order of modalities.
+        encoders: one per modality, in the model's order of modalities.
+        decoders: one per modality, in the same order.
         latent_dim: size of the shared ``z``.
         private_dims: size of each modality's private latent (0: none).
         likelihood: ``laplace`` or ``gaussian``, of image, log-mel and video around the decoded mean.
-        init_scale, learn_scale: the continuous likelihoods' scale, and whether it is learned.
+        init_scale: the continuous likelihoods' scale at the start.
+        learn_scale: whether that scale is learned.
         log_mel: ``(modality, LogMel)``, the front end of the modality read as a spectrogram (audio), or None.
         gated: keep a private warm-up gate (a buffer, so a run stopped mid-warm-up samples as it trained).
     """
@@ -216,7 +218,10 @@ def _private_dims(private_dim: int | Mapping[str, int], modalities: list[str]) -
 
 # --- the family -----------------------------------------------------------------------------------
 class MultimodalVAE(GenerativeModule):
-    """Args:
+    """One latent space shared by every modality, trained by a multimodal ELBO; any subset of modalities
+    -> any other, or unconditional.
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modalities: modalities the model encodes and decodes; default: all the data carries.
         fusion: joint posterior of the shared ``z``: ``poe`` (MVAE), ``moe`` (MMVAE), ``mopoe`` (MoPoE) or

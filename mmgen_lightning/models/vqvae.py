@@ -112,7 +112,9 @@ class CodeHistogram(Metric):
 
 
 class VQVAE(GenerativeModule):
-    """Args:
+    """Image or audio -> a grid of ``K`` discrete codes -> the input again (stage 1 of the two-stage recipe).
+
+    Args:
         data_spec: sizes from the datamodule (linked by the CLI).
         modality: ``image`` (2-D grid of codes) or ``audio`` (1-D grid over log-mel frames); default:
             the first of them the data carries.

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from mmgen_lightning.config import ConfigGroup
 from mmgen_lightning.losses import flow_matching_loss
-from mmgen_lightning.models.layers.flow_sampling import TIME_DENSITIES, sample_time, straight_path
+
+TIME_DENSITIES = ("uniform", "logit_normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,25 @@ class FlowObjective(ConfigGroup):
         self.require(0.0 <= self.cond_drop < 1.0, "cond_drop", "must be in [0, 1)")
         self.require_choice("time_density", TIME_DENSITIES)
         self.require(self.logit_normal_std > 0, "logit_normal_std", "must be > 0")
+
+
+def straight_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x_t, dx_t/dt)`` on the straight path: ``x_t = (1 - t) x0 + t x1``, ``u_t = x1 - x0``
+    (``t: B`` broadcast over the other dimensions)."""
+    t = t.view(-1, *([1] * (x1.ndim - 1))).to(x1.dtype)
+    return (1 - t) * x0 + t * x1, x1 - x0
+
+
+def sample_time(batch: int, density: str = "uniform", mean: float = 0.0, std: float = 1.0,
+                device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+    """``t: B`` in (0, 1): ``uniform``, or ``logit_normal`` ``t = sigmoid(n), n ~ N(mean, std^2)``
+    (Esser et al. 2024: puts the training effort on the middle of the path, where the velocity is
+    hardest to predict)."""
+    if density == "uniform":
+        return torch.rand(batch, device=device, generator=generator)
+    if density == "logit_normal":
+        return torch.sigmoid(mean + std * torch.randn(batch, device=device, generator=generator))
+    raise ValueError(f"time_density: unknown {density!r}; allowed: {', '.join(TIME_DENSITIES)}")
 
 
 def flow_matching_objective(velocity: nn.Module, x1: Tensor, conditions: Mapping[str, Tensor],

@@ -143,7 +143,9 @@ def generator_objective(generator: nn.Module, discriminator: nn.Module, z: Tenso
     """``L_G`` on one micro-batch of conditions (gradients reach ``G`` through ``D``).
 
     Args:
-        generator, discriminator, conditions: as :func:`discriminator_objective`.
+        generator: as :func:`discriminator_objective` (here the loss trains it).
+        discriminator: as :func:`discriminator_objective`.
+        conditions: as :func:`discriminator_objective`.
         z: ``B,latent_dim`` noise, one row per condition.
         aligner: ``(fakes, conditions) -> InfoNCE`` of a frozen critic (:func:`aligner_loss`), needed when
             ``aligner_weight > 0``.

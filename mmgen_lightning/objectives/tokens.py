@@ -2,8 +2,8 @@
 
 Each row of a batch is one stream ``[BOS] text [SEP-image] codes [EOS]`` (text -> image) or
 ``[BOS] codes [SEP-text] text [EOS]`` (image -> text, a share ``codes_first_fraction`` of the rows), laid
-out by ``layers/token_stream.py``. The transformer predicts every slot from the ones before it, and the
-loss is the mean cross-entropy of each segment, weighted::
+out by :class:`~mmgen_lightning.tokenizer.TokenLayout`. The transformer predicts every slot from the ones
+before it, and the loss is the mean cross-entropy of each segment, weighted::
 
     loss = w_text * E_text[-log p(x_i | x_<i)] + w_codes * E_codes[-log p(x_i | x_<i)]
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgen_lightning.config import ConfigGroup
-from mmgen_lightning.models.layers.token_stream import CODE, TEXT, TokenLayout
+from mmgen_lightning.tokenizer import CODE, TEXT, TokenLayout
 
 IGNORE_INDEX = -100
 

@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmgen_lightning.config import ConfigGroup
 from mmgen_lightning.losses import (LIKELIHOODS, gaussian_log_density, kl_standard_normal, log_mean_exp,
                                     mixture_log_density, product_of_experts, reparameterize)
-
-if TYPE_CHECKING:
-    from mmgen_lightning.models.vae import MultimodalAutoencoder
 
 FUSIONS = ("poe", "moe", "mopoe", "mmvae_plus")
 Gaussian = tuple[Tensor, Tensor]
@@ -110,13 +107,14 @@ def private_gate(step: int, warmup_steps: int) -> float:
     return min(1.0, max(0.0, 2 * step / warmup_steps - 1))
 
 
-def multimodal_elbo(autoencoder: MultimodalAutoencoder, inputs: dict[str, Tensor], fusion: str,
+def multimodal_elbo(autoencoder: nn.Module, inputs: dict[str, Tensor], fusion: str,
                     objective: VAEObjective, kl_scale: float) -> dict[str, Tensor]:
     """``{"loss": -ELBO, "kl", "reconstruction": {m: mean log p(x_m | z, w_m)}}`` of one batch.
 
     Args:
-        autoencoder: the encoders and decoders (a private dropout applies while it is in training mode).
-        inputs: the batch as the networks read it (:meth:`MultimodalAutoencoder.read`).
+        autoencoder: the encoders and decoders, a :class:`~mmgen_lightning.models.vae.MultimodalAutoencoder` (a
+            private dropout applies while it is in training mode).
+        inputs: the batch as the networks read it (``autoencoder.read(batch)``).
         fusion: one of :data:`FUSIONS`.
         kl_scale: ``beta`` of this step (the KL warm-up's, while training).
     """
@@ -156,7 +154,7 @@ def multimodal_elbo(autoencoder: MultimodalAutoencoder, inputs: dict[str, Tensor
     return {"loss": -elbo.mean(), "kl": kl.mean(), "reconstruction": per_modality}
 
 
-def iwae_log_weights(autoencoder: MultimodalAutoencoder, inputs: dict[str, Tensor], fusion: str,
+def iwae_log_weights(autoencoder: nn.Module, inputs: dict[str, Tensor], fusion: str,
                      num_samples: int) -> Tensor:
     """``log p(X, z_k) - log q(z_k | X)`` for ``K = num_samples`` draws of the joint posterior: ``K,B`` (with
     private latents ``z_k`` stands for ``(z, w_1 .. w_M)``; the likelihoods are unweighted).
@@ -244,7 +242,7 @@ def read_private(encoded: Tensor, dropout: float) -> Tensor:
     return encoded * (torch.rand(encoded.shape, device=encoded.device) >= dropout)
 
 
-def cross_reconstruction(autoencoder: MultimodalAutoencoder, name: str, inputs: dict[str, Tensor], z: Tensor,
+def cross_reconstruction(autoencoder: nn.Module, name: str, inputs: dict[str, Tensor], z: Tensor,
                          read: Tensor, posterior: Gaussian, draws: int) -> Tensor:
     """``log p(x_name | z, w)`` per row of ``z: N,D`` (the batch's rows repeated, ``N = U*B``): one draw
     ``w ~ q(w|x_name)`` where ``read: N`` (bool) is set; elsewhere the importance-weighted score over ``K = draws``

@@ -1,13 +1,16 @@
 """Faults: a NaN loss stops training with a checkpoint of the last finite state (VAE and GAN), a crash
 leaves an exception checkpoint, checkpoint writes are atomic, and loading refuses arbitrary pickles."""
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
 import mmgen_lightning.checkpoint_io as checkpoint_io
-from mmgen_lightning.callbacks.faults import ExceptionCheckpoint, NonFiniteLossError, StopOnNonFiniteLoss
+from mmgen_lightning.callbacks.faults import (ExceptionCheckpoint, NonFiniteLossError, RandomStateCheckpoint,
+                                              StopOnNonFiniteLoss)
 from mmgen_lightning.checkpoint_io import AtomicCheckpointIO
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.gan import ConditionalGAN
@@ -122,3 +125,18 @@ def test_a_non_finite_loss_is_reported_as_one_line_by_the_command():
 
     error = NonFiniteLossError("the training loss is not finite ([nan] on rank 0, ...); resume from it")
     assert user_error(error) == (1, "the training loss is not finite ([nan] on rank 0, ...); resume from it")
+
+
+def test_random_state_is_restored_on_every_rank():
+    """Each process continues its own random stream; a rank's row of the stacked states is restored as a copy
+    (torch.set_rng_state given the row itself, a view at an offset, crashes the next draw)."""
+    torch.manual_seed(0)
+    states = [torch.get_rng_state()]
+    expected = [torch.rand(3)]
+    states.append(torch.get_rng_state())
+    expected.append(torch.rand(3))
+    for rank in (0, 1):
+        callback = RandomStateCheckpoint()
+        callback.on_load_checkpoint(None, None, {"random_state": {"cpu": torch.stack(states)}})
+        callback.on_train_start(SimpleNamespace(world_size=2, global_rank=rank), SimpleNamespace(device=torch.device("cpu")))
+        assert torch.equal(torch.rand(3), expected[rank])

@@ -217,3 +217,69 @@ def test_skip_drops_counts_and_reports_every_bad_row_exactly(bad_corpus):
         assert len(re.findall(reason, first)) == 1, (kind, first)
     assert all("all_bad.jsonl line" in message for message in messages[0][1])
     assert trainer.global_step == 6 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# --- scale --------------------------------------------------------------------------------------------------
+def test_a_row_without_a_split_among_rows_with_one_is_named_or_dropped(corpus, tmp_path):
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()][:6]
+    for index, row in enumerate(rows):
+        row["split"] = "val" if index < 2 else "train"
+    del rows[3]["split"]  # manifest line 4
+    (tmp_path / "files").symlink_to(corpus.parent / "files")
+    (tmp_path / "gap.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"gap.jsonl line 4: no 'split' value, but other rows have one"):
+        datamodule(tmp_path / "gap.jsonl")
+    skipped = datamodule(tmp_path / "gap.jsonl", on_error="skip", batch_size=1)
+    assert [r["line"] for r in skipped.rows["train"]] == [3, 5, 6]
+    assert [r["line"] for r in skipped.rows["val"]] == [1, 2]
+    assert sum(len(report["read"]) for report in skipped.skip_report.values()) == 1
+
+
+def test_rows_are_kept_by_column_and_read_back_as_the_checked_rows(corpus):
+    dm = datamodule(corpus, split_fractions=(0.5, 0.25, 0.25))
+    raw = {index + 1: json.loads(line) for index, line in enumerate(corpus.read_text().splitlines())}
+    for split, rows in dm.rows.items():
+        assert len(rows) == len(list(rows)) and rows[-1] == list(rows)[-1]
+        for row in rows:
+            source = raw[row["line"]]
+            assert row == {"line": row["line"], "split": None, "image": corpus.parent / source["image"],
+                           "audio": corpus.parent / source["audio"], "video": corpus.parent / source["video"],
+                           "text": source["caption"], "label": source["label"]}
+    assert dm.rows["train"].column("text") == [row["text"] for row in dm.rows["train"]]
+
+
+def test_indexing_a_large_manifest_keeps_no_object_per_row(tmp_path):
+    """20,000 rows over one file: the memory Python allocates while the manifest is read, checked and split
+    (tracemalloc's peak) stays under 300 bytes a row: the caption and the path string fit, a dict and a
+    ``Path`` per row do not."""
+    import tracemalloc
+
+    write_corpus(tmp_path, 1)
+    with open(tmp_path / "large.jsonl", "w") as handle:
+        for index in range(20_000):
+            handle.write(json.dumps({"image": "files/0.png", "caption": f"a red square number {index}"}) + "\n")
+    tracemalloc.start()
+    dm = ManifestDataModule(str(tmp_path / "large.jsonl"), image_size=16)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert sum(len(rows) for rows in dm.rows.values()) == 20_000
+    assert peak / 20_000 < 300, f"{peak / 20_000:.0f} bytes a row"
+
+
+def test_cut_captions_of_a_large_manifest_are_counted_on_an_even_sample(corpus, tmp_path, caplog, monkeypatch):
+    import mmgen_lightning.datamodules.manifest as manifest_module
+
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    for index, row in enumerate(rows):
+        row["caption"] = "word " * (3 + index % 4 * 4)  # 3, 7, 11, 15 words
+    (tmp_path / "files").symlink_to(corpus.parent / "files")
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(manifest_module, "LENGTH_CHECK_SAMPLE", 8)
+    dm = datamodule(tmp_path / "long.jsonl", max_text_length=10)
+    with caplog.at_level("WARNING"):
+        dm.tokenizer
+    # 16 rows, every 2nd encoded: split order varies, but half of any even sample has 11 or 15 words
+    messages = [r.getMessage() for r in caplog.records if "longer than max_text_length" in r.getMessage()]
+    assert len(messages) == 1 and re.search(r": \d of 8 captions \(one in every 2 of 16\) are longer than "
+                                            r"max_text_length=10 allows \(8 tokens; the longest has 1[15]\)",
+                                            messages[0]), messages

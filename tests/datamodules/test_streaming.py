@@ -135,3 +135,16 @@ def test_shards_smaller_than_one_batch_are_refused_before_training(shards):
     with pytest.raises(UsageError, match="the train split has 18 rows, fewer than one batch of batch_size=64"):
         trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 0
+
+
+def test_limit_writes_the_first_rows_of_each_split_and_says_so(shards, tmp_path):
+    manifest, _ = shards
+    main(["shard", f"--data.manifest={manifest}", "--data.split_fractions=[0.75,0.25,0.0]", "--data.seed=2",
+          "--data.modalities=[image,text]", *SHARD_OPTIONS, f"--out={tmp_path / 'first'}", "--limit=4"])
+    meta = json.loads((tmp_path / "first" / "mmgen.json").read_text())
+    assert meta["limit"] == 4 and meta["splits"] == {"train": {"rows": 18, "written": 4, "skipped": 0},
+                                                     "val": {"rows": 6, "written": 4, "skipped": 0},
+                                                     "test": {"rows": 0, "written": 0, "skipped": 0}}
+    direct = ManifestDataModule(str(manifest), split_fractions=(0.75, 0.25, 0.0), seed=2, **DATA_OPTIONS)
+    written = sorted(StreamingDataset(str(tmp_path / "first" / "train"))[i]["line"] for i in range(4))
+    assert written == sorted(row["line"] for row in direct.rows["train"][:4])

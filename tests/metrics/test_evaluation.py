@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -135,3 +136,21 @@ def test_callback_evaluates_every_n_epochs_while_fitting(digits, digits_judge):
     assert runs == [1, 3]
     assert "eval/label->image/fid_judge" in trainer.callback_metrics
     assert "eval/label->image/coherence" in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("max_steps, trains_judges", [(3, False), (-1, True)])
+def test_judges_train_before_fitting_unless_the_run_ends_before_evaluating(digits, max_steps, trains_judges,
+                                                                           monkeypatch):
+    import mmgen_lightning.callbacks.evaluation as evaluation
+
+    asked = []
+    monkeypatch.setattr(evaluation, "get_judge", lambda datamodule, modality, seed=0: asked.append(modality))
+    callback = EvaluationCallback(directions=["label->image"], num_samples=32, batch_size=16, every_n_epochs=2)
+    model = MultimodalVAE(data_spec=digits.data_spec, network={"latent_dim": 4, "width": 8, "text_width": 16})
+    digits.setup("fit")
+    # what setup reads of a one-process trainer fitting with validation every epoch
+    trainer = SimpleNamespace(datamodule=digits, max_steps=max_steps, val_check_interval=1.0,
+                              check_val_every_n_epoch=1, global_rank=0, world_size=1, is_global_zero=True,
+                              strategy=SimpleNamespace(barrier=lambda name: None))
+    callback.setup(trainer, model, "fit")  # 3 steps end long before the end of epoch 2: no judge yet
+    assert bool(asked) == trains_judges

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmgen_lightning.cli import main
-from mmgen_lightning.metrics.report import evaluate_cli, markdown
+from mmgen_lightning.metrics.report import markdown
 
 
 def vae(spec, folder=None):
@@ -84,7 +84,7 @@ def test_evaluate_writes_a_report_for_each_family(family, digits, digits_judge, 
     ckpt = one_step_checkpoint(build(digits.data_spec, tmp_path), digits, tmp_path)
 
     out = tmp_path / "reports" / "report.json"
-    evaluate_cli(["--ckpt", str(ckpt), "--out", str(out), "--limit", "32", "--batch-size", "16"])
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(out), "--limit", "32", "--batch-size", "16"])
     report = json.loads(out.read_text())
     assert report["family"] == family and report["dataset"] == "digits" and report["samples"] == 32
     directions = [row["direction"] for row in report["coherence"]]
@@ -112,8 +112,8 @@ def test_evaluate_passes_sampling_knobs_to_generate(digits, digits_judge, tmp_pa
         return real(self, conditions, num_samples, to=to, **sampling)
 
     monkeypatch.setattr(MultimodalVAE, "generate", recording)
-    evaluate_cli(["--ckpt", str(ckpt), "--out", str(tmp_path / "r.json"), "--limit", "16", "--batch_size", "16",
-                  "--direction", "text->image", "--truncation", "0.5"])
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "r.json"), "--limit", "16", "--batch_size", "16",
+          "--direction", "text->image", "--truncation", "0.5"])
     assert seen and all(call == {"truncation": 0.5} for call in seen)
 
 
@@ -132,3 +132,28 @@ def test_evaluate_with_missing_inception_weights_stops_with_the_instructions(dig
     assert re.search(r"^mmgen evaluate: error: Inception weights not found at .*nowhere.pth.*Download",
                      capsys.readouterr().err, re.MULTILINE)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_adds_the_scenes_table_for_a_text_to_image_model_of_scenes(tmp_path, judge_cache):
+    """A tiny FlowMatching after one step on scenes: the report holds the GenEval-style table of its samples on
+    seen and held-out captions, with the real renders' scores (the ceiling) beside, and the Markdown shows it."""
+    from mmgen_lightning.datamodules.scenes import ScenesDataModule
+    from mmgen_lightning.models.flow import FlowMatching
+
+    data = ScenesDataModule(train_size=64, val_size=8, test_size=8, heldout_size=8, batch_size=8)
+    torch.manual_seed(0)
+    model = FlowMatching(data.data_spec, condition="text", sampling={"steps": 2},
+                         network={"width": 32, "depth": 1, "num_heads": 2, "patch_size": 8, "condition_layers": 1})
+    ckpt = one_step_checkpoint(model, data, tmp_path)
+    out = tmp_path / "report.json"
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(out), "--limit", "4", "--batch_size", "16"])
+    scenes = json.loads(out.read_text())["scenes"]
+    for group in ("seen", "heldout"):
+        model_scores, real_scores = scenes[group], scenes["real"][group]
+        assert model_scores["captions"] == real_scores["captions"] == 4
+        assert model_scores["samples"] == real_scores["samples"] == 32
+        assert real_scores["accuracy"]["overall"] == 1.0  # the judge reads every real render right
+        assert model_scores["accuracy"]["overall"] < 0.5  # one step of training draws no scene yet
+    table = out.with_suffix(".md").read_text()
+    assert "Scenes: 4 seen and 4 held-out captions, 8 samples each" in table
+    assert re.search(r"^\| overall \| [\d.]+ \| [\d.]+ \| 1\.000 \| 1\.000 \|", table, re.MULTILINE), table

@@ -48,7 +48,7 @@ def test_files_written_by_a_modality_read_back(tmp_path):
 
 
 def test_write_samples_names_files_by_the_modality_and_decodes_captions(tmp_path):
-    from mmgen_lightning.generate import write_samples
+    from mmgen_lightning.service import write_samples
     from mmgen_lightning.tokenizer import CaptionTokenizer
 
     tokenizer = CaptionTokenizer.train(["a red circle", "a blue square"], max_length=6)

@@ -8,11 +8,12 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch import nn
 
+from mmgen_lightning.losses import flow_matching_loss
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.flow import FlowMatching
 from mmgen_lightning.models.layers.dit import DiT
-from mmgen_lightning.models.layers.flow_sampling import (euler, flow_matching_loss, guided, heun, ode_log_likelihood,
-                                                         sample_time, straight_path)
+from mmgen_lightning.models.layers.flow_sampling import euler, guided, heun, ode_log_likelihood
+from mmgen_lightning.objectives.flow import sample_time, straight_path
 from tests.conftest import ToyDataModule, fit, fit_two_ranks_in_subprocess, two_rank_config
 
 TINY = {"network": {"width": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "condition_layers": 1, "n_mels": 16,

@@ -221,7 +221,8 @@ def test_learns_both_directions_and_reloads_without_the_stage1_file(datamodule, 
     shutil.copy(vqvae_path, stage1)
     model = tiny(datamodule, str(stage1), optimization={"lr": 5e-3}, objective={"condition_dropout": 0.1})
     frozen = {k: v.clone() for k, v in model.vqvae.state_dict().items()}
-    trainer = fit(model, datamodule, max_epochs=16, limit_val_batches=0)
+    # 24 epochs: after 16 the text -> image accuracy still ranged 0.13-0.81 over stage-1 and stage-2 seeds
+    trainer = fit(model, datamodule, max_epochs=24, limit_val_batches=0)
     assert all(torch.equal(v, model.vqvae.state_dict()[k]) for k, v in frozen.items())  # stage 1 stayed frozen
     path = tmp_path / "stage2.ckpt"
     trainer.save_checkpoint(path)

@@ -1,5 +1,6 @@
-"""Flow matching maths, apart from any network: the straight path, time densities, the ODE samplers
-and the likelihood through the probability-flow ODE (the loss is ``losses.flow_matching_loss``).
+"""Flow matching's sampling maths, apart from any network: the ODE samplers, classifier-free guidance and
+the likelihood through the probability-flow ODE (the straight path and the time densities training draws
+from are the objective's, ``objectives/flow.py``; the loss is ``losses.flow_matching_loss``).
 
 Conventions (rectified flow, Liu et al. 2022; conditional flow matching, Lipman et al. 2023):
 ``x0 ~ N(0, I)`` is noise at ``t = 0``, ``x1`` is data at ``t = 1``, the path is the straight line
@@ -17,29 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mmgen_lightning.losses import flow_matching_loss  # noqa: F401 - re-exported beside the path it scores
-
 Velocity = Callable[[Tensor, Tensor], Tensor]
-TIME_DENSITIES = ("uniform", "logit_normal")
-
-
-def straight_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x_t, dx_t/dt)`` on the straight path: ``x_t = (1 - t) x0 + t x1``, ``u_t = x1 - x0``
-    (``t: B`` broadcast over the other dimensions)."""
-    t = t.view(-1, *([1] * (x1.ndim - 1))).to(x1.dtype)
-    return (1 - t) * x0 + t * x1, x1 - x0
-
-
-def sample_time(batch: int, density: str = "uniform", mean: float = 0.0, std: float = 1.0,
-                device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
-    """``t: B`` in (0, 1): ``uniform``, or ``logit_normal`` ``t = sigmoid(n), n ~ N(mean, std^2)``
-    (Esser et al. 2024: puts the training effort on the middle of the path, where the velocity is
-    hardest to predict)."""
-    if density == "uniform":
-        return torch.rand(batch, device=device, generator=generator)
-    if density == "logit_normal":
-        return torch.sigmoid(mean + std * torch.randn(batch, device=device, generator=generator))
-    raise ValueError(f"time_density: unknown {density!r}; allowed: {', '.join(TIME_DENSITIES)}")
 
 
 def time_grid(steps: int, device: torch.device | str = "cpu") -> Tensor:
@@ -84,9 +63,10 @@ def guided(velocity: Callable[[Tensor, Tensor, Tensor | None], Tensor], guidance
 
     ``interval = (start, stop)`` applies the guidance only for ``start <= t <= stop`` (``t = 0`` is
     noise, ``1`` data) and the plain conditional velocity elsewhere (Kynkäänniemi et al. 2024, "Applying
-    guidance in a limited interval"): guidance near the noise end pulls every sample of a condition
-    toward one mode, so leaving it out there keeps the samples as varied as the data while the middle
-    of the path still gets the sharper, better-conditioned velocity."""
+    guidance in a limited interval"). Which interval suits depends on the model and the data: that paper
+    leaves out the noise end, where guidance pulls every sample of a condition toward one mode, and the
+    data end, where it adds little; the flow recipes (``guidance_stop: 0.5``) keep it on the noisy half,
+    where what the condition names is decided, and leave the data half to the conditional velocity."""
     start, stop = interval
     if not 0.0 <= start <= stop <= 1.0:
         raise ValueError(f"guidance interval must satisfy 0 <= start <= stop <= 1, got ({start}, {stop})")

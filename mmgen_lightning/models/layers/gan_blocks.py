@@ -186,7 +186,11 @@ class VideoGenerator(nn.Module):
     clip of ``F`` frames the full-size layers dominate the cost, so they are kept to one.
 
     Args:
-        latent_dim, channels, width, embedder, condition_dim: as :class:`ImageGenerator`.
+        latent_dim: as :class:`ImageGenerator`.
+        channels: as :class:`ImageGenerator`.
+        width: as :class:`ImageGenerator`.
+        embedder: as :class:`ImageGenerator`.
+        condition_dim: as :class:`ImageGenerator`.
         num_frames: frames ``F``.
         size: frame side ``H == W``: 16, 32 or 64.
         hidden: width of the per-frame layout MLP.
@@ -235,7 +239,10 @@ class WarpVideoGenerator(nn.Module):
     the content, modulated by that embedding, ends up varying with the direction instead of the digit.
 
     Args:
-        latent_dim, channels, width, condition_dim: as :class:`ImageGenerator`.
+        latent_dim: as :class:`ImageGenerator`.
+        channels: as :class:`ImageGenerator`.
+        width: as :class:`ImageGenerator`.
+        condition_dim: as :class:`ImageGenerator`.
         num_frames: frames ``F``.
         size: frame side ``H == W``: 16, 32 or 64.
         embedder: conditions dict -> ``B,condition_dim`` for the content (``None``: unconditional).
@@ -331,7 +338,11 @@ class ClipAndFramesTrunk(nn.Module):
       quarter of a whole frame's cost.
 
     Args:
-        channels, num_frames, size, width, spectral_norm: as :func:`video_trunk` (image branches use ``2 * width``).
+        channels: as :func:`video_trunk`.
+        num_frames: as :func:`video_trunk`.
+        size: as :func:`video_trunk`.
+        width: as :func:`video_trunk` (image branches use ``2 * width``).
+        spectral_norm: as :func:`video_trunk`.
         frames: whole frames per clip the frame branch judges (0: no such branch).
         glimpses: frames per clip the glimpse branch judges (0: no such branch).
         glimpse_size: side of the glimpse window (16, 32 or 64, at most ``size``).

@@ -39,7 +39,8 @@ def encoder(modality: Modality, spec: Mapping[str, Any], out_dim: int, width: in
 
     Args:
         n_mels: audio: mel bands of the log-mel spectrogram ``B,n_mels,frames`` it reads (not the waveform).
-        num_layers, num_heads: text: its transformer, whose masked mean of ``text, text_mask`` is the output.
+        num_layers: text: blocks of its transformer, whose masked mean of ``text, text_mask`` is the output.
+        num_heads: text: attention heads of that transformer.
     """
     builders = {
         "image": lambda: ImageEncoder(need(spec, "image_channels"), need(spec, "image_size"), out_dim, width),
@@ -60,7 +61,8 @@ def decoder(modality: Modality, spec: Mapping[str, Any], in_dim: int, width: int
     (text: teacher-forced logits ``B,L-1,vocab_size`` from ``z`` and ``text``, and sampling).
 
     Args:
-        n_mels, frames: audio: the spectrogram of :meth:`AudioModality.log_mel` with these sizes.
+        n_mels: audio: mel bands of the spectrogram it reads (:meth:`AudioModality.log_mel`).
+        frames: audio: frames of that spectrogram.
         hidden: label: width of its one hidden layer.
     """
     builders = {
@@ -87,11 +89,14 @@ def token_encoder(modality: Modality, spec: Mapping[str, Any], width: int, *, nu
     ``num_prefix_tokens`` and the token ``grid`` (``token_encoders.py``).
 
     Args:
-        num_layers, num_heads, dropout: every modality: the transformer over the tokens.
+        num_layers: every modality: blocks of the transformer over the tokens.
+        num_heads: every modality: its attention heads.
+        dropout: every modality: its dropout.
         patch_size: image and video: side of a patch (one token per patch).
         glimpse_size: video: side of the window of each frame centred on its content (default: the frame).
         stem: image: ``"conv"`` or ``"patch"`` (``token_encoders.STEMS``).
-        n_mels, frames: audio: its log-mel spectrogram, one token per frame.
+        n_mels: audio: mel bands of its log-mel spectrogram.
+        frames: audio: frames of that spectrogram, one token per frame.
     """
     shared = {"num_layers": num_layers, "num_heads": num_heads, "dropout": dropout}
     builders = {
@@ -111,8 +116,10 @@ def condition_embedder(modality: Modality, spec: Mapping[str, Any], dim: int, *,
     """A fresh embedder of ``modality.condition_inputs(batch, frontend)`` -> ``B,dim`` (``conditioning.py``).
 
     Args:
-        text_width, text_layers: text: its small transformer.
-        n_mels, audio_width: audio: mel bands of the log-mel it reads, and the channels of its convolutions.
+        text_width: text: width of its small transformer.
+        text_layers: text: blocks of that transformer.
+        n_mels: audio: mel bands of the log-mel it reads.
+        audio_width: audio: channels of its convolutions.
     """
     builders = {
         "label": lambda: LabelEmbedder(need(spec, "num_classes"), dim),

@@ -117,7 +117,9 @@ class AudioTokenEncoder(nn.Module):
         sample_rate: audio samples per second (from the datamodule).
         audio_length: samples per clip ``T`` (from the datamodule).
         width: token size ``D``.
-        num_layers, num_heads, dropout: the transformer after the convolutions.
+        num_layers: blocks of the transformer after the convolutions.
+        num_heads: its attention heads.
+        dropout: its dropout.
         n_mels: mel bands of the spectrogram.
         frames: about how many spectrogram frames (tokens) a clip gives.
     """
@@ -173,8 +175,11 @@ class VideoTokenEncoder(nn.Module):
         channels: frame channels ``C``.
         num_frames: frames per clip ``F``.
         size: ``H == W`` of a frame.
-        width, num_layers, num_heads, patch_size, dropout: as :class:`ImageTokenEncoder`; one
-            layer is one temporal plus one spatial attention.
+        width: as :class:`ImageTokenEncoder`.
+        num_layers: as :class:`ImageTokenEncoder`; one layer is one temporal plus one spatial attention.
+        num_heads: as :class:`ImageTokenEncoder`.
+        patch_size: as :class:`ImageTokenEncoder`.
+        dropout: as :class:`ImageTokenEncoder`.
         glimpse_size: side of the window centred on each frame's centre of brightness; default: the
             whole frame.
     """
