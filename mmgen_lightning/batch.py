@@ -11,6 +11,11 @@ A batch is a plain ``dict[str, Tensor]``; every key is optional, batch dimension
 | ``video`` | float ``B,F,C,H,W`` | [-1, 1] |
 | ``label`` | long ``B`` | class index |
 | ``attributes`` | long ``B,K`` | ground-truth factors (synthetic data), metrics only |
+
+A source that knows what its captions mean may add hard negatives for contrastive training:
+``text_negatives`` (long ``B,K,L``, ``K`` false captions per item, padded) with
+``text_negatives_mask`` (bool ``B,K,L``; a row with no True is no caption), as
+``ScenesDataModule(hard_negatives=True)`` does.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from torch import Tensor
 from mmgen_lightning.modalities import MODALITIES, REGISTRY
 
 #: Every key a batch may carry: the modalities, then the keys that ride beside them.
-BATCH_KEYS: tuple[str, ...] = MODALITIES + ("text_mask", "attributes")
+BATCH_KEYS: tuple[str, ...] = MODALITIES + ("text_mask", "attributes", "text_negatives", "text_negatives_mask")
 #: the keys that are not modalities: ``(rank, dtype)``
-_COMPANIONS = {"text_mask": (2, torch.bool), "attributes": (2, torch.long)}
+_COMPANIONS = {"text_mask": (2, torch.bool), "attributes": (2, torch.long), "text_negatives": (3, torch.long),
+               "text_negatives_mask": (3, torch.bool)}
 
 
 def check_modalities(names: Iterable[str], argument: str, allowed: Iterable[str] = MODALITIES) -> list[str]:
@@ -53,7 +59,7 @@ def check_batch(batch: Mapping[str, Tensor], where: str = "batch") -> None:
                 raise TypeError(f"{where}[{key!r}] must be a Tensor, got {type(value).__name__}")
             if value.ndim != ndim:
                 raise ValueError(f"{where}[{key!r}] must have {ndim} dims, got shape {tuple(value.shape)}")
-            if key == "attributes" and value.dtype != dtype:  # masks may come as bool or 0/1 integers
+            if not key.endswith("_mask") and value.dtype != dtype:  # masks may come as bool or 0/1 integers
                 raise TypeError(f"{where}[{key!r}] must be {dtype}, got {value.dtype}")
         else:
             raise ValueError(f"{where}: unknown key {key!r}; allowed: {', '.join(BATCH_KEYS)}")

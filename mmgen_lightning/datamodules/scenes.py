@@ -46,7 +46,8 @@ import functools
 import itertools
 import math
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,8 @@ SIZE_WORDS = (("small", "little"), ("large", "big"))
 RELATION_WORDS = (("to the left of", "left of"), ("to the right of", "right of"), ("above", "over"),
                   ("below", "under"))
 NUMBER_WORDS = ("one", "two", "three", "four")
+#: the hard negatives of a relation or binding caption (:func:`swapped_twins`), in ``text_negatives`` order
+TWINS = ("color_swap", "shape_swap", "relation_reversed")
 #: ``(singular, plural)`` lead-ins; :func:`caption_text`'s ``wording`` picks one, a size and a relation synonym
 LEADS = (("", ""), ("there is ", "there are "), ("a picture of ", "a picture of "))
 WORDINGS = len(LEADS) * 2 * 2
@@ -222,6 +225,32 @@ def match_scene(caption: SceneCaption, objects: tuple[SceneObject, ...] | list[S
             continue
         return tuple(sorted(order, key=lambda found: found.x)) if caption.kind == "counting" else order
     return None
+
+
+def swapped_twins(caption: SceneCaption) -> dict[str, SceneCaption]:
+    """A relation or binding caption's twins (``TWINS``) that mean something else: its two objects'
+    colours swapped (sizes stay in their places), their shapes swapped, and, for a relation, the
+    relation reversed ("left of" <-> "right of", "above" <-> "below"). None for other kinds, and none
+    that means what the caption means (a binding of two red objects of one size with their shapes
+    swapped names the same pair). A twin can still be true of an image where the caption leaves a size
+    free ("a red circle and a small red square" shape-swapped, of two small objects):
+    ``hard_negatives`` and ``metrics.scenes.hard_negative_accuracy`` leave those out."""
+    if caption.kind not in ("relation", "binding"):
+        return {}
+    first, second = caption.objects
+    twins = {"color_swap": replace(caption, objects=(
+                 replace(first, color=second.color), replace(second, color=first.color))),
+             "shape_swap": replace(caption, objects=(
+                 replace(first, shape=second.shape), replace(second, shape=first.shape)))}
+    if caption.relation is not None:
+        twins["relation_reversed"] = replace(caption, relation=caption.relation ^ 1)  # RELATIONS pairs
+        return {name: twin for name, twin in twins.items() if twin != caption}
+    return {name: twin for name, twin in twins.items() if Counter(twin.objects) != Counter(caption.objects)}
+
+
+def wording_of(scene: Scene) -> int:
+    """The wording (``caption_text``'s) of the item's text, so its twins are written alike."""
+    return next(w for w in range(WORDINGS) if caption_text(scene.caption, w) == scene.text)
 
 
 # --- captions: writing and reading ---------------------------------------------------------------------
@@ -462,8 +491,10 @@ class ScenesDataset(Dataset):
     """``size`` items of one split, each drawn and rendered on access."""
 
     def __init__(self, size: int, seed: int, split: str, modalities: list[str],
-                 tokenizer: CaptionTokenizer | None) -> None:
+                 tokenizer: CaptionTokenizer | None, hard_negatives: bool = False,
+                 kinds: tuple[str, ...] = KINDS) -> None:
         self.size, self.seed, self.split = size, seed, split
+        self.hard_negatives, self.kinds = hard_negatives, kinds
         self.split_id = SCENE_SPLITS.index(split)
         self.modalities = set(modalities)
         self.tokenizer = tokenizer
@@ -477,7 +508,7 @@ class ScenesDataset(Dataset):
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} items")
         rng = np.random.default_rng([self.seed, self.split_id, index])
-        caption = draw_caption(KINDS[index % len(KINDS)], self.split == "heldout", rng)
+        caption = draw_caption(self.kinds[index % len(self.kinds)], self.split == "heldout", rng)
         text = caption_text(caption, int(rng.integers(WORDINGS)))
         return draw_scene(caption, rng, text)
 
@@ -496,7 +527,25 @@ class ScenesDataset(Dataset):
         if "text" in self.modalities:
             text, text_mask = self.encode(scene.text)
             item["text"], item["text_mask"] = text.clone(), text_mask.clone()
+            if self.hard_negatives:
+                item["text_negatives"], item["text_negatives_mask"] = self.twins(scene)
         return item
+
+    def twins(self, scene: Scene) -> tuple[Tensor, Tensor]:
+        """``(text_negatives long 3,L, text_negatives_mask bool 3,L)``: the caption's swapped twins
+        (``TWINS`` order) that are false of the image, in the caption's wording; a missing twin is a row
+        of padding with no real token. Outside the heldout split no twin names a held-out pair, so
+        those combinations stay out of training even as negatives."""
+        text, mask = self.encode(scene.text)
+        rows, masks = [torch.zeros_like(text)] * len(TWINS), [torch.zeros_like(mask)] * len(TWINS)
+        wording = wording_of(scene)
+        for name, twin in swapped_twins(scene.caption).items():
+            if match_scene(twin, scene.objects) is not None:
+                continue
+            if self.split != "heldout" and twin.pairs & set(HELDOUT_PAIRS):
+                continue
+            rows[TWINS.index(name)], masks[TWINS.index(name)] = self.encode(caption_text(twin, wording))
+        return torch.stack(rows), torch.stack(masks)
 
 
 class ScenesDataModule(MultimodalDataModule):
@@ -514,6 +563,12 @@ class ScenesDataModule(MultimodalDataModule):
         seed: seeds the data (>= 0); every split derives its own stream from it.
         max_text_length: padded caption length, ``[BOS]`` and ``[EOS]`` included.
         tokenizer_path: a local ``tokenizer.json`` to use instead of training one on the captions.
+        hard_negatives: with ``text``, each item also carries its caption's swapped twins as
+            ``text_negatives`` and ``text_negatives_mask`` (``ScenesDataset.twins``), which the Aligner
+            contrasts its image with (``objectives/aligner.py``).
+        train_kinds: the caption kinds the train split draws, cycling in this order (default: all of
+            ``KINDS``); val, test and heldout keep every kind. A captioner trained without binding
+            captions names the relation of every two objects it sees.
     """
 
     available_modalities = ("image", "text")
@@ -524,7 +579,8 @@ class ScenesDataModule(MultimodalDataModule):
 
     def __init__(self, modalities: list[str] | None = None, train_size: int = 50_000, val_size: int = 500,
                  test_size: int = 500, heldout_size: int = 500, batch_size: int = 64, num_workers: int = 0,
-                 seed: int = 0, max_text_length: int = 24, tokenizer_path: str | None = None) -> None:
+                 seed: int = 0, max_text_length: int = 24, tokenizer_path: str | None = None,
+                 hard_negatives: bool = False, train_kinds: list[str] | None = None) -> None:
         super().__init__(["image", "text"] if modalities is None else modalities, batch_size=batch_size,
                          num_workers=num_workers, seed=seed, max_text_length=max_text_length,
                          tokenizer_path=tokenizer_path)
@@ -536,6 +592,12 @@ class ScenesDataModule(MultimodalDataModule):
             raise ValueError(f"max_text_length: {max_text_length} would cut captions; scene captions need "
                              f">= {_longest_caption() + 2} tokens with [BOS] and [EOS]")
         self.split_sizes = sizes
+        self.hard_negatives = hard_negatives
+        self.train_kinds = KINDS if train_kinds is None else tuple(train_kinds)
+        unknown = [kind for kind in self.train_kinds if kind not in KINDS]
+        if unknown or not self.train_kinds:
+            raise ValueError(f"train_kinds: {'unknown ' + repr(unknown[0]) if unknown else 'none given'}; "
+                             f"allowed: {', '.join(KINDS)}")
 
     def dataset(self, split: str) -> Dataset:
         """The split's dataset; ``heldout`` besides ``train``, ``val`` and ``test``."""
@@ -551,7 +613,9 @@ class ScenesDataModule(MultimodalDataModule):
 
     def build_split(self, split: str) -> Dataset:
         tokenizer = self.tokenizer if "text" in self.modalities else None
-        return ScenesDataset(self.split_sizes[split], self.seed, split, self.modalities, tokenizer)
+        return ScenesDataset(self.split_sizes[split], self.seed, split, self.modalities, tokenizer,
+                             self.hard_negatives and "text" in self.modalities,
+                             self.train_kinds if split == "train" else KINDS)
 
     def source_spec(self) -> dict[str, Any]:
         return {"image_size": IMAGE_SIZE, "image_channels": 3, "attribute_names": list(ATTRIBUTE_NAMES),

@@ -17,20 +17,33 @@ data's own placements for that caption). 1 is the real data's variety; the issue
 
 The real renders scored the same way (:class:`RealScenes` as the sampler; :func:`real_ceiling`)
 are the ceiling. ``benchmarks/scenes_judge.py`` writes it with the judge's accuracy.
+
+Two readers of scenes are scored here too, against the truth the data knows, no judge needed:
+
+* an aligner, ARO-style (Yuksekgonul et al. 2023; :func:`hard_negative_accuracy`): each relation or
+  binding image against its caption and each of the caption's swapped twins (:func:`swapped_twins`:
+  the two objects' colours swapped, their shapes swapped, the relation reversed), in the same
+  wording; right when the caption scores higher than the twin (a tie counts half, so a bag-of-words
+  encoder, which cannot tell a caption from its colour- or shape-swapped twin, scores 0.5);
+* a captioner (:func:`caption_accuracy`): a caption is right when it parses
+  (``parse_scene_caption``) and states exactly the image's objects (colours, shapes, any size it
+  states) and, for an image of a relation, a relation that holds (``states_scene``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mmgen_lightning.datamodules.scenes import (KINDS, SCENE_SPLITS, SceneCaption, SceneObject, draw_scene,
-                                                match_scene, parse_scene_caption, render_scene)
+from mmgen_lightning.datamodules.scenes import (KINDS, SCENE_SPLITS, TWINS, WORDINGS, Scene, SceneCaption,
+                                                SceneObject, caption_text, draw_scene, match_scene,
+                                                parse_scene_caption, render_scene, swapped_twins,
+                                                wording_of)
 from mmgen_lightning.metrics.evaluator import chunk_seed
 from mmgen_lightning.metrics.scene_judge import SceneJudge, get_scene_judge
 
@@ -40,6 +53,10 @@ Sampler = Callable[[list[str]], Tensor]
 ROWS = ("single", "two_objects", "relation", "binding", "counting", "overall")
 #: which split holds the seen captions and which the held-out ones
 SPLITS = {"seen": "test", "heldout": "heldout"}
+#: ``(images B,3,64,64, captions) -> B`` similarity of each image to its caption (``aligner_similarity``)
+Similarity = Callable[[Tensor, list[str]], Tensor]
+#: images ``B,3,64,64`` -> one caption each (``model_captioner`` wraps a family)
+Captioner = Callable[[Tensor], list[str]]
 
 
 def model_sampler(model, **sampling: Any) -> Sampler:
@@ -163,3 +180,91 @@ def scenes_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {row.replace('_', ' ')} | " + " | ".join(_cell(g["accuracy"][row]) for _, g in groups) +
                      f" | {spread} |")
     return "\n".join(lines) + "\n"
+
+
+# --- readers of scenes: an aligner against swapped twins, a captioner against the truth -------------
+def aligner_similarity(aligner) -> Similarity:
+    """Cosine of each image and its caption in an Aligner's space (captions read by its own tokenizer)."""
+    @torch.no_grad()
+    def similarity(images: Tensor, captions: list[str]) -> Tensor:
+        images = aligner.embed({"image": images.to(aligner.device)}, "image")
+        return (images * aligner.embed_captions(captions)).sum(-1).cpu()
+
+    return similarity
+
+
+def hard_negative_accuracy(similarity: Similarity, datamodule, split: str = "test", num_items: int = 400,
+                           batch_size: int = 64) -> dict[str, Any]:
+    """ARO-style accuracy (see the module docstring) on the relation and binding items among the first
+    ``num_items`` of ``split``: overall, per twin and per caption kind, with how many pairs each holds
+    (an image meets each twin that is false of it)."""
+    if num_items < 1 or batch_size < 1:
+        raise ValueError(f"num_items and batch_size must be >= 1, got {num_items} and {batch_size}")
+    dataset = datamodule.dataset(split)
+    rows = []  # (index, kind, twin, caption text, twin text)
+    for index in range(min(num_items, len(dataset))):
+        scene = dataset.scene(index)
+        wording = wording_of(scene)
+        rows += [(index, scene.caption.kind, name, scene.text, caption_text(twin, wording))
+                 for name, twin in swapped_twins(scene.caption).items() if match_scene(twin, scene.objects) is None]
+    wins = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        images = torch.stack([dataset[index]["image"] for index, *_ in chunk])
+        right = similarity(images, [row[3] for row in chunk])
+        wrong = similarity(images, [row[4] for row in chunk])
+        wins += (0.5 * (right > wrong).float() + 0.5 * (right >= wrong).float()).tolist()
+    def share(keep: Callable[[tuple], bool]) -> dict[str, Any]:
+        chosen = [win for row, win in zip(rows, wins) if keep(row)]
+        return {"accuracy": float(np.mean(chosen)) if chosen else None, "pairs": len(chosen)}
+
+    return {"split": split, "items": min(num_items, len(dataset)), **share(lambda row: True),
+            "per_twin": {twin: share(lambda row, twin=twin: row[2] == twin) for twin in TWINS},
+            "per_kind": {kind: share(lambda row, kind=kind: row[1] == kind) for kind in ("relation", "binding")}}
+
+
+def states_scene(text: str, scene: Scene) -> bool:
+    """Whether ``text`` is a scene caption that states exactly ``scene``'s objects (colours, shapes,
+    each size it states) and, when the scene's own caption is a relation, a relation that holds."""
+    try:
+        caption = parse_scene_caption(text)
+    except ValueError:
+        return False
+    if scene.caption.relation is not None and caption.relation is None:
+        return False
+    return match_scene(caption, scene.objects) is not None
+
+
+def model_captioner(model, **sampling: Any) -> Captioner:
+    """A captioner from ``model.generate`` (any family that serves image -> text), decoded by its tokenizer."""
+    @torch.no_grad()
+    def caption(images: Tensor) -> list[str]:
+        ids = model.generate({"image": images}, num_samples=len(images), to="text", **sampling)["text"]
+        return model.tokenizer.decode(ids)
+
+    return caption
+
+
+def caption_accuracy(captioner: Captioner, datamodule, split: str = "heldout", num_items: int = 400,
+                     batch_size: int = 64, kinds: Sequence[str] = KINDS) -> dict[str, Any]:
+    """Share of the first ``num_items`` images of ``split`` whose caption states the scene
+    (:func:`states_scene`), overall and per kind of the item's own caption, with a few wrong captions."""
+    if num_items < 1 or batch_size < 1:
+        raise ValueError(f"num_items and batch_size must be >= 1, got {num_items} and {batch_size}")
+    dataset = datamodule.dataset(split)
+    count = min(num_items, len(dataset))
+    right: dict[str, list[bool]] = {kind: [] for kind in kinds}
+    mistakes = []
+    for start in range(0, count, batch_size):
+        indices = range(start, min(start + batch_size, count))
+        captions = captioner(torch.stack([dataset[i]["image"] for i in indices]))
+        for index, text in zip(indices, captions):
+            scene = dataset.scene(index)
+            ok = states_scene(text, scene)
+            right[scene.caption.kind].append(ok)
+            if not ok and len(mistakes) < 10:
+                mistakes.append({"item": index, "truth": scene.text, "caption": text})
+    every = [ok for values in right.values() for ok in values]
+    return {"split": split, "items": count, "accuracy": float(np.mean(every)),
+            "per_kind": {kind: float(np.mean(values)) if values else None for kind, values in right.items()},
+            "mistakes": mistakes}

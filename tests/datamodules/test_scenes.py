@@ -12,9 +12,10 @@ from torch.utils.data import DataLoader
 from mmgen_lightning.batch import check_batch
 from mmgen_lightning.datamodules import ScenesDataModule
 from mmgen_lightning.datamodules.scenes import (ATTRIBUTE_NAMES, BOUNDING, GAP, HELDOUT_PAIRS, KINDS, RELATION_MARGIN,
-                                                RELATIONS, WORDINGS, FreeTextCaption, Named, Scene, SceneCaption,
-                                                SceneObject, caption_text, draw_scene, match_scene,
-                                                parse_scene_caption, relation_holds, render_scene)
+                                                RELATIONS, TWINS, WORDINGS, FreeTextCaption, Named, Scene,
+                                                SceneCaption, SceneObject, caption_text, draw_scene, match_scene,
+                                                parse_scene_caption, relation_holds, render_scene, swapped_twins,
+                                                wording_of)
 from mmgen_lightning.datamodules.shapes import COLOR_RGB, SHAPES
 
 
@@ -253,3 +254,38 @@ def test_unknown_split_and_short_text_length_are_refused():
         make(max_text_length=8)
     with pytest.raises(ValueError, match="heldout_size must be >= 1"):
         make(heldout_size=0)
+
+
+def test_hard_negatives_are_the_captions_swapped_twins_false_of_the_image():
+    data = make(hard_negatives=True)
+    data.setup("fit")
+    batch = next(iter(DataLoader(data.dataset("train"), batch_size=16)))
+    check_batch(batch)
+    assert batch["text_negatives"].shape == (16, len(TWINS), batch["text"].shape[1])
+    kept_per_kind = {kind: 0 for kind in KINDS}
+    for split in ("train", "heldout"):
+        dataset = data.dataset(split)
+        for index in range(48):
+            scene, item = dataset.scene(index), dataset[index]
+            twins = swapped_twins(scene.caption)
+            for name, row, mask in zip(TWINS, item["text_negatives"], item["text_negatives_mask"]):
+                if not mask.any():
+                    assert not row.any(), name  # a missing twin is all padding
+                    continue
+                kept_per_kind[scene.caption.kind] += 1
+                text = data.tokenizer.decode(row[None])[0]
+                assert text == caption_text(twins[name], wording_of(scene)), name  # the caption's wording
+                assert match_scene(parse_scene_caption(text), scene.objects) is None  # false of the image
+                assert split == "heldout" or not parse_scene_caption(text).pairs & set(HELDOUT_PAIRS)
+    assert kept_per_kind["single"] == kept_per_kind["counting"] == 0
+    assert kept_per_kind["relation"] > 0 and kept_per_kind["binding"] > 0
+    assert "text_negatives" not in make().dataset("train")[1]  # only when asked
+
+
+def test_train_kinds_choose_the_train_splits_captions_only():
+    data = make(train_kinds=["relation", "counting"])
+    assert [data.dataset("train").scene(i).caption.kind for i in range(4)] == ["relation", "counting"] * 2
+    assert [data.dataset("test").scene(i).caption.kind for i in range(4)] == list(KINDS)
+    assert data.dataset("heldout").scene(2).caption.kind == "binding"
+    with pytest.raises(ValueError, match="train_kinds: unknown 'pairs'; allowed: single, relation"):
+        make(train_kinds=["pairs"])

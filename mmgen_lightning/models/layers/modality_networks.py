@@ -84,7 +84,7 @@ def has_token_encoder(modality: Modality) -> bool:
 
 def token_encoder(modality: Modality, spec: Mapping[str, Any], width: int, *, num_layers: int = 2,
                   num_heads: int = 4, dropout: float = 0.0, patch_size: int = 4, glimpse_size: int | None = None,
-                  n_mels: int = 64, frames: int = 32) -> nn.Module:
+                  n_mels: int = 64, frames: int = 32, stem: str = "conv") -> nn.Module:
     """The encoder of the modality's tensor -> tokens ``B,N,width`` for cross-attention, with
     ``num_prefix_tokens`` and the token ``grid`` (``token_encoders.py``).
 
@@ -94,13 +94,14 @@ def token_encoder(modality: Modality, spec: Mapping[str, Any], width: int, *, nu
         dropout: every modality: its dropout.
         patch_size: image and video: side of a patch (one token per patch).
         glimpse_size: video: side of the window of each frame centred on its content (default: the frame).
+        stem: image: ``"conv"`` or ``"patch"`` (``token_encoders.STEMS``).
         n_mels: audio: mel bands of its log-mel spectrogram.
         frames: audio: frames of that spectrogram, one token per frame.
     """
     shared = {"num_layers": num_layers, "num_heads": num_heads, "dropout": dropout}
     builders = {
         "image": lambda: ImageTokenEncoder(need(spec, "image_channels"), need(spec, "image_size"), width,
-                                           patch_size=patch_size, **shared),
+                                           patch_size=patch_size, stem=stem, **shared),
         "video": lambda: VideoTokenEncoder(need(spec, "image_channels"), need(spec, "num_frames"),
                                            VideoModality.size(spec), width, patch_size=patch_size,
                                            glimpse_size=glimpse_size, **shared),

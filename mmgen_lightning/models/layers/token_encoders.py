@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from mmgen_lightning.modalities.audio import LogMel
 
 PATCH_SIZES = (1, 2, 4, 8)
+#: an image encoder's stem: ``ConvStem``, or a linear patch embedding (``PatchStem``)
+STEMS = ("conv", "patch")
 
 
 def transformer_encoder(width: int, num_layers: int, num_heads: int, dropout: float) -> nn.TransformerEncoder:
@@ -57,6 +59,17 @@ class ConvStem(nn.Module):
         return self.net(image)
 
 
+class PatchStem(nn.Conv2d):
+    """``B,C,H,W -> B,width,H/p,W/p``: ViT's linear embedding of each ``p x p`` patch (Dosovitskiy et al.
+    2021). On 64 px images the conv stem's full-resolution layers cost most of an encoder's time; a patch
+    of flat-coloured shapes needs no stroke detector before the transformer."""
+
+    def __init__(self, channels: int, width: int, patch_size: int) -> None:
+        if patch_size not in PATCH_SIZES:
+            raise ValueError(f"patch_size must be one of {PATCH_SIZES}, got {patch_size}")
+        super().__init__(channels, width, patch_size, stride=patch_size)
+
+
 class ImageTokenEncoder(nn.Module):
     """``image: B,C,H,W`` in [-1, 1] -> tokens ``B,(H/p)*(W/p),width``: conv stem, learned 2-D
     positions, a transformer.
@@ -69,18 +82,21 @@ class ImageTokenEncoder(nn.Module):
         num_heads: attention heads.
         patch_size: total stride of the stem; one token per ``p x p`` pixels.
         dropout: transformer dropout.
+        stem: ``"conv"`` (:class:`ConvStem`) or ``"patch"`` (:class:`PatchStem`).
     """
 
     num_prefix_tokens = 0
 
     def __init__(self, channels: int, image_size: int, width: int, num_layers: int = 2, num_heads: int = 4,
-                 patch_size: int = 4, dropout: float = 0.0) -> None:
+                 patch_size: int = 4, dropout: float = 0.0, stem: str = "conv") -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size})")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         side = image_size // patch_size
         self.grid: tuple[int, ...] = (side, side)
-        self.stem = ConvStem(channels, width, patch_size)
+        self.stem = (ConvStem if stem == "conv" else PatchStem)(channels, width, patch_size)
         self.position = nn.Parameter(0.02 * torch.randn(1, side * side, width))
         self.transformer = transformer_encoder(width, num_layers, num_heads, dropout)
         self.norm = nn.LayerNorm(width)

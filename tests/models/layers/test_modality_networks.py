@@ -75,3 +75,22 @@ def test_an_unknown_option_is_a_type_error_naming_it(factory, sizes):
 def test_a_missing_size_names_the_spec_key():
     with pytest.raises(ValueError, match="data_spec has no 'num_classes'"):
         modality_networks.encoder(get_modality("label"), DataSpec.from_dict({"image_size": 16}), 10, 16)
+
+
+def test_the_patch_stem_embeds_each_patch_alone_and_a_bad_stem_is_named():
+    from mmgen_lightning.models.aligner import AlignerNetwork
+    from mmgen_lightning.models.captioner import CaptionerNetwork
+    from mmgen_lightning.models.layers.token_encoders import PatchStem
+
+    spec = DataSpec.from_dict({**SPEC, "image_channels": 3, "image_size": 32})
+    encoder = modality_networks.token_encoder(get_modality("image"), spec, 16, patch_size=8, stem="patch")
+    assert isinstance(encoder.stem, PatchStem) and encoder.grid == (4, 4)
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert encoder(image).shape == (2, 16, 16)
+    changed = image.clone()
+    changed[:, :, 9, 17] = -image[:, :, 9, 17]  # a pixel of the patch in row 1, column 2
+    moved = (encoder.stem(changed) - encoder.stem(image)).abs().sum((0, 1)) > 0
+    assert moved.nonzero().tolist() == [[1, 2]]
+    for group in (AlignerNetwork, CaptionerNetwork):
+        with pytest.raises(ValueError, match="network.stem must be one of conv, patch"):
+            group(stem="linear")
