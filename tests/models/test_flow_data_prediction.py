@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmgen_lightning.models.flow import MIN_TIME_TO_DATA, FlowMatching, VelocityField
-from mmgen_lightning.models.layers.flow_sampling import straight_path
+from mmgen_lightning.objectives.flow import straight_path
 from tests.conftest import ToyDataModule, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
