@@ -65,6 +65,9 @@ class AlignerNetwork(ConfigGroup):
         dropout: encoder dropout.
         stem: image only: the first layers, ``"conv"`` (a small CNN, best for strokes at 16-32 px) or
             ``"patch"`` (a linear embedding of each patch: several times faster at 64 px).
+        text_position_std: the text encoder's position table starts at ``N(0, std^2)``; 0 (zeros) starts it
+            as a bag of words, in which a caption and its word-swapped twin embed alike (hard negatives want 1,
+            the words' own scale).
     """
 
     section = "network"
@@ -79,6 +82,7 @@ class AlignerNetwork(ConfigGroup):
     glimpse_size: int | None = None
     dropout: float = 0.0
     stem: str = "conv"
+    text_position_std: float = 0.0
 
     def check(self) -> None:
         for name in ("embed_dim", "width", "num_heads", "patch_size", "n_mels", "audio_frames"):
@@ -89,6 +93,7 @@ class AlignerNetwork(ConfigGroup):
         self.require(self.glimpse_size is None or self.glimpse_size >= 1, "glimpse_size", "must be >= 1 or null")
         self.require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         self.require(self.stem in STEMS, "stem", f"must be one of {', '.join(STEMS)}")
+        self.require(self.text_position_std >= 0, "text_position_std", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,8 +197,8 @@ class Aligner(GenerativeModule):
         if not modality_networks.has_token_encoder(kind):
             encoder = modality_networks.encoder(kind, self.data_spec, net.width, net.width,
                                                 num_layers=net.text_layers, num_heads=net.num_heads)
-            if modality == "text":  # from a zero position table (or one far smaller than the words' N(0, 1))
-                nn.init.normal_(encoder.position)  # it reads a bag of words: a caption and its twin embed alike
+            if modality == "text" and net.text_position_std > 0:
+                nn.init.normal_(encoder.position, std=net.text_position_std)
             return encoder
         tokens = modality_networks.token_encoder(kind, self.data_spec, net.width, num_layers=net.encoder_layers,
                                                  num_heads=net.num_heads, dropout=net.dropout,

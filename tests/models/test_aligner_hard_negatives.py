@@ -140,7 +140,7 @@ def test_the_aligners_text_encoder_reads_word_order_from_the_start():
     data = ToyDataModule(modalities=["image", "text"])
     torch.manual_seed(0)
     model = Aligner(data.data_spec, network={"width": 16, "embed_dim": 8, "encoder_layers": 1, "text_layers": 1,
-                                             "num_heads": 2})
+                                             "num_heads": 2, "text_position_std": 1.0})
     text = torch.tensor([[BOS_ID, 4, 5, 6, EOS_ID, PAD_ID], [BOS_ID, 6, 5, 4, EOS_ID, PAD_ID]])  # 4 and 6 swapped
     with torch.no_grad():  # a position table of zeros would make these two one bag of words, and equal
         caption, twin = model.embed({"text": text, "text_mask": text != PAD_ID}, "text")
