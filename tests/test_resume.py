@@ -4,7 +4,7 @@ weights of a run that never stopped (deterministic CPU), for the VAE and the GAN
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mmgen_lightning.callbacks.ema import EMA
 from mmgen_lightning.callbacks.faults import RandomStateCheckpoint
@@ -13,6 +13,7 @@ from mmgen_lightning.datamodules.manifest import ManifestDataModule
 from mmgen_lightning.models.gan import ConditionalGAN
 from mmgen_lightning.models.vae import MultimodalVAE
 from tests.datamodules.manifest_corpus import DATA_OPTIONS, write_corpus
+from tests.resume_checks import Crash, CrashAt
 
 # 8 train rows in batches of 2: 4 batches per epoch, 8 in two epochs; checkpoints after batches 3 and 6,
 # a crash at batch 8, so the run resumes after batch 6, half-way through the second epoch. Lightning counts
@@ -29,19 +30,6 @@ FAMILIES = {
 }
 #: the GAN samples an average of its weights (its recipes' EMA callback): a resumed run must continue that too
 AVERAGING = {"gan": lambda: [EMA(decay=0.9, warmup=True, use_buffers=False)]}
-
-
-class Crash(Exception):
-    """Stands for the process dying."""
-
-
-class CrashAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise Crash(f"killed at step {self.step}")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
