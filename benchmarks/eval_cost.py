@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,26 +24,10 @@ import lightning as L
 import torch
 import yaml
 
-from recipe_run import ROOT, build_recipe
+from recipe_run import ROOT, StepClock, build_recipe
 
 from mmgen_lightning.callbacks.evaluation import EvaluationCallback
 from mmgen_lightning.metrics.evaluator import flatten
-
-
-class StepClock(L.Callback):
-    """Seconds per training batch after ``skip`` warm-up batches (batches, not optimizer steps: a GAN
-    batch takes two)."""
-
-    def __init__(self, skip: int = 5) -> None:
-        self.skip, self.batches, self.started = skip, 0, 0.0
-
-    def on_train_batch_end(self, *args) -> None:
-        self.batches += 1
-        if self.batches == self.skip:
-            self.started = time.perf_counter()
-
-    def seconds_per_step(self) -> float:
-        return (time.perf_counter() - self.started) / (self.batches - self.skip)
 
 
 def evaluation_spec(config: dict) -> dict | None:
@@ -72,15 +57,15 @@ def measure(path: Path, steps: int) -> dict:
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[clock])
     trainer.fit(model, datamodule=datamodule)
-    step_seconds = clock.seconds_per_step()
+    step_seconds = statistics.mean(clock.gaps(skip=4))  # from the end of the 5th batch
 
     callback = EvaluationCallback(**spec)
     judges_started = time.perf_counter()
-    # the callback's setup reads only these of its trainer: one process, no barrier to wait at
+    # the callback's setup reads only these of its trainer: one process fitting to its end (so it trains
+    # or loads the judges), no barrier to wait at
     one_process = SimpleNamespace(datamodule=datamodule, is_global_zero=True, global_rank=0, world_size=1,
-                                  strategy=SimpleNamespace(barrier=lambda name: None))
+                                  max_steps=-1, strategy=SimpleNamespace(barrier=lambda name: None))
     callback.setup(one_process, model, "fit")
-    callback.load_judges(one_process)
     judge_seconds = time.perf_counter() - judges_started
     model.eval()
     started = time.perf_counter()

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from recipe_run import build_recipe, instantiate  # noqa: E402
+from recipe_run import StepClock, build_recipe, instantiate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = ["configs/flow/shapes.yaml", "configs/flow/digits.yaml", "configs/quickstart.yaml",
@@ -57,16 +57,6 @@ def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048), repeats: int = 5) -> flo
             a @ b
             best = max(best, 2 * n**3 / (time.perf_counter() - started) / 1e9)
     return best
-
-
-class StepClock(L.Callback):
-    """The time at the end of every training batch."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.ends.append(time.perf_counter())
 
 
 def trainer_for(config: dict, steps: int, callbacks: list, logger=False) -> L.Trainer:
@@ -96,7 +86,7 @@ def measure(recipe: str, steps: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         logger = L.pytorch.loggers.TensorBoardLogger(folder, name="flops")
         trainer_for(config, warmup + steps, [*step_callbacks(config), clock], logger).fit(model, datamodule=datamodule)
-    gaps = [b - a for a, b in zip(clock.ends[warmup:-1], clock.ends[warmup + 1:])]
+    gaps = clock.gaps(warmup)
     step_seconds = statistics.median(gaps)
     batch = config["data"]["init_args"].get("batch_size")
     return {"recipe": recipe, "family": type(model).__name__, "precision": trainer_for(config, 1, []).precision,

@@ -15,26 +15,12 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
 import yaml
-from recipe_run import ROOT, build_recipe
-
-
-class StepTimes(L.Callback):
-    """Seconds between the ends of consecutive training batches, after ``skip`` batches."""
-
-    def __init__(self, skip: int = 5) -> None:
-        self.skip, self.last, self.times = skip, None, []
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        now = time.perf_counter()
-        if self.last is not None and trainer.global_step > self.skip:
-            self.times.append(now - self.last)
-        self.last = now
+from recipe_run import ROOT, StepClock, build_recipe
 
 
 def step_time(config: dict, optimizer: str, steps: int) -> float:
@@ -42,12 +28,12 @@ def step_time(config: dict, optimizer: str, steps: int) -> float:
     config["model"]["init_args"].setdefault("optimization", {})["optimizer"] = optimizer
     torch.manual_seed(0)
     model, datamodule = build_recipe(config)
-    clock = StepTimes()
+    clock = StepClock()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[clock])
     trainer.fit(model, datamodule=datamodule)
-    return statistics.median(clock.times)
+    return statistics.median(clock.gaps(skip=5))
 
 
 def main() -> None:

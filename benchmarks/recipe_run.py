@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +33,20 @@ def fit_from_scratch(config_path: str, config: dict, fit_args: list[str]) -> flo
                     "--trainer.enable_progress_bar", "false", *fit_args], check=True, cwd=ROOT,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     return round(time.time() - started, 1)
+
+
+class StepClock(L.Callback):
+    """The time at the end of every training batch (batches, not optimizer steps: a GAN batch takes two)."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        self.ends.append(time.perf_counter())
+
+    def gaps(self, skip: int) -> list[float]:
+        """Seconds between the ends of consecutive batches, the first ``skip`` batches left out."""
+        return [b - a for a, b in zip(self.ends[skip:-1], self.ends[skip + 1:])]
 
 
 def pairwise_spread(images: torch.Tensor, resolution: int = DATA_RESOLUTION) -> float:
