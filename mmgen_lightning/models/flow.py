@@ -38,6 +38,8 @@ from mmgen_lightning.objectives.flow import FlowObjective, flow_matching_objecti
 FLOW_CONDITIONS = ("text", "label", "audio", "image", "video")
 FLOW_OUTPUTS = ("image", "audio")
 PREDICTIONS = ("velocity", "data")
+#: the ODE solvers, and ``shortcut``: Euler steps that tell a shortcut network their size (one step samples)
+FLOW_SAMPLERS = (*SAMPLERS, "shortcut")
 #: a data-predicting network's velocity divides by ``1 - t``; near the data end by no less than this (JiT's clip)
 MIN_TIME_TO_DATA = 0.05
 
@@ -101,7 +103,9 @@ class FlowSampling(ConfigGroup):
     """Defaults of the sampling knobs (each can be given to ``generate``/``mmgen generate``).
 
     Args:
-        sampler: ODE solver, ``euler`` or ``heun`` (two network evaluations per step).
+        sampler: ODE solver, ``euler`` or ``heun`` (two network evaluations per step), or ``shortcut``
+            (a model trained with ``objective.shortcut_fraction > 0``: ``steps`` Euler steps, a power of
+            two, each of which the network is told the size of; ``steps: 1`` is one network evaluation).
         steps: solver steps.
         guidance_scale: classifier-free guidance ``w`` (1 = the conditional velocity alone).
         guidance_start: start of the guidance interval, a time in [0, 1] (0 = noise): before it the
@@ -117,7 +121,7 @@ class FlowSampling(ConfigGroup):
     guidance_stop: float = 1.0
 
     def check(self) -> None:
-        self.require_choice("sampler", SAMPLERS)
+        self.require_choice("sampler", FLOW_SAMPLERS)
         self.require(self.steps >= 1, "steps", "must be >= 1")
         self.require(self.guidance_scale >= 0, "guidance_scale", "must be >= 0")
         self.require(0.0 <= self.guidance_start <= self.guidance_stop <= 1.0, "guidance_start",
@@ -230,14 +234,21 @@ class VelocityField(nn.Module):
         super().__init__()
         self.dit, self.embedder, self.prediction = dit, embedder, prediction
 
+    @property
+    def drop_prob(self) -> float:
+        """The share of training samples that get the null condition."""
+        return 0.0 if self.embedder is None else self.embedder.drop_prob
+
     def forward(self, x: Tensor, t: Tensor, conditions: Mapping[str, Tensor],
-                force_drop: Tensor | None = None) -> Tensor:
-        """``x: B,C,H,W``, ``t: B`` in [0, 1]; ``force_drop: bool B`` asks for the null condition."""
+                force_drop: Tensor | None = None, step: Tensor | None = None) -> Tensor:
+        """``x: B,C,H,W``, ``t: B`` in [0, 1]; ``force_drop: bool B`` asks for the null condition;
+        ``step: B`` the step size of a shortcut network (None: 0, the instantaneous velocity)."""
+        shortcut = {} if step is None else {"step": step}
         if self.embedder is None:
-            out = self.dit(x, t)
+            out = self.dit(x, t, **shortcut)
         else:
             context, mask, pooled = self.embedder(conditions, force_drop)
-            out = self.dit(x, t, pooled, context, mask)
+            out = self.dit(x, t, pooled, context, mask, **shortcut)
         if self.prediction == "data":
             time_left = (1 - t).clamp_min(MIN_TIME_TO_DATA).view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
             return (out - x) / time_left
@@ -265,7 +276,7 @@ class FlowMatching(GenerativeModule):
     likelihood_options = ("likelihood_steps", "hutchinson_samples")
     sampling_knobs = family_knobs(
         "steps", "guidance_scale", "guidance_start", "guidance_stop", "seed",
-        sampler=Knob(None, help="ODE solver: euler or heun"),
+        sampler=Knob(None, help="ODE solver: euler or heun, or shortcut (a shortcut-trained model; steps: 1, 2, 4, ...)"),
         return_target=Knob(bool, help="also return what the flow generated (pixels, log-mel or latents)"))
     legacy = LegacyLayout(
         groups={"network": FlowNetwork, "objective": FlowObjective, "optimization": Optimization,
@@ -301,7 +312,7 @@ class FlowMatching(GenerativeModule):
         channels, *size = self.codec.shape
         dit = DiT(channels, tuple(size), net.patch_size, net.width, net.depth, net.num_heads, net.mlp_ratio,
                   cross_attention=condition is not None, stem_channels=net.stem_channels,
-                  head_channels=net.head_channels)
+                  head_channels=net.head_channels, step_input=self.config.objective.shortcut_fraction > 0)
         # nothing to drop without a condition
         embedder = ConditionTokens(self.build_condition_encoder(), net.width, self.config.objective.cond_drop) \
             if condition else None
@@ -370,15 +381,20 @@ class FlowMatching(GenerativeModule):
             self.hparams["latent"]["latent_scale"] = self.codec.measure_scale(images)
 
     # --- objective ----------------------------------------------------------------------------
-    def loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+    def losses(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``{"loss": ...}``, and its flow and shortcut parts when the model learns shortcuts."""
         x1 = self.codec.encode(batch[self.output])
-        return flow_matching_objective(self.velocity, x1, batch, self.config.objective, generator)["loss"]
+        return flow_matching_objective(self.velocity, x1, batch, self.config.objective, generator)
+
+    def loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        return self.losses(batch, generator)["loss"]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
+        losses = self.losses(batch)
         if self._logging_step():
-            self.log("train/loss", loss, prog_bar=True)
-        return loss
+            self.log("train/loss", losses["loss"], prog_bar=True)
+            self.log_dict({f"train/{name}_loss": value for name, value in losses.items() if name != "loss"})
+        return losses["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         # the same noise and times every epoch, so the curve shows learning rather than draws
@@ -414,26 +430,41 @@ class FlowMatching(GenerativeModule):
                 velocity alone before it.
             guidance_stop: the time ``t`` after which guidance stops and the conditional velocity alone
                 steers.
-            sampler: ``euler`` or ``heun``.
+            sampler: ``euler`` or ``heun``, or ``shortcut`` (a shortcut-trained model: ``steps`` a power of two).
             seed: makes the noise reproducible without touching the global random state.
             return_target: also return what the flow generated (pixels, log-mel or latents) as ``"target"``.
         """
         interval = (guidance_start, guidance_stop)
         if not 0.0 <= interval[0] <= interval[1] <= 1.0:
             raise ValueError(f"guidance_start/guidance_stop: need 0 <= start <= stop <= 1, got {interval}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: unknown {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+        if sampler not in FLOW_SAMPLERS:
+            raise ValueError(f"sampler: unknown {sampler!r}; allowed: {', '.join(FLOW_SAMPLERS)}")
+        step = self.shortcut_step(steps) if sampler == "shortcut" else None
         self.check_guidance(guidance_scale)
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         x0 = torch.randn(num_samples, *self.codec.shape, device=self.device, generator=generator)
-        velocity = guided(lambda x, t, drop: self.velocity(x, t, conditions if drop is None else
-                                                           {k: torch.cat([v, v]) for k, v in conditions.items()},
-                                                           drop), guidance_scale, interval)
-        x1 = SAMPLERS[sampler](velocity, x0, steps)
+
+        def conditional(x: Tensor, t: Tensor, drop: Tensor | None) -> Tensor:
+            given = conditions if drop is None else {k: torch.cat([v, v]) for k, v in conditions.items()}
+            return self.velocity(x, t, given, drop, None if step is None else torch.full_like(t, step))
+
+        x1 = SAMPLERS["euler" if sampler == "shortcut" else sampler](guided(conditional, guidance_scale, interval),
+                                                                      x0, steps)
         out = {self.output: self.codec.decode(x1)}
         if return_target:
             out["target"] = x1
         return out
+
+    def shortcut_step(self, steps: int) -> float:
+        """The step size a shortcut network is told for ``steps`` even steps: ``1 / steps``, or 0 (the
+        instantaneous velocity) at or below the smallest size it learnt."""
+        objective = self.config.objective
+        if objective.shortcut_fraction == 0:
+            raise ValueError("sampler: shortcut needs a model trained with objective.shortcut_fraction > 0; "
+                             "this one is a plain flow (use sampler euler or heun)")
+        if steps & (steps - 1):
+            raise ValueError(f"steps: the shortcut sampler takes a power of two (1, 2, 4, ...), got {steps}")
+        return 0.0 if steps >= 2 ** objective.shortcut_levels else 1.0 / steps
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         conditions = {key: batch[key] for name in self.condition_modalities for key in get_modality(name).keys()}

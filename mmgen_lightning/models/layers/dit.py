@@ -180,11 +180,13 @@ class DiT(nn.Module):
             the patch embedding (early convolutions help small transformers see edges, Xiao et al. 2021).
         head_channels: above 0, the output layer unpatchifies this many channels per pixel and a 3x3
             convolution turns them into the output, so edges stay continuous across patch borders.
+        step_input: also read a step size ``d: B`` (shortcut models, Frans et al. 2024), embedded as the
+            time is and added to it; its embedding starts at zero, so the network starts as without it.
     """
 
     def __init__(self, channels: int, size: tuple[int, int], patch_size: int = 4, width: int = 128, depth: int = 4,
                  num_heads: int = 4, mlp_ratio: float = 4.0, cross_attention: bool = True, stem_channels: int = 0,
-                 head_channels: int = 0) -> None:
+                 head_channels: int = 0, step_input: bool = False) -> None:
         super().__init__()
         self.channels, self.size, self.patch_size = channels, tuple(size), patch_size
         self.grid = tuple(math.ceil(s / patch_size) for s in self.size)  # (h, w) tokens
@@ -196,25 +198,31 @@ class DiT(nn.Module):
         self.out_channels = head_channels or channels
         self.register_buffer("position", sincos_2d(width, self.grid), persistent=False)
         self.time = TimestepEmbedder(width)
+        self.step_size = TimestepEmbedder(width) if step_input else None
         self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio, cross_attention) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.final = nn.Linear(width, patch_size * patch_size * self.out_channels)
         self.head = nn.Conv2d(head_channels, channels, 3, padding=1) if head_channels else None
         zeroed = [self.final_modulation[-1], self.head if self.head is not None else self.final]
+        if self.step_size is not None:
+            zeroed.append(self.step_size.mlp[-1])
         for layer in zeroed:  # the network starts by predicting v = 0
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor, t: Tensor, pooled: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, step: Tensor | None = None) -> Tensor:
         """``x: B,C,H,W``, ``t: B`` in [0, 1], ``pooled: B,D`` (added to the time embedding),
-        ``context: B,M,D`` + ``context_mask: bool B,M`` for cross-attention."""
+        ``context: B,M,D`` + ``context_mask: bool B,M`` for cross-attention, ``step: B`` the step size
+        (a network built with ``step_input``; None: 0)."""
         height, width = self.size
         p, (rows, cols) = self.patch_size, self.grid
         x = F.pad(x, (0, cols * p - width, 0, rows * p - height))
         tokens = self.patch(x).flatten(2).transpose(1, 2) + self.position.to(x.dtype)  # B,h*w,D row-major
         c = self.time(t)
+        if self.step_size is not None:
+            c = c + self.step_size(torch.zeros_like(t) if step is None else step)
         if pooled is not None:
             c = c + pooled
         for block in self.blocks:
