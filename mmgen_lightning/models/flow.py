@@ -10,6 +10,12 @@ ride in this checkpoint), which keeps the token count of 128-256 px images small
 Its likelihood is exact: ``log p(x1 | c)`` through the probability-flow ODE with a Hutchinson
 divergence (:func:`~mmgen_lightning.models.layers.flow_sampling.ode_log_likelihood`).
 
+Two options speed it up. ``objective.shortcut_fraction`` trains a shortcut model (Frans et al. 2024)
+that also knows the step size, so ``sampler: shortcut`` samples in one network evaluation
+(``objectives/flow.py``). ``alignment`` adds REPA (Yu et al. 2025): one DiT block's tokens are pulled
+towards a frozen image encoder's features of the clean image, which teaches the DiT what the image
+shows sooner than the flow loss alone does (:class:`RepresentationAlignment`).
+
 EMA weights for sampling come from the recipe's EMA callback (``callbacks/ema.py``, Lightning's
 weight averaging): it writes the averaged weights into the checkpoint's ``state_dict``.
 """
@@ -21,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgen_lightning.config import ConfigGroup, build_groups
@@ -168,6 +175,36 @@ class LatentSpace(ConfigGroup):
 
 
 @dataclasses.dataclass(frozen=True)
+class RepresentationAlignment(ConfigGroup):
+    """REPA (Yu et al. 2025, "Representation Alignment for Generation"): the tokens of one DiT block,
+    projected by a small MLP, are pulled towards a frozen image encoder's patch features of the clean
+    image, ``weight * (1 - cos)`` averaged over patches, while the flow trains. The teacher is the image
+    encoder of a project :class:`~mmgen_lightning.models.aligner.Aligner` trained on the same data; it is
+    read when fitting starts and is not part of this checkpoint (sampling never needs it).
+
+    Args:
+        teacher: the Aligner checkpoint (``mmgen fit --config configs/aligner/<data>.yaml``).
+        weight: the alignment loss's weight beside the flow loss.
+        block: which DiT block's output is aligned (1 = the first); REPA aligns an early one.
+        projector_width: hidden width of the projection MLP.
+        teacher_width: filled in from ``teacher`` (lets this checkpoint rebuild the projector alone).
+    """
+
+    section = "alignment"
+    teacher: str | None = None
+    weight: float = 0.5
+    block: int = 2
+    projector_width: int = 256
+    teacher_width: int | None = None
+
+    def check(self) -> None:
+        self.require(self.teacher is not None, "teacher", "must name an Aligner checkpoint with an image encoder")
+        self.require(self.weight >= 0, "weight", "must be >= 0")
+        self.require(self.block >= 1, "block", "must be >= 1")
+        self.require(self.projector_width >= 1, "projector_width", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class FlowConfig:
     """The family's option groups, typed (``self.config``)."""
 
@@ -177,6 +214,7 @@ class FlowConfig:
     sampling: FlowSampling
     likelihood: FlowLikelihood
     latent: LatentSpace | None
+    alignment: RepresentationAlignment | None
 
 
 def _legacy_space(flat: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +293,57 @@ class VelocityField(nn.Module):
         return out
 
 
+class TokenAlignment(nn.Module):
+    """REPA's parts: a hook keeping the output tokens of DiT block ``block`` (1-based) from the latest
+    call, a projector MLP to the teacher's width, and the frozen teacher (an Aligner's image token
+    encoder, held outside the module tree so it is neither trained, averaged nor saved)."""
+
+    def __init__(self, dit: DiT, block: int, hidden: int, teacher_width: int) -> None:
+        super().__init__()
+        self.grid, width = dit.grid, dit.time.mlp[-1].out_features
+        self.projector = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                       nn.Linear(hidden, teacher_width))
+        self.kept: Tensor | None = None
+        self._teacher: list[nn.Module] = []
+        dit.blocks[block - 1].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
+        if torch.is_grad_enabled():  # the trained call, not the no-grad calls of shortcut targets
+            self.kept = output
+
+    @staticmethod
+    def read_teacher(path: str, spec: Mapping[str, Any]) -> nn.Module:
+        """The frozen image token encoder of the Aligner checkpoint at ``path``, checked against the data."""
+        from mmgen_lightning.models.aligner import load_aligner
+
+        aligner = load_aligner(path)
+        if "image" not in aligner.encoders:
+            raise ValueError(f"alignment.teacher: {path} has no image encoder (it aligns "
+                             f"{', '.join(aligner.modalities)})")
+        for key in ("image_size", "image_channels"):
+            if aligner.spec(key) != spec.get(key):
+                raise ValueError(f"alignment.teacher: {path} was trained with {key}={aligner.spec(key)}, "
+                                 f"this data has {key}={spec.get(key)}")
+        return aligner.encoders["image"][0].eval().requires_grad_(False)  # the tokens, before the pool
+
+    def use_teacher(self, teacher: nn.Module) -> None:
+        self._teacher = [teacher]
+
+    def loss(self, images: Tensor) -> Tensor:
+        """``1 - cos`` between the projected kept tokens, pooled to the teacher's grid, and the teacher's
+        patch tokens of ``images``, averaged over patches and samples."""
+        if not self._teacher:
+            raise RuntimeError("alignment: the teacher is read when fitting starts (setup('fit'))")
+        teacher = self._teacher[0].to(images.device)
+        with torch.no_grad():
+            target = teacher(images)[:, teacher.num_prefix_tokens:]  # B,M,Dt
+        rows, cols = teacher.grid
+        tokens = self.kept.transpose(1, 2).unflatten(2, self.grid)  # B,D,h,w
+        tokens = F.adaptive_avg_pool2d(tokens, (rows, cols)).flatten(2).transpose(1, 2)  # B,M,D
+        projected = self.projector(tokens)
+        return 1 - F.cosine_similarity(projected.float(), target.float(), dim=-1).mean()
+
+
 # --- the family -----------------------------------------------------------------------------------
 class FlowMatching(GenerativeModule):
     """Conditional flow matching with a DiT velocity network: text, label, audio, image, video or nothing
@@ -271,6 +360,8 @@ class FlowMatching(GenerativeModule):
         sampling: defaults of the sampling knobs (:class:`FlowSampling`).
         likelihood: the likelihood ODE (:class:`FlowLikelihood`).
         latent: flow in a frozen VQVAE's latents (:class:`LatentSpace`); ``None``: in pixels.
+        alignment: representation alignment of a DiT block to a frozen teacher while training
+            (:class:`RepresentationAlignment`); ``None``: the flow loss alone.
     """
 
     likelihood_options = ("likelihood_steps", "hutchinson_samples")
@@ -292,12 +383,12 @@ class FlowMatching(GenerativeModule):
                  network: FlowNetwork = FlowNetwork(), objective: FlowObjective = FlowObjective(),
                  optimization: Optimization = Optimization(lr=1e-3, betas=(0.9, 0.99), warmup_steps=100),
                  sampling: FlowSampling = FlowSampling(), likelihood: FlowLikelihood = FlowLikelihood(),
-                 latent: LatentSpace | None = None) -> None:
+                 latent: LatentSpace | None = None, alignment: RepresentationAlignment | None = None) -> None:
         super().__init__(data_spec)
         self.save_hyperparameters()
         self.config = FlowConfig(**build_groups(FlowMatching.__init__, network=network, objective=objective,
                                                 optimization=optimization, sampling=sampling, likelihood=likelihood,
-                                                latent=latent))
+                                                latent=latent, alignment=alignment))
         if condition is not None and condition not in FLOW_CONDITIONS:
             raise ValueError(f"condition: unknown modality {condition!r}; allowed: {', '.join(FLOW_CONDITIONS)} or null")
         if output not in FLOW_OUTPUTS:
@@ -317,6 +408,7 @@ class FlowMatching(GenerativeModule):
         embedder = ConditionTokens(self.build_condition_encoder(), net.width, self.config.objective.cond_drop) \
             if condition else None
         self.velocity = VelocityField(dit, embedder, net.prediction)
+        self.alignment = self.build_alignment() if self.config.alignment is not None else None
 
     # --- networks -----------------------------------------------------------------------------
     def build_codec(self) -> nn.Module:
@@ -344,6 +436,20 @@ class FlowMatching(GenerativeModule):
         else:  # a label: one learned token per class
             encoder = nn.Embedding(self.spec("num_classes"), net.width)
         return TokensOf(name, encoder)
+
+    def build_alignment(self) -> "TokenAlignment":
+        """The projector of REPA and a hook that keeps the aligned block's tokens."""
+        options, dit = self.config.alignment, self.velocity.dit
+        if self.output != "image" or self.config.latent is not None:
+            raise ValueError("alignment: representation alignment is for pixel-space image outputs")
+        if options.block > len(dit.blocks):
+            raise ValueError(f"alignment.block: {options.block} is past the DiT's {len(dit.blocks)} blocks")
+        teacher_width = options.teacher_width
+        if teacher_width is None:
+            teacher = TokenAlignment.read_teacher(options.teacher, self.data_spec)
+            teacher_width = teacher.norm.normalized_shape[-1]
+            self.hparams["alignment"]["teacher_width"] = teacher_width
+        return TokenAlignment(dit, options.block, options.projector_width, teacher_width)
 
     def caption_strings(self, ids: Tensor) -> list[str]:
         """The captions behind token ids, for a pretrained text encoder with its own tokenizer."""
@@ -374,6 +480,8 @@ class FlowMatching(GenerativeModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        if stage == "fit" and self.alignment is not None:
+            self.alignment.use_teacher(TokenAlignment.read_teacher(self.config.alignment.teacher, self.data_spec))
         if stage == "fit" and isinstance(self.codec, LatentCodec) and self.config.latent.latent_scale is None:
             # the first 256 training images (the same on every rank: the data is deterministic)
             dataset = self.trainer.datamodule.dataset("train")
@@ -391,6 +499,9 @@ class FlowMatching(GenerativeModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self.losses(batch)
+        if self.alignment is not None:  # the tokens the hook kept from the trained call
+            losses["alignment"] = self.alignment.loss(batch[self.output])
+            losses["loss"] = losses["loss"] + self.config.alignment.weight * losses["alignment"]
         if self._logging_step():
             self.log("train/loss", losses["loss"], prog_bar=True)
             self.log_dict({f"train/{name}_loss": value for name, value in losses.items() if name != "loss"})
