@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="samples per test caption")
     parser.add_argument("--sweep", type=int, default=200, help="test captions in the steps x guidance table (0: no table)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0], help="guidance scales swept")
+    parser.add_argument("--samplers", nargs="+", default=None,
+                        help="samplers swept in the table (default: the recipe's; shortcut for a shortcut model)")
     parser.add_argument("--diversity-size", type=int, default=8, help="side in pixels the diversity is measured at")
     parser.add_argument("--out", default=None, help="report path (default: benchmarks/results/flow_<name>.json)")
     parser.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[], help="extra `mmgen fit` arguments")
@@ -132,18 +134,20 @@ def main() -> None:
     sweep_conditions = {k: v[: args.sweep] for k, v in conditions.items()}
     sweep_truth = truth[: args.sweep]
     table = []
-    for guidance in args.guidance if args.sweep else []:
-        for steps in STEPS:
-            sweep_samples, sweep_seconds = generate_all(model, sweep_conditions, steps=steps, guidance_scale=guidance)
-            row = {"steps": steps, "guidance_scale": guidance, "guidance_interval": interval, "sampler": hp.sampler,
-                   **judged(judge, sweep_samples, sweep_truth),
-                   "min_diversity_ratio": min(r["diversity_ratio"] for r in diversity(
-                       judge, datamodule, sweep_samples, sweep_truth, train, args.diversity_size)),
-                   "images_per_second": sweep_samples.shape[0] / sweep_seconds}
-            table.append(row)
-            print(f"guidance {guidance:4.1f} steps {steps:2d}: all {row['accuracy']:.3f} " +
-                  " ".join(f"{k} {v:.3f}" for k, v in row["accuracy_per_attribute"].items()) +
-                  f" div {row['min_diversity_ratio']:.2f} {row['images_per_second']:.1f} img/s", flush=True)
+    sweeps = [(sampler, guidance, steps) for sampler in args.samplers or [hp.sampler] for guidance in args.guidance
+              for steps in STEPS] if args.sweep else []
+    for sampler, guidance, steps in sweeps:
+        sweep_samples, sweep_seconds = generate_all(model, sweep_conditions, steps=steps, guidance_scale=guidance,
+                                                    sampler=sampler)
+        row = {"steps": steps, "guidance_scale": guidance, "guidance_interval": interval, "sampler": sampler,
+               **judged(judge, sweep_samples, sweep_truth),
+               "min_diversity_ratio": min(r["diversity_ratio"] for r in diversity(
+                   judge, datamodule, sweep_samples, sweep_truth, train, args.diversity_size)),
+               "images_per_second": sweep_samples.shape[0] / sweep_seconds}
+        table.append(row)
+        print(f"{sampler} guidance {guidance:4.1f} steps {steps:2d}: all {row['accuracy']:.3f} " +
+              " ".join(f"{k} {v:.3f}" for k, v in row["accuracy_per_attribute"].items()) +
+              f" div {row['min_diversity_ratio']:.2f} {row['images_per_second']:.1f} img/s", flush=True)
 
     report = {"command": command, "config": args.config, "train_seconds_including_startup": train_seconds,
               "max_time": config["trainer"].get("max_time"), "fit_args": args.fit_args,
