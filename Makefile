@@ -17,7 +17,16 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,pretrained,serve,docs]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs only the core dependencies (no test, serve or docs extras): a fresh clone installs less before
+# training starts. A full install (the stamp above) serves it too.
+CORE_STAMP := $(VENV)/.core-installed
+$(CORE_STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if [ -f $(STAMP) ] && [ $(STAMP) -nt setup.cfg ] && [ $(STAMP) -nt constraints.txt ]; then :; else \
+		$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e .; fi
+	touch $(CORE_STAMP)
+
+demo: $(CORE_STAMP)
 	$(VENV)/bin/mmgen fit --config configs/flow/shapes.yaml
 	$(VENV)/bin/mmgen generate --ckpt runs/flow_shapes/checkpoints/last.ckpt --to image \
 		--text "a red circle on the left moving up" --text "a large blue square at the top moving down" \
