@@ -39,12 +39,13 @@ BENCHMARKS = [
     ["benchmarks/profile_step.py", "--family", "vae", "--steps", "10", "--timed-steps", "20", "--tag", "after"],
     ["benchmarks/profile_vae.py", "--rounds", "2", "--steps", "25"],
     ["benchmarks/peers/multivae_compare.py", "--steps", "800", "--compiled"],
+    ["benchmarks/flops.py"],  # every family's recipe: model FLOPs per step over the step time, against the peak
     ["bash", "benchmarks/gpu.sh", "--cpu"],  # the GPU script's smoke mode, so it stays tested without a GPU
 ]
 #: JSONs written by the runs above (and the peer comparison's repeats), reported in their own sections below
 OWN = {"run_all", "overhead", "peer_multivae", "peer_multivae_round2", "peer_multivae_round3", "peer_multivae_median",
        "peer_multivae_mmvae_plus", "budget_quality", "profile_vae", "gpu", "gpu_cpu_smoke", "compile_speed",
-       "serve_load", "serve_load_400", "manifest_scale", "eval_cost"}
+       "serve_load", "serve_load_400", "manifest_scale", "eval_cost", "flops"}
 #: the class each results-name prefix measures, for the headings of EXPERIMENTS.md
 FAMILIES = {"vae": "MultimodalVAE", "gan": "ConditionalGAN", "flow": "FlowMatching", "captioner": "Captioner",
             "tokens": "TokenTransformer", "aligner": "Aligner", "vqvae": "VQVAE"}
@@ -344,6 +345,21 @@ def eval_cost_section(report: dict) -> list[str]:
     return lines + [""]
 
 
+def flops_section(report: dict) -> list[str]:
+    peak = report["matmul_peak_gflops"]
+    lines = ["## The FLOP/s account", "",
+             f"`{report['command']}`; {report['machine']}, load average after {report['load_average_after']}. Model "
+             "FLOPs of one training step (forward + backward, counted by `FlopCounterMode` over two real "
+             "`trainer.fit` steps) over the median step time in the recipe's own loop, against this machine's "
+             f"single-thread matmul peak measured by the same script: {peak['float32']:.1f} GFLOP/s in float32, "
+             f"{peak['bfloat16']:.1f} in bfloat16 (no AVX512-BF16 here).", "",
+             "| recipe | family | batch | GFLOP/step | ms/step | GFLOP/s | of fp32 peak |", "|---|---|---|---|---|---|---|"]
+    for row in report["recipes"]:
+        lines.append(f"| `{row['recipe']}` | {row['family']} | {row['batch_size']} | {row['gflop_per_step']:.3f} "
+                     f"| {row['step_ms']:.1f} | {row['gflops_per_second']:.1f} | {100 * row['fraction_of_peak']:.0f}% |")
+    return lines + [""]
+
+
 def short_setting(argument: str) -> str:
     """``--model.init_args.network.width=128`` -> ``network.width=128`` (a path value by its file name)."""
     key, _, value = argument.lstrip("-").partition("=")
@@ -407,6 +423,8 @@ def write_report() -> None:
         lines += manifest_section(load("manifest_scale"))
     if load("eval_cost"):
         lines += eval_cost_section(load("eval_cost"))
+    if load("flops"):
+        lines += flops_section(load("flops"))
     per_step = [load(p.stem) for p in sorted(RESULTS.glob("ttq_*.json"))]
     per_step = [r for r in per_step if r and r["snapshots"] and r["snapshots"][0]["train_seconds"] is None]
     if per_step:
