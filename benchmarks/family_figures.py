@@ -8,7 +8,7 @@ Each recipe is fitted as ``mmgen fit`` fits it, one after the other with one tor
 (``recipe_run.fit_from_scratch``; ``--skip-fit`` reads its existing ``last.ckpt``), and drawn by what it
 models into ``docs/<family>_<dataset>_<kind>.png``:
 
-* ``samples``, label/text/audio -> image: one row per digit, named by its condition (the label, or the
+* ``samples``, label/text/audio -> image (the first of these served): one row per digit, named by its condition (the label, or the
   caption or clip of the first test item of that digit), ``--num`` samples, then real test images of the digit;
 * ``captions``, image -> text: one real test image of each digit with the caption the model wrote (green when
   it names the image's digit, red when not) and the true caption;
@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ("a handwritten three", "the digit 7", "number five", "a picture of the number zero")
 FONT = ImageFont.load_default(size=14)
 PAD, LINE = 6, 18
+#: the condition an image picture is drawn from: the first of these the model draws images from
+SOURCES = ("label", "text", "audio")
 RIGHT, WRONG = (30, 150, 60), (200, 40, 40)
 
 
@@ -83,7 +85,7 @@ def draw_rows(rows: list[tuple[str, list[Image.Image]]], headers: list[tuple[int
 
 
 def image_samples(model, test: dict[str, torch.Tensor], num: int, real: int) -> Image.Image:
-    source = next(m for m in ("label", "text", "audio") if model.serves((m,), "image"))
+    source = next(m for m in SOURCES if model.serves((m,), "image"))
     rows = []
     for digit, index in enumerate(first_of_each_digit(test)):
         conditions = {key: test[key][index:index + 1] for key in get_modality(source).keys()}
@@ -152,10 +154,10 @@ def main() -> None:
         torch.manual_seed(args.seed)
         if isinstance(model, Aligner):
             kind, picture = "retrieval", retrieval(model, test)
-        elif model.serves(("image",), "text"):
-            kind, picture = "captions", captions(model, test)
-        else:
+        elif any(model.serves((source,), "image") for source in SOURCES):
             kind, picture = "samples", image_samples(model, test, args.num, args.real)
+        else:
+            kind, picture = "captions", captions(model, test)
         out = ROOT / "docs" / f"{Path(config_path).parent.name}_{Path(config_path).stem}_{kind}.png"
         picture.save(out)
         print(f"wrote {out.relative_to(ROOT)}", flush=True)
