@@ -8,8 +8,9 @@ Each recipe is fitted as ``mmgen fit`` fits it, one after the other with one tor
 (``recipe_run.fit_from_scratch``; ``--skip-fit`` reads its existing ``last.ckpt``), and drawn by what it
 models into ``docs/<family>_<dataset>_<kind>.png``:
 
-* ``samples``, label/text/audio -> image (the first of these served): one row per digit, named by its condition (the label, or the
-  caption or clip of the first test item of that digit), ``--num`` samples, then real test images of the digit;
+* ``samples``, label, text or audio -> image (the first the model draws from): one row per digit, named by its
+  condition (the label, or the caption or clip of the first test item of the digit), ``--num`` samples, then
+  ``--real`` real test images of the digit;
 * ``captions``, image -> text: one real test image of each digit with the caption the model wrote (green when
   it names the image's digit, red when not) and the true caption;
 * ``retrieval``, an Aligner: each of ``QUERIES`` with its top 5 of the test images, framed green where the
@@ -40,10 +41,10 @@ from mmgen_lightning.models.vqvae import VQVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ("a handwritten three", "the digit 7", "number five", "a picture of the number zero")
+#: an image picture's condition: the first of these the model draws images from
+SOURCES = ("label", "text", "audio")
 FONT = ImageFont.load_default(size=14)
 PAD, LINE = 6, 18
-#: the condition an image picture is drawn from: the first of these the model draws images from
-SOURCES = ("label", "text", "audio")
 RIGHT, WRONG = (30, 150, 60), (200, 40, 40)
 
 
@@ -146,7 +147,7 @@ def main() -> None:
             fit_from_scratch(config_path, config, [])
         ckpt = ROOT / checkpoint_dir(config) / "last.ckpt"
         stored = torch.load(ckpt, map_location="cpu", weights_only=True)
-        print(f"{config_path}: {stored['global_step']} optimizer steps, {stored['epoch']} epochs", flush=True)
+        print(f"{config_path}: {stored['global_step']} optimizer steps, last epoch {stored['epoch']}", flush=True)
         model = load_generator(ckpt)
         if isinstance(model, VQVAE):
             continue
