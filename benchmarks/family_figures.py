@@ -73,7 +73,8 @@ def draw_rows(rows: list[tuple[str, list[Image.Image]]], headers: list[tuple[int
     left = text_width(label for label, _ in rows)
     x = [left + column * (side + PAD) + (3 * PAD if gap_after is not None and column > gap_after else 0)
          for column in range(max(len(tiles) for _, tiles in rows))]
-    canvas = Image.new("RGB", (x[-1] + side + PAD, LINE + PAD + len(rows) * (side + PAD)), "white")
+    width = max(x[-1] + side, *(x[column] + FONT.getlength(text) for column, text in headers)) + PAD
+    canvas = Image.new("RGB", (int(width), LINE + PAD + len(rows) * (side + PAD)), "white")
     draw = ImageDraw.Draw(canvas)
     for column, text in headers:
         draw.text((x[column], PAD // 2), text, fill="black", font=FONT)
@@ -129,7 +130,8 @@ def retrieval(model, test: dict[str, torch.Tensor]) -> Image.Image:
         digit = parse_caption(query)["digit"]
         rows.append((query, [framed(test["image"][i], RIGHT if test["attributes"][i, 0] == digit else WRONG)
                              for i in top]))
-    return draw_rows(rows, [(0, f"text -> image: top 5 of the {len(gallery)} test images")])
+    return draw_rows(rows, [(0, f"text -> image: top 5 of the {len(gallery)} test images "
+                                "(green: the digit asked for, red: another)")])
 
 
 def main() -> None:
