@@ -55,10 +55,11 @@ def first_of_each_digit(test: dict[str, torch.Tensor]) -> list[int]:
 
 
 def text_width(texts) -> int:
+    """Pixels the widest of ``texts`` takes, with a margin each side."""
     return int(max(FONT.getlength(text) for text in texts)) + 2 * PAD
 
 
-def framed(image: torch.Tensor, colour) -> Image.Image:
+def framed(image: torch.Tensor, colour: tuple[int, int, int]) -> Image.Image:
     picture = tile(image)
     frame = Image.new("RGB", (picture.width + 6, picture.height + 6), colour)
     frame.paste(picture, (3, 3))
@@ -87,6 +88,7 @@ def draw_rows(rows: list[tuple[str, list[Image.Image]]], headers: list[tuple[int
 
 
 def image_samples(model, test: dict[str, torch.Tensor], num: int, real: int) -> Image.Image:
+    """Per digit: ``num`` images drawn from the condition of its first test item, then ``real`` test images."""
     source = next(m for m in SOURCES if model.serves((m,), "image"))
     rows = []
     for digit, index in enumerate(first_of_each_digit(test)):
@@ -100,29 +102,30 @@ def image_samples(model, test: dict[str, torch.Tensor], num: int, real: int) -> 
 
 
 def captions(model, test: dict[str, torch.Tensor]) -> Image.Image:
+    """The first test image of each digit with the caption the model writes for it and its true caption."""
     indices = first_of_each_digit(test)
     images = test["image"][indices]
     written = model.tokenizer.decode(model.generate({"image": images}, len(images), to="text")["text"])
     true = model.tokenizer.decode(test["text"][indices])
-    lines = [[f"model: {w}", f"true: {t}"] for w, t in zip(written, true)]
     side, per_row = tile(images[0]).width, 5
-    width = text_width(line for pair in lines for line in pair)
+    width = text_width([*(f"model: {text}" for text in written), *(f"true: {text}" for text in true)])
     height = side + 2 * LINE + 2 * PAD
     canvas = Image.new("RGB", (per_row * width, LINE + (len(images) + per_row - 1) // per_row * height), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((PAD, PAD // 2), "image -> text: real test images, the model's caption and the true one",
               fill="black", font=FONT)
-    for digit, (image, (mine, theirs)) in enumerate(zip(images, lines)):
+    for digit, (image, mine, theirs) in enumerate(zip(images, written, true)):
         x, y = (digit % per_row) * width + PAD, LINE + (digit // per_row) * height + PAD
         canvas.paste(tile(image), (x, y))
-        right = (parse_caption(mine[len("model: "):]) or {}).get("digit") == digit
-        draw.text((x, y + side + 2), mine, fill=RIGHT if right else WRONG, font=FONT)
-        draw.text((x, y + side + 2 + LINE), theirs, fill="gray", font=FONT)
+        right = (parse_caption(mine) or {}).get("digit") == digit
+        draw.text((x, y + side + 2), f"model: {mine}", fill=RIGHT if right else WRONG, font=FONT)
+        draw.text((x, y + side + 2 + LINE), f"true: {theirs}", fill="gray", font=FONT)
     return canvas
 
 
 @torch.no_grad()
 def retrieval(model, test: dict[str, torch.Tensor]) -> Image.Image:
+    """Each of ``QUERIES`` with the 5 test images nearest to it in the Aligner's space, framed by their digit."""
     gallery = model.embed({"image": test["image"]}, "image")  # N,D unit vectors
     rows = []
     for query in QUERIES:
