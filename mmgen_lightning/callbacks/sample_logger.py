@@ -3,6 +3,10 @@
 Every ``every_n_epochs`` epochs (or ``every_n_steps`` steps) the model's ``generate`` runs on a
 fixed set of conditions taken from the validation split, for each direction asked for, and the
 results go to the experiment's ``SummaryWriter`` under ``samples/<direction>``.
+
+The epoch's samples are drawn at the end of its closing validation, where the :class:`~mmgen_lightning.callbacks.EMA`
+callback has its averaged weights swapped in: the grids show what the checkpoint will draw. An epoch
+that ends without validation is drawn at its end, from the live weights.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ class SampleLogger(L.Callback):
         directions: e.g. ``["text->image", "image->text", "->image"]``; default: every direction
             the model serves with its full condition set.
         num_samples: conditions taken from the start of the validation split.
-        every_n_epochs: log at the end of every n-th training epoch (0 turns this off).
+        every_n_epochs: log at the end of every n-th training epoch (0 turns this off): at the end of its
+            closing validation when one runs (with the EMA weights when the EMA callback is on), else at the
+            end of the epoch.
         every_n_steps: also log every n optimizer steps (0 turns this off).
         sampling: keyword arguments passed to ``generate`` (temperature, guidance_scale, ...).
     """
@@ -37,9 +43,22 @@ class SampleLogger(L.Callback):
         self.every_n_steps = every_n_steps
         self.sampling = sampling or {}
         self._conditions: dict[str, torch.Tensor] | None = None
+        self._drawn_epoch: int | None = None
+
+    def _epoch_due(self, trainer: L.Trainer) -> bool:
+        return (bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+                and self._drawn_epoch != trainer.current_epoch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        closing = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch  # not a mid-epoch validation
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not closing or not self._epoch_due(trainer):
+            return
+        self._drawn_epoch = trainer.current_epoch
+        self.log_samples(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self._epoch_due(trainer):  # no validation closed this epoch
+            self._drawn_epoch = trainer.current_epoch
             self.log_samples(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:

@@ -37,3 +37,34 @@ def test_callbacks_after_the_ema_score_the_averaged_weights_and_training_goes_on
     assert not torch.equal(live[first], averaged.detach())          # ... which differs from the live weights
     stored = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"][first]
     torch.testing.assert_close(stored, averaged.detach())            # and the checkpoint's state_dict is the average
+
+
+def test_sample_grids_are_drawn_from_the_averaged_weights(tmp_path):
+    """SampleLogger draws at the end of the epoch's closing validation, where the EMA weights are in."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from mmgen_lightning.callbacks import SampleLogger
+
+    torch.manual_seed(0)
+    datamodule = ToyDataModule(modalities=["image", "text"], size=16, batch_size=8)
+    model = tiny(datamodule.data_spec, condition="text")
+    drawn_with: list[torch.Tensor] = []
+    generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        drawn_with.append(next(model.velocity.dit.parameters()).detach().clone())
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate
+
+    class LiveWeights(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.last = next(pl_module.velocity.dit.parameters()).detach().clone()
+
+    ema, live = EMA(decay=0.5), LiveWeights()
+    fit(model, datamodule, max_epochs=2, limit_train_batches=2, limit_val_batches=1, default_root_dir=tmp_path,
+        logger=TensorBoardLogger(tmp_path), callbacks=[ema, live, SampleLogger(num_samples=2, sampling={"steps": 1})])
+    averaged = next(p for name, p in ema._average_model.module.named_parameters() if name.startswith("velocity.dit"))
+    assert len(drawn_with) == 2  # once per epoch, not again at the epoch's end
+    torch.testing.assert_close(drawn_with[-1], averaged.detach())
+    assert not torch.equal(drawn_with[-1], live.last)  # the live weights of the last step differ
