@@ -441,12 +441,11 @@ def write_report() -> None:
         lines += eval_cost_section(load("eval_cost"))
     if load("flops"):
         lines += flops_section(load("flops"))
-    per_step = [load(p.stem) for p in sorted(RESULTS.glob("ttq_*.json"))]
-    per_step = [r for r in per_step if r and r["snapshots"] and r["snapshots"][0]["train_seconds"] is None]
+    ttq = [r for r in (load(p.stem) for p in sorted(RESULTS.glob("ttq_*.json"))) if r and r["snapshots"]]
+    per_step = [r for r in ttq if r["snapshots"][0]["train_seconds"] is None]  # snapshots by steps, not by time
+    per_time = [r for r in ttq if r["snapshots"][0]["train_seconds"] is not None]
     if per_step:
         lines += ttq_section(per_step)
-    per_time = [load(p.stem) for p in sorted(RESULTS.glob("ttq_*.json"))]
-    per_time = [r for r in per_time if r and r["snapshots"] and r["snapshots"][0]["train_seconds"] is not None]
     if per_time:
         lines += ttq_time_section(per_time)
     others = sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in OWN and not p.stem.startswith("profile_")

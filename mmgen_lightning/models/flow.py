@@ -329,10 +329,14 @@ class TokenAlignment(nn.Module):
     def use_teacher(self, teacher: nn.Module) -> None:
         self._teacher = [teacher]
 
+    @property
+    def has_teacher(self) -> bool:
+        return bool(self._teacher)
+
     def loss(self, images: Tensor) -> Tensor:
         """``1 - cos`` between the projected kept tokens, pooled to the teacher's grid, and the teacher's
         patch tokens of ``images``, averaged over patches and samples."""
-        if not self._teacher:
+        if not self.has_teacher:
             raise RuntimeError("alignment: the teacher is read when fitting starts (setup('fit'))")
         teacher = self._teacher[0].to(images.device)
         with torch.no_grad():
@@ -444,12 +448,13 @@ class FlowMatching(GenerativeModule):
             raise ValueError("alignment: representation alignment is for pixel-space image outputs")
         if options.block > len(dit.blocks):
             raise ValueError(f"alignment.block: {options.block} is past the DiT's {len(dit.blocks)} blocks")
-        teacher_width = options.teacher_width
-        if teacher_width is None:
-            teacher = TokenAlignment.read_teacher(options.teacher, self.data_spec)
-            teacher_width = teacher.norm.normalized_shape[-1]
-            self.hparams["alignment"]["teacher_width"] = teacher_width
-        return TokenAlignment(dit, options.block, options.projector_width, teacher_width)
+        if options.teacher_width is not None:  # a checkpoint's: the teacher is read only if it trains again
+            return TokenAlignment(dit, options.block, options.projector_width, options.teacher_width)
+        teacher = TokenAlignment.read_teacher(options.teacher, self.data_spec)
+        self.hparams["alignment"]["teacher_width"] = teacher.norm.normalized_shape[-1]
+        alignment = TokenAlignment(dit, options.block, options.projector_width, teacher.norm.normalized_shape[-1])
+        alignment.use_teacher(teacher)  # read once: setup('fit') keeps it
+        return alignment
 
     def caption_strings(self, ids: Tensor) -> list[str]:
         """The captions behind token ids, for a pretrained text encoder with its own tokenizer."""
@@ -480,7 +485,7 @@ class FlowMatching(GenerativeModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and self.alignment is not None:
+        if stage == "fit" and self.alignment is not None and not self.alignment.has_teacher:
             self.alignment.use_teacher(TokenAlignment.read_teacher(self.config.alignment.teacher, self.data_spec))
         if stage == "fit" and isinstance(self.codec, LatentCodec) and self.config.latent.latent_scale is None:
             # the first 256 training images (the same on every rank: the data is deterministic)

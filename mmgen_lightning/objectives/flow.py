@@ -112,8 +112,8 @@ def flow_matching_objective(velocity: nn.Module, x1: Tensor, conditions: Mapping
         return {"loss": flow_matching_loss(velocity(x_t, t, conditions), x0, x1)}
     head = {key: value[:bootstrap] for key, value in conditions.items()}
     x_s, s, step, drop, target = shortcut_targets(velocity, x0[:bootstrap], x1[:bootstrap], head, objective, generator)
-    zero = torch.zeros(x1.shape[0], device=x1.device)
-    times, steps = torch.cat([s, t[bootstrap:]]), torch.cat([step, zero[bootstrap:]])
+    times = torch.cat([s, t[bootstrap:]])
+    steps = torch.cat([step, torch.zeros(x1.shape[0] - bootstrap, device=x1.device)])  # d = 0: the flow part
     drops = torch.cat([drop, condition_drops(velocity, x1.shape[0] - bootstrap, generator)])
     predicted = velocity(torch.cat([x_s, x_t[bootstrap:]]), times, conditions, drops, steps).float()
     shortcut = (predicted[:bootstrap] - target.float()).pow(2)
