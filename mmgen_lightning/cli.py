@@ -374,7 +374,12 @@ def evaluate_parser() -> ArgumentParser:
                              "$MMGEN_INCEPTION_WEIGHTS, else torch-fidelity's cache (never downloaded)")
     parser.add_argument("--aligner", default=None, metavar="ALIGNER_CKPT",
                         help="an Aligner checkpoint: adds reference-free alignment (mean cosine of condition and "
-                             "sample) and R-precision; works on a manifest with no attributes")
+                             "sample) and R-precision; for images also FID/KID, precision/recall and nearest-training-"
+                             "image distances in its image embedding, each beside the real data's; works on a manifest "
+                             "with no attributes")
+    parser.add_argument("--reference-limit", "--reference_limit", dest="reference_limit", type=int, default=None,
+                        metavar="N", help="with --aligner: compare image samples with at most N training images, a "
+                                          "seeded random subset (default 2000)")
     add_knob_flags(parser)
     return parser
 
@@ -388,6 +393,10 @@ def evaluate_main(argv: Sequence[str]) -> None:
     check_checkpoint_file(args.ckpt)
     if args.config is not None:
         check_config_file(args.config, expected="a data: section (class_path and init_args)")
+    check_at_least_one("--reference-limit", args.reference_limit)
+    if args.reference_limit is not None and args.aligner is None:
+        raise UsageError("--reference-limit sizes the --aligner scores", "--reference-limit",
+                         "pass --aligner ALIGNER_CKPT too, or leave --reference-limit out")
     if args.aligner is not None:
         check_checkpoint_file(args.aligner, "--aligner")
     out = check_output_file(args.out, overwrite=args.overwrite, also=(".md",))
@@ -395,7 +404,8 @@ def evaluate_main(argv: Sequence[str]) -> None:
     from mmgen_lightning.metrics.report import evaluate, write_report
 
     report = evaluate(args.ckpt, args.config, args.split, args.limit, args.seed, inception=args.inception,
-                      batch_size=args.batch_size, directions=args.direction, aligner=args.aligner, sampling=sampling)
+                      batch_size=args.batch_size, directions=args.direction, aligner=args.aligner,
+                      reference_limit=args.reference_limit, sampling=sampling)
     print(write_report(report, out))
 
 

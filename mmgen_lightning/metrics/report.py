@@ -67,7 +67,7 @@ def served_directions(model, spec_or_datamodule) -> list[str]:
 def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "test", limit: int | None = None,
              seed: int = 0, inception: str | bool | None = None, batch_size: int = 64,
              directions: list[str] | None = None, aligner: str | Path | None = None,
-             sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+             reference_limit: int | None = None, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score a checkpoint on ``split`` (the first ``limit`` items).
 
     Args:
@@ -77,6 +77,8 @@ def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "t
             cache) or a weights path adds Inception FID/KID/IS for images; ``None``/``False``: judges only.
         aligner: an Aligner checkpoint: adds the reference-free ``alignment`` section
             (``metrics/alignment.py``); on data without attributes (a manifest) it is the whole report.
+        reference_limit: the most training images the ``alignment`` section compares image samples with
+            (``None``: :data:`~mmgen_lightning.metrics.alignment.REFERENCE_LIMIT`).
     """
     started = time.time()
     model = load_generator(ckpt)
@@ -95,7 +97,7 @@ def evaluate(ckpt: str | Path, config: str | Path | None = None, split: str = "t
         from mmgen_lightning.metrics.alignment import alignment_report
 
         alignment = alignment_report(model, ckpt, aligner, datamodule, directions, split, limit, batch_size, seed,
-                                     **sampling)
+                                     reference_limit, **sampling)
         if "attribute_names" not in spec:
             return {"checkpoint": str(ckpt), "family": type(model).__name__, "dataset": spec["dataset"],
                     "split": split, "samples": alignment["rows"][0]["samples"], "alignment": alignment,
