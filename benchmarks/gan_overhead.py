@@ -31,9 +31,9 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
-from mmgen_lightning.callbacks.ema import EMA, warmed_up_ema
+from mmgen_lightning.callbacks.ema import EMA, ema_update
 from mmgen_lightning.models.gan import ConditionalGAN
 from mmgen_lightning.objectives.gan import discriminator_objective, generator_objective
 
@@ -98,8 +98,8 @@ def plain_round(model: ConditionalGAN, loader, steps: int, ema_args: dict[str, A
     ema = None
     if ema_args is not None:  # what the EMA callback builds in its setup
         decay = ema_args.get("decay", 0.999)
-        average = warmed_up_ema(decay) if ema_args.get("warmup") else get_ema_avg_fn(decay)
-        ema = AveragedModel(model, avg_fn=average, use_buffers=ema_args.get("use_buffers", True))
+        ema = AveragedModel(model, multi_avg_fn=ema_update(decay, ema_args.get("warmup", False)),
+                            use_buffers=ema_args.get("use_buffers", True))
     for step, batch in zip(range(steps), batches(loader)):
         plain_step(model, batch, optimizers, step, ema)
         ends.append(time.perf_counter())

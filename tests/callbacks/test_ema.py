@@ -68,3 +68,17 @@ def test_sample_grids_are_drawn_from_the_averaged_weights(tmp_path):
     assert len(drawn_with) == 2  # once per epoch, not again at the epoch's end
     torch.testing.assert_close(drawn_with[-1], averaged.detach())
     assert not torch.equal(drawn_with[-1], live.last)  # the live weights of the last step differ
+
+
+def test_the_fused_update_is_the_exponential_average_and_leaves_frozen_weights_alone():
+    from mmgen_lightning.callbacks.ema import ema_update
+
+    averages, currents = [torch.zeros(3), torch.zeros(2, 2), torch.zeros(4)], [torch.ones(3), torch.ones(2, 2),
+                                                                               torch.ones(4)]
+    ema_update(0.9, frozen={currents[2].data_ptr()})(averages, currents, torch.tensor(5))
+    torch.testing.assert_close(averages[0], torch.full((3,), 0.1))
+    torch.testing.assert_close(averages[1], torch.full((2, 2), 0.1))
+    assert torch.equal(averages[2], torch.zeros(4))  # frozen: untouched
+    warm = [torch.zeros(3)]
+    ema_update(0.9, warmup=True)(warm, [torch.ones(3)], torch.tensor(0))  # second update: rate 2/11
+    torch.testing.assert_close(warm[0], torch.full((3,), 9 / 11))
