@@ -296,6 +296,18 @@ def recipe_rows(name: str, report: dict, with_note: bool = False) -> list[str]:
                        and isinstance(v, float)]
             cells.append(f"{label}: {', '.join(numbers[:6])}")
         return [head + "; ".join(cells) + f" | {command} |"]
+    if "seen_names" in report and "heldout_tones" in report:  # emoji_quality.py: scored with no attribute judge
+        seen, tones = report["seen_names"], report["heldout_tones"]
+        head = f"| `{name}.json` | FlowMatching | {report.get('optimizer_steps', '')} | "
+        cells = [f"R-precision among {seen['pool']} on {seen['names']} training names {seen['r_precision']:.3f} "
+                 f"(real {seen['real_r_precision']:.3f}: {seen['share_of_real']:.2f} of it)",
+                 f"asked skin tone on the {tones['names']} held-out pairs {tones['asked_tone']:.3f} "
+                 f"(real {tones['real_asked_tone']:.3f})"]
+        return [head + "; ".join(cells) + f" | {command} |"]
+    if isinstance(report.get("rows"), list) and report["rows"] and "fused_ms" in report["rows"][0]:  # ema_update.py
+        cells = [f"{Path(r['recipe']).stem} ({r['tensors']} tensors, {r['trainable']:,} of {r['parameters']:,} "
+                 f"trained) per-tensor {r['per_tensor_ms']} ms, fused {r['fused_ms']} ms" for r in report["rows"]]
+        return [head + "EMA update: " + "; ".join(cells) + f" | {command} |"]
     scalars = [f"{k} {number(v)}" for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return [head + "; ".join(scalars[:8]) + f" | {command} |"]
 
