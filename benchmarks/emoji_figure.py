@@ -17,6 +17,7 @@ import torch
 from family_figures import draw_rows
 from readme_figure import tile
 
+from mmgen_lightning.datamodules.rendered import RENDERED_SPLITS
 from mmgen_lightning.metrics.report import load_datamodule
 from mmgen_lightning.models.base import load_generator
 
@@ -28,7 +29,7 @@ FREE = ("a smiling cat",)
 def rows_for(model, datamodule, names: list[str], split: str, num: int) -> list[tuple[str, list]]:
     """For each name: ``num`` samples and the real render of the item of ``split`` with that caption."""
     index = {datamodule.items[i].caption: i for i in np.flatnonzero(
-        datamodule.split_of == ("train", "val", "test", "heldout").index(split))}
+        datamodule.split_of == RENDERED_SPLITS.index(split))}
     images = datamodule.images()
     rows = []
     for name in names:
@@ -53,7 +54,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = load_generator(args.ckpt).eval()
     datamodule = load_datamodule(args.ckpt)
-    heldout = [datamodule.items[i].caption for i in np.flatnonzero(datamodule.split_of == 3)][:args.heldout]
+    in_heldout = np.flatnonzero(datamodule.split_of == RENDERED_SPLITS.index("heldout"))
+    heldout = [datamodule.items[i].caption for i in in_heldout][:args.heldout]
     with torch.no_grad():
         rows = (rows_for(model, datamodule, args.seen, "train", args.num)
                 + rows_for(model, datamodule, heldout, "heldout", args.num)

@@ -34,6 +34,7 @@ from recipe_run import checkpoint_dir, fit_from_scratch
 from scenes_quality import LoadSampler
 from torch.utils.data import default_collate
 
+from mmgen_lightning.datamodules.rendered import RENDERED_SPLITS
 from mmgen_lightning.metrics.alignment import _aligner_inputs, r_precision
 from mmgen_lightning.metrics.emoji_tone import tone_correct
 from mmgen_lightning.metrics.evaluator import chunk_seed
@@ -89,7 +90,7 @@ def heldout_tones(model, datamodule, samples: int, seed: int, batch_size: int, s
     """Share of samples of every held-out name drawn in the asked tone(s), and of the real renders."""
     dataset = datamodule.dataset("heldout")
     items = [{k: v for k, v in dataset[i].items() if not k.startswith("_")} for i in range(len(dataset))]
-    heldout = datamodule.split_of == 3
+    heldout = datamodule.split_of == RENDERED_SPLITS.index("heldout")
     asked = [datamodule.items[i].tones for i in np.flatnonzero(heldout)]
     images = sample(model, items, samples, seed, batch_size, sampling)
     generated = tone_correct(images, [tones for tones in asked for _ in range(samples)])
