@@ -296,6 +296,20 @@ def recipe_rows(name: str, report: dict, with_note: bool = False) -> list[str]:
                        and isinstance(v, float)]
             cells.append(f"{label}: {', '.join(numbers[:6])}")
         return [head + "; ".join(cells) + f" | {command} |"]
+    if report.get("direction") in ("text->audio", "audio->text") and isinstance(report.get("heldout"), dict):
+        cells = []  # notes_quality.py: each split beside the real renders (the pitch reader's and judge's ceiling)
+        for split in ("test", "heldout"):
+            row = report[split]
+            if "generated" in row:
+                made, real = row["generated"], row["real_renders"]
+                cells.append(f"{split}: pitch within a semitone {made['pitch_within_a_semitone']:.3f} (real "
+                             f"{real['pitch_within_a_semitone']:.3f}), family {made['judge_family']:.3f} (real "
+                             f"{real['judge_family']:.3f})")
+            else:
+                named = row["naming_right"]
+                cells.append(f"{split}: family named {named['family']:.3f}, instrument {named['instrument']:.3f}, "
+                             f"pitch {named['pitch']:.3f}")
+        return [head + f"{report['direction']} " + "; ".join(cells) + f" | {command} |"]
     if "seen_names" in report and "heldout_tones" in report:  # emoji_quality.py: scored with no attribute judge
         seen, tones = report["seen_names"], report["heldout_tones"]
         head = f"| `{name}.json` | FlowMatching | {report.get('optimizer_steps', '')} | "
