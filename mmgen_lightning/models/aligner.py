@@ -150,20 +150,20 @@ class AttentionPool(nn.Module):
 
 
 class PretrainedCaptionEncoder(nn.Module):
-    """``text: long B,L`` + ``text_mask: bool B,L`` -> ``B,width``: the ids decoded back to captions
+    """``text: long B,L`` + ``text_mask: bool B,L`` -> ``B,out_dim``: the ids decoded back to captions
     (``decode``, the datamodule's tokenizer), read by a pretrained encoder (the masked mean of its hidden
     states, the pooling sentence encoders such as all-MiniLM are trained with), then a trainable MLP."""
 
-    def __init__(self, encoder: PretrainedTextEncoder, width: int, decode: Callable[[Tensor], list[str]]) -> None:
+    def __init__(self, encoder: PretrainedTextEncoder, out_dim: int, decode: Callable[[Tensor], list[str]]) -> None:
         super().__init__()
         self.encoder, self.decode = encoder, decode
-        self.project = nn.Sequential(nn.Linear(encoder.hidden_size, width), nn.GELU(), nn.Linear(width, width))
+        self.project = nn.Sequential(nn.Linear(encoder.hidden_size, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, text: Tensor, text_mask: Tensor) -> Tensor:
         return self.read(self.decode(text))  # the decoded caption ends at its [EOS], so the mask adds nothing
 
     def read(self, captions: list[str]) -> Tensor:
-        """Caption strings -> ``B,width``, tokenised by the pretrained encoder's own tokenizer."""
+        """Caption strings -> ``B,out_dim``, tokenised by the pretrained encoder's own tokenizer."""
         return self.project(self.encoder(captions))
 
 
