@@ -14,10 +14,10 @@ documented ``ValueError``, naming what it serves (no direction) and what to use 
 The encoders are the project's: the captioner's token encoders for image, audio and video
 (``layers/token_encoders.py``), pooled by a learned attention query, the conditioning text encoder
 (``layers/text.py``) and a label table; or, for text, a pretrained ``transformers`` encoder
-(``network.text_encoder_path``, frozen or fine-tuned) whose mean hidden state a trainable MLP projects. Under DDP every process's embeddings are gathered *with
-gradients* (``self.all_gather(sync_grads=True)``, i.e. ``torch.distributed.nn.functional.all_gather``),
-so each query is contrasted with the whole global batch and the loss and gradients are those of one
-process on that batch.
+(``network.text_encoder_path``, frozen or fine-tuned) whose mean hidden state a trainable MLP projects.
+Under DDP every process's embeddings are gathered *with gradients* (``self.all_gather(sync_grads=True)``,
+i.e. ``torch.distributed.nn.functional.all_gather``), so each query is contrasted with the whole global
+batch and the loss and gradients are those of one process on that batch.
 """
 
 from __future__ import annotations
