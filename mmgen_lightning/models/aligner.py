@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from mmgen_lightning.errors import CheckpointError
 from mmgen_lightning.modalities import MODALITIES, get_modality
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, load_generator
 from mmgen_lightning.models.layers import modality_networks
-from mmgen_lightning.models.layers.conditioning import PretrainedTextEncoder
+from mmgen_lightning.models.layers.conditioning import PretrainedCaptionEncoder, PretrainedTextEncoder
 from mmgen_lightning.models.layers.token_encoders import STEMS
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.objectives.aligner import AlignerObjective, clamped_logit_scale, contrastive_objective
@@ -147,24 +147,6 @@ class AttentionPool(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         pooled, _ = self.attention(self.query.expand(tokens.shape[0], -1, -1), tokens, tokens, need_weights=False)
         return self.norm(pooled[:, 0])
-
-
-class PretrainedCaptionEncoder(nn.Module):
-    """``text: long B,L`` + ``text_mask: bool B,L`` -> ``B,out_dim``: the ids decoded back to captions
-    (``decode``, the datamodule's tokenizer), read by a pretrained encoder (the masked mean of its hidden
-    states, the pooling sentence encoders such as all-MiniLM are trained with), then a trainable MLP."""
-
-    def __init__(self, encoder: PretrainedTextEncoder, out_dim: int, decode: Callable[[Tensor], list[str]]) -> None:
-        super().__init__()
-        self.encoder, self.decode = encoder, decode
-        self.project = nn.Sequential(nn.Linear(encoder.hidden_size, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-
-    def forward(self, text: Tensor, text_mask: Tensor) -> Tensor:
-        return self.read(self.decode(text))  # the decoded caption ends at its [EOS], so the mask adds nothing
-
-    def read(self, captions: list[str]) -> Tensor:
-        """Caption strings -> ``B,out_dim``, tokenised by the pretrained encoder's own tokenizer."""
-        return self.project(self.encoder(captions))
 
 
 # --- the family -----------------------------------------------------------------------------------

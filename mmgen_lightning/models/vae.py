@@ -24,10 +24,9 @@ from mmgen_lightning.config import ConfigGroup, build_groups
 from mmgen_lightning.knobs import Knob, family_knobs
 from mmgen_lightning.losses import continuous_log_likelihood, kl_weight, reparameterize
 from mmgen_lightning.modalities import MODALITIES, Modality, TextModality, get_modality
-from mmgen_lightning.models.aligner import PretrainedCaptionEncoder
 from mmgen_lightning.models.base import GenerativeModule, LegacyLayout, Likelihood, scored_dimensions
 from mmgen_lightning.models.layers import modality_networks
-from mmgen_lightning.models.layers.conditioning import PretrainedTextEncoder
+from mmgen_lightning.models.layers.conditioning import PretrainedCaptionEncoder, PretrainedTextEncoder
 from mmgen_lightning.models.optim import Optimization
 from mmgen_lightning.objectives.vae import (FUSIONS, Gaussian, VAEObjective, iwae_log_weights, joint_components,
                                             multimodal_elbo, private_gate)

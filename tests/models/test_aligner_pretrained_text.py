@@ -7,7 +7,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mmgen_lightning.models.aligner import Aligner, PretrainedCaptionEncoder, load_aligner
+from mmgen_lightning.models.aligner import Aligner, load_aligner
+from mmgen_lightning.models.layers.conditioning import PretrainedCaptionEncoder
 from tests.conftest import ToyDataModule, fit
 from tests.models.test_flow import tiny_bert
 

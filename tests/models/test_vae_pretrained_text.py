@@ -6,8 +6,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mmgen_lightning.models.aligner import PretrainedCaptionEncoder
 from mmgen_lightning.models.base import load_generator
+from mmgen_lightning.models.layers.conditioning import PretrainedCaptionEncoder
 from mmgen_lightning.models.vae import MultimodalVAE
 from tests.conftest import ToyDataModule, fit
 from tests.models.test_flow import tiny_bert

@@ -10,6 +10,7 @@ network's trainable :class:`FeatureEmbedder` (key ``text_features``).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -108,8 +109,7 @@ class PretrainedTextEncoder(nn.Module):
         self.model = model.get_encoder() if hasattr(model, "get_encoder") and model.config.is_encoder_decoder else model
         self.trainable = trainable
         self.model.requires_grad_(trainable)
-        if not trainable:
-            self.model.eval()
+        self.model.train(trainable)  # from_pretrained gives eval mode; fine-tuning keeps the encoder's dropout
         self.max_length = max_length
         self.hidden_size = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
                                else self.model.config.d_model)
@@ -150,3 +150,21 @@ class PretrainedTextEncoder(nn.Module):
         hidden, mask = self.hidden_states(captions)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class PretrainedCaptionEncoder(nn.Module):
+    """``text: long B,L`` + ``text_mask: bool B,L`` -> ``B,out_dim``: the ids decoded back to captions
+    (``decode``, the datamodule's tokenizer), read by a pretrained encoder (the masked mean of its hidden
+    states, the pooling sentence encoders such as all-MiniLM are trained with), then a trainable MLP."""
+
+    def __init__(self, encoder: PretrainedTextEncoder, out_dim: int, decode: Callable[[Tensor], list[str]]) -> None:
+        super().__init__()
+        self.encoder, self.decode = encoder, decode
+        self.project = nn.Sequential(nn.Linear(encoder.hidden_size, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, text: Tensor, text_mask: Tensor) -> Tensor:
+        return self.read(self.decode(text))  # the decoded caption ends at its [EOS], so the mask adds nothing
+
+    def read(self, captions: list[str]) -> Tensor:
+        """Caption strings -> ``B,out_dim``, tokenised by the pretrained encoder's own tokenizer."""
+        return self.project(self.encoder(captions))
