@@ -34,7 +34,8 @@ def embed_query(model, kind: str, query: str) -> torch.Tensor:
         if model.tokenizer is None:
             raise CheckpointError("the aligner carries no tokenizer, so it cannot read a caption", f"--query_{kind}",
                                   "query with an image or audio file, or give an aligner fitted with captions")
-        warn_unread_caption("retrieve", f"--query_{kind}", model.tokenizer, query)
+        if model.config.network.text_encoder_path is None:  # a pretrained encoder reads every word itself
+            warn_unread_caption("retrieve", f"--query_{kind}", model.tokenizer, query)
         return model.embed_captions([query])
     path = Path(query)
     try:  # the reader training uses

@@ -249,13 +249,6 @@ class Aligner(GenerativeModule):
         encoded = {k: v.to(self.device) for k, v in self.tokenizer.encode(list(captions)).items()}
         return self.embed(encoded, "text")
 
-    def caption_strings(self, ids: Tensor) -> list[str]:
-        """The captions behind token ids (``long B,L``), for a pretrained text encoder with its own tokenizer."""
-        if self.tokenizer is None:
-            raise ValueError("network.text_encoder_path needs the datamodule's tokenizer to turn token ids back "
-                             "into captions (model.tokenizer = datamodule.tokenizer, as `mmgen fit` does)")
-        return self.tokenizer.decode(ids.cpu())
-
     def present(self, batch: Mapping[str, Tensor]) -> list[str]:
         """The model's modalities that ``batch`` carries, in the model's order."""
         return [m for m in self.modalities if m in batch]

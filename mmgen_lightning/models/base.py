@@ -150,6 +150,14 @@ class GenerativeModule(L.LightningModule):
 
         return configure_optimization(self, self.config.optimization, no_decay=self.no_decay)
 
+    def caption_strings(self, ids: Tensor) -> list[str]:
+        """The captions behind token ids (``long B,L``), for a pretrained text encoder with its own tokenizer
+        (``network.text_encoder_path``): decoded by the datamodule's tokenizer this model carries."""
+        if self.tokenizer is None:
+            raise ValueError("network.text_encoder_path needs the datamodule's tokenizer to turn token ids back "
+                             "into captions (model.tokenizer = datamodule.tokenizer, as `mmgen fit` does)")
+        return self.tokenizer.decode(ids.cpu())
+
     def spec(self, key: str) -> Any:
         """A size from ``data_spec``, with an error that says where it should have come from."""
         if key not in self.data_spec:

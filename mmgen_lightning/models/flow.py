@@ -456,13 +456,6 @@ class FlowMatching(GenerativeModule):
         alignment.use_teacher(teacher)  # read once: setup('fit') keeps it
         return alignment
 
-    def caption_strings(self, ids: Tensor) -> list[str]:
-        """The captions behind token ids, for a pretrained text encoder with its own tokenizer."""
-        if self.tokenizer is None:
-            raise ValueError("network.text_encoder_path needs the datamodule's tokenizer to turn token ids back "
-                             "into captions (model.tokenizer = datamodule.tokenizer, as `mmgen fit` does)")
-        return self.tokenizer.decode(ids.cpu())
-
     def load_vqvae(self) -> nn.Module:
         """The frozen autoencoder: rebuilt from ``latent.vqvae_config`` (weights from this checkpoint's
         state_dict), or loaded from ``latent.vqvae_checkpoint`` (as the TokenTransformer loads its stage 1)."""

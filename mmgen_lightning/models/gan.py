@@ -282,10 +282,7 @@ class ConditionalGAN(GenerativeModule):
             return {}
         inputs = get_modality(self.condition).condition_inputs(batch, self.log_mel)
         if self.text_encoder is not None:  # condition text (checked in __init__)
-            if self.tokenizer is None:
-                raise ValueError("network.text_encoder_path needs the datamodule's tokenizer to turn token ids back "
-                                 "into captions; fit with a datamodule or load a checkpoint that carries one")
-            inputs["text_features"] = self.text_encoder(self.tokenizer.decode(batch["text"].cpu()))
+            inputs["text_features"] = self.text_encoder(self.caption_strings(batch["text"]))
         return inputs
 
     def latents(self, num_samples: int, truncation: float | None = None,

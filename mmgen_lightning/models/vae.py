@@ -317,13 +317,6 @@ class MultimodalVAE(GenerativeModule):
         return modality_networks.decoder(modality, self.data_spec, net.latent_dim + private_dim,
                                          self.width_of(modality, decoder=True), n_mels=net.n_mels)
 
-    def caption_strings(self, ids: Tensor) -> list[str]:
-        """The captions behind token ids (``long B,L``), for a pretrained text encoder with its own tokenizer."""
-        if self.tokenizer is None:
-            raise ValueError("network.text_encoder_path needs the datamodule's tokenizer to turn token ids back "
-                             "into captions (model.tokenizer = datamodule.tokenizer, as `mmgen fit` does)")
-        return self.tokenizer.decode(ids.cpu())
-
     def width_of(self, modality: Modality, decoder: bool) -> int:
         """Captions run at ``text_width`` (their encoder at half of it); frame sequences at half ``width``,
         since each 3-D convolution costs ``F`` times an image's; everything else at ``width``."""

@@ -3,6 +3,8 @@ trainable it moves, captions outside the datamodule's vocabulary are read by the
 hard negatives go through it, checkpoints reload and embed the same, and a misplaced option stops with
 one line."""
 
+import dataclasses
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -61,7 +63,7 @@ def test_the_pretrained_encoder_trains_only_when_asked_and_reloads(tmp_path, tra
         torch.testing.assert_close(loaded.embed({"image": image}, "image"), model.embed({"image": image}, "image"))
 
 
-def test_captions_outside_the_datamodules_vocabulary_are_read_by_the_encoders_tokenizer(tmp_path):
+def test_captions_outside_the_datamodules_vocabulary_are_read_by_the_encoders_tokenizer(tmp_path, capsys):
     tiny_bert(tmp_path / "bert")
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=16)
@@ -73,6 +75,15 @@ def test_captions_outside_the_datamodules_vocabulary_are_read_by_the_encoders_to
     red, blue = model.embed_captions(["a red circle", "a blue square"])
     assert not torch.allclose(red, blue)
     assert not torch.allclose(red, model.embed_captions(["a red square"])[0])
+    # and `mmgen retrieve` does not warn that words are unread: the encoder reads them
+    from mmgen_lightning.retrieve import embed_query
+
+    torch.testing.assert_close(embed_query(model, "text", "a red circle")[0], red)
+    assert "warning" not in capsys.readouterr().err
+    model.config = dataclasses.replace(model.config, network=dataclasses.replace(model.config.network,
+                                                                                 text_encoder_path=None))
+    embed_query(model, "text", "a red circle")
+    assert "unknown" in capsys.readouterr().err  # the project's tokenizer warns when it is the reader
 
 
 def test_swapped_word_negatives_go_through_the_pretrained_encoder(tmp_path):
