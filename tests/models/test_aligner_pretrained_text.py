@@ -7,12 +7,11 @@ import dataclasses
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mmgen_lightning.models.aligner import Aligner, load_aligner
-from mmgen_lightning.models.layers.conditioning import PretrainedCaptionEncoder
-from tests.conftest import ToyDataModule, fit
+from tests.conftest import ToyDataModule
 from tests.models.test_flow import tiny_bert
+from tests.models.test_pretrained_text import fit_and_check_what_moves
 
 TINY = {"embed_dim": 16, "width": 32, "encoder_layers": 1, "num_heads": 2}
 
@@ -30,17 +29,7 @@ def test_the_pretrained_encoder_trains_only_when_asked_and_reloads(tmp_path, tra
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=16, batch_size=8)
     model = tiny_aligner(datamodule.data_spec, tmp_path / "bert", trainable)
-    text_encoder = model.encoders["text"]
-    assert isinstance(text_encoder, PretrainedCaptionEncoder)
-    bert, project = text_encoder.encoder.model, text_encoder.project
-    before = {"bert": [p.detach().clone() for p in bert.parameters()],
-              "project": [p.detach().clone() for p in project.parameters()]}
-    fit(model, datamodule, max_steps=3, limit_val_batches=0, default_root_dir=tmp_path,
-        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], enable_checkpointing=True)
-    moved = {name: any(not torch.equal(p, q) for p, q in zip(module.parameters(), before[name]))
-             for name, module in (("bert", bert), ("project", project))}
-    assert moved == {"bert": trainable, "project": True}
-    assert all(p.requires_grad == trainable for p in bert.parameters())
+    fit_and_check_what_moves(model, model.encoders["text"], datamodule, tmp_path, trainable)
     assert model.tokenizer is datamodule.tokenizer  # attached by fit, as `mmgen fit` does
 
     model.eval()

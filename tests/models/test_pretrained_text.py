@@ -1,11 +1,14 @@
-"""PretrainedTextEncoder: a frozen encoder's cache and naming the encoder by its package."""
+"""PretrainedTextEncoder: a frozen encoder's cache and naming the encoder by its package; and the check the
+families' pretrained-caption tests share."""
 
 import sys
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mmgen_lightning.models.layers.conditioning import PretrainedTextEncoder, model_folder
+from mmgen_lightning.models.layers.conditioning import PretrainedCaptionEncoder, PretrainedTextEncoder, model_folder
+from tests.conftest import fit
 from tests.models.test_flow import tiny_bert
 
 
@@ -51,3 +54,18 @@ def test_the_encoder_is_named_by_a_folder_or_by_the_package_that_ships_it(tmp_pa
     with pytest.raises(FileNotFoundError, match=f"text_encoder_path: {tmp_path} is not a local"):
         model_folder(str(tmp_path))
     sys.modules.pop("tiny_text_model", None)
+
+
+def fit_and_check_what_moves(model, text_encoder, datamodule, root, trainable: bool) -> None:
+    """Fit ``model`` three steps, its last checkpoint in ``root/ckpt``: the pretrained encoder inside
+    ``text_encoder`` (a :class:`PretrainedCaptionEncoder`) moves only when ``trainable``, its projection always."""
+    assert isinstance(text_encoder, PretrainedCaptionEncoder)
+    bert, project = text_encoder.encoder.model, text_encoder.project
+    before = {"bert": [p.detach().clone() for p in bert.parameters()],
+              "project": [p.detach().clone() for p in project.parameters()]}
+    fit(model, datamodule, max_steps=3, limit_val_batches=0, default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True)], enable_checkpointing=True)
+    moved = {name: any(not torch.equal(p, q) for p, q in zip(module.parameters(), before[name]))
+             for name, module in (("bert", bert), ("project", project))}
+    assert moved == {"bert": trainable, "project": True}
+    assert all(p.requires_grad == trainable for p in bert.parameters())

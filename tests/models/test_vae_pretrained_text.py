@@ -4,13 +4,13 @@ and a misplaced option stops with one line."""
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.layers.conditioning import PretrainedCaptionEncoder
 from mmgen_lightning.models.vae import MultimodalVAE
-from tests.conftest import ToyDataModule, fit
+from tests.conftest import ToyDataModule
 from tests.models.test_flow import tiny_bert
+from tests.models.test_pretrained_text import fit_and_check_what_moves
 
 TINY = {"latent_dim": 4, "width": 8, "text_width": 16}
 
@@ -28,17 +28,7 @@ def test_the_pretrained_encoder_trains_only_when_asked_and_reloads(tmp_path, tra
     torch.manual_seed(0)
     datamodule = ToyDataModule(modalities=["image", "text"], size=16, batch_size=8)
     model = tiny_vae(datamodule.data_spec, tmp_path / "bert", trainable)
-    text_encoder = model.autoencoder.encoders["text"]
-    assert isinstance(text_encoder, PretrainedCaptionEncoder)
-    bert, project = text_encoder.encoder.model, text_encoder.project
-    before = {"bert": [p.detach().clone() for p in bert.parameters()],
-              "project": [p.detach().clone() for p in project.parameters()]}
-    fit(model, datamodule, max_steps=3, limit_val_batches=0, default_root_dir=tmp_path,
-        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], enable_checkpointing=True)
-    moved = {name: any(not torch.equal(p, q) for p, q in zip(module.parameters(), before[name]))
-             for name, module in (("bert", bert), ("project", project))}
-    assert moved == {"bert": trainable, "project": True}
-    assert all(p.requires_grad == trainable for p in bert.parameters())
+    fit_and_check_what_moves(model, model.autoencoder.encoders["text"], datamodule, tmp_path, trainable)
 
     model.eval()
     conditions = datamodule.tokenizer.encode(["class one", "class two"])
