@@ -7,6 +7,11 @@ as ``eval/<direction>/<split>/<metric>`` in [0, 1] (TensorBoard stores each poin
   whose caption states every object and, for a relation, the relation right
   (:func:`~mmgen_lightning.metrics.scenes.caption_accuracy`), overall and per caption kind:
   ``eval/image->text/<split>/scene_accuracy``, ``..._<kind>``;
+* ``scene_samples`` (a text -> image model of scenes): the share of ``samples_per_item`` samples of
+  each of the first ``num_items`` captions of a split that show exactly what the caption says, read by
+  the scenes judge (:func:`~mmgen_lightning.metrics.scenes.score_split`; the judge is trained or loaded
+  from the cache at setup, before fitting), overall, per caption kind and GenEval's two objects:
+  ``eval/text->image/<split>/scene_accuracy``, ``..._<kind>``;
 * ``scene_hard_negatives`` (an Aligner of scenes): the ARO-style accuracy of each relation or binding
   image's caption against its swapped twins (:func:`~mmgen_lightning.metrics.scenes.hard_negative_accuracy`),
   overall and per twin: ``eval/image->text/<split>/hard_negative_accuracy``, ``..._<twin>``; a bag of words
@@ -38,12 +43,14 @@ from mmgen_lightning.datamodules.rendered import RENDERED_SPLITS
 from mmgen_lightning.datamodules.scenes import ScenesDataModule
 from mmgen_lightning.metrics.emoji_tone import tone_correct
 from mmgen_lightning.metrics.evaluator import chunk_seed
+from mmgen_lightning.metrics.scene_judge import SceneJudge, get_scene_judge
 from mmgen_lightning.metrics.scenes import (aligner_similarity, caption_accuracy, hard_negative_accuracy,
-                                            model_captioner)
+                                            model_captioner, model_sampler, score_split)
 from mmgen_lightning.models.aligner import Aligner
 
 #: score -> (the data it reads, the direction it scores)
 SCORES = {"scene_captions": (ScenesDataModule, "image->text"),
+          "scene_samples": (ScenesDataModule, "text->image"),
           "scene_hard_negatives": (ScenesDataModule, "image->text"),
           "emoji_tones": (EmojiDataModule, "text->image")}
 
@@ -80,12 +87,12 @@ class HeldOutScoreCallback(L.Callback):
     """Logs a judge-free held-out score (see the module docstring) at the end of validation.
 
     Args:
-        score: ``scene_captions``, ``scene_hard_negatives`` or ``emoji_tones``.
+        score: ``scene_captions``, ``scene_samples``, ``scene_hard_negatives`` or ``emoji_tones``.
         splits: the splits scored, each logged apart (``heldout``: scenes naming held-out colour-shape
             pairs, or emoji names whose (figure, tone) pair training never shows; ``test``: unseen items
             of seen pairs).
         num_items: each split's first items scored (images, or names for ``emoji_tones``); ``None``: all.
-        samples_per_item: samples drawn per name (``emoji_tones`` only).
+        samples_per_item: samples drawn per caption (``scene_samples``: at least 2) or name (``emoji_tones``).
         batch_size: items captioned, embedded or sampled at once (fixes the seeded chunks: keep it
             when comparing runs).
         every_n_validations: score at the end of every n-th validation of a fit (validation runs every
@@ -105,6 +112,9 @@ class HeldOutScoreCallback(L.Callback):
                                    ("batch_size", batch_size, 1), ("every_n_validations", every_n_validations, 0)):
             if value is not None and value < least:
                 raise ValueError(f"HeldOutScoreCallback {name} must be >= {least}, got {value}")
+        if score == "scene_samples" and samples_per_item < 2:  # score_split reads placement variety from two
+            raise ValueError(f"HeldOutScoreCallback samples_per_item must be >= 2 for scene_samples, "
+                             f"got {samples_per_item}")
         self.splits = ["heldout"] if splits is None else list(splits)
         if not self.splits:
             raise ValueError("HeldOutScoreCallback splits: none given; name one or more, e.g. [heldout]")
@@ -113,6 +123,7 @@ class HeldOutScoreCallback(L.Callback):
         self.sampling = dict(sampling or {})
         self.validations = 0  # validations of the fit so far, sanity check aside
         self.results: dict[str, float] | None = None
+        self.judge: SceneJudge | None = None  # scene_samples: read by the first process only
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         """Refuse, before any training, data or a model the score does not read."""
@@ -132,6 +143,8 @@ class HeldOutScoreCallback(L.Callback):
                                  f"{type(pl_module).__name__} does not serve")
         for split in self.splits:
             datamodule.dataset(split)  # an unknown split fails now, not at the first validation
+        if self.score == "scene_samples" and trainer.is_global_zero and self.judge is None:
+            self.judge = get_scene_judge(datamodule)  # trained once per data configuration, outside max_time
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -153,20 +166,26 @@ class HeldOutScoreCallback(L.Callback):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for split in self.splits:
                 torch.manual_seed(self.seed)
-                scores = self.score_split(model, datamodule, split, device)
+                scores = self.split_scores(model, datamodule, split)
                 # a kind or twin the first items do not hold has no score
                 named.update({f"eval/{direction}/{split}/{name}": float(value)
                               for name, value in scores.items() if value is not None})
         return named
 
-    def score_split(self, model, datamodule, split: str, device: torch.device) -> dict[str, float | None]:
+    def split_scores(self, model, datamodule, split: str) -> dict[str, float | None]:
+        """The score's numbers on the first ``num_items`` items of ``split``; ``None`` where it holds none."""
         count = self.num_items or len(datamodule.dataset(split))
         if self.score == "scene_captions":
-            captioner = model_captioner(model, **self.sampling)
-            result = caption_accuracy(lambda images: captioner(images.to(device)), datamodule, split, count,
+            result = caption_accuracy(model_captioner(model, **self.sampling), datamodule, split, count,
                                       self.batch_size)
             return {"scene_accuracy": result["accuracy"],
                     **{f"scene_accuracy_{kind}": value for kind, value in result["per_kind"].items()}}
+        if self.score == "scene_samples":
+            sampler = model_sampler(model, **self.sampling)
+            result = score_split(lambda captions: sampler(captions).cpu(), datamodule, self.judge, split, count,
+                                 self.samples_per_item, self.batch_size, self.seed)
+            return {"scene_accuracy": result["accuracy"]["overall"],
+                    **{f"scene_accuracy_{row}": value for row, value in result["accuracy"].items() if row != "overall"}}
         if self.score == "scene_hard_negatives":
             result = hard_negative_accuracy(aligner_similarity(model), datamodule, split, count, self.batch_size)
             return {"hard_negative_accuracy": result["accuracy"],

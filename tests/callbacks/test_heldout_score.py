@@ -8,14 +8,17 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmgen_lightning.callbacks.heldout_score import HeldOutScoreCallback, asked_tone_right
 from mmgen_lightning.datamodules import EmojiDataModule, ScenesDataModule
+from mmgen_lightning.datamodules.scenes import draw_scene, parse_scene_caption, render_scene
 from mmgen_lightning.metrics.emoji_tone import TONE_COLOURS
 from mmgen_lightning.models.aligner import Aligner
 from mmgen_lightning.models.captioner import Captioner
@@ -138,6 +141,51 @@ def test_an_aligner_that_knows_the_truth_scores_one_and_one_that_prefers_twins_z
     assert set(callback.measure(ScenesOracle(scenes, sign=-1.0), scenes).values()) == {0.0}
 
 
+class SceneDrawer:
+    """A stand-in text -> image model that renders, for each caption, a fresh real scene of it (``shift`` k:
+    of the caption k places on in the batch), and a judge that reads each render's objects back exactly."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, shift: int = 0) -> None:
+        self.shift, self.drawn = shift, {}
+        self.tokenizer = self  # model_sampler encodes the captions with the model's tokenizer
+
+    def encode(self, captions: list[str]) -> dict[str, list[str]]:
+        return {"captions": captions}
+
+    def generate(self, conditions, num_samples: int, to: str, **sampling) -> dict[str, torch.Tensor]:
+        captions = conditions["captions"][self.shift:] + conditions["captions"][:self.shift]
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        images = []
+        for text in captions:
+            scene = draw_scene(parse_scene_caption(text), rng)
+            images.append(torch.from_numpy(render_scene(scene)))
+            self.drawn[images[-1].numpy().tobytes()] = scene.objects
+        return {"image": torch.stack(images)}
+
+    def read(self, images: torch.Tensor) -> list[tuple]:
+        return [self.drawn[image.numpy().tobytes()] for image in images]
+
+
+def test_samples_that_show_their_caption_score_one_and_those_of_another_caption_low(scenes, monkeypatch):
+    right, wrong = SceneDrawer(), SceneDrawer(shift=2)  # two samples a caption: the next caption's
+    monkeypatch.setattr("mmgen_lightning.callbacks.heldout_score.get_scene_judge", lambda datamodule: right)
+    callback = HeldOutScoreCallback("scene_samples", splits=["test", "heldout"], num_items=16, samples_per_item=2,
+                                    batch_size=8)
+    flow = FlowMatching(scenes.data_spec, condition="text",
+                        network={"width": 32, "depth": 1, "num_heads": 2, "patch_size": 8})
+    callback.setup(SimpleNamespace(datamodule=scenes, is_global_zero=True), flow, "fit")
+    assert callback.judge is right  # loaded before fitting, by the first process
+    scores = callback.measure(right, scenes)
+    kinds = ("single", "relation", "binding", "counting", "two_objects")
+    assert set(scores) == {f"eval/text->image/{split}/scene_accuracy{suffix}" for split in ("test", "heldout")
+                           for suffix in ("", *(f"_{kind}" for kind in kinds))}
+    assert set(scores.values()) == {1.0}
+    callback.judge = wrong
+    assert callback.measure(wrong, scenes)["eval/text->image/heldout/scene_accuracy"] < 0.2
+
+
 class Painter:
     """A stand-in text -> image model that paints each name's asked skin tone (``offset`` 1: the next tone),
     with noise from the global torch RNG, so its samples depend on the seed."""
@@ -224,12 +272,13 @@ def test_two_processes_log_what_one_logs(scenes, tmp_path):
 
 # --- refused in one line -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("options, message", [
-    ({"score": "fid"}, ("HeldOutScoreCallback score: unknown 'fid'; allowed: scene_captions, scene_hard_negatives, "
-                        "emoji_tones")),
+    ({"score": "fid"}, ("HeldOutScoreCallback score: unknown 'fid'; allowed: scene_captions, scene_samples, "
+                        "scene_hard_negatives, emoji_tones")),
     ({"score": "scene_captions", "num_items": 0}, "HeldOutScoreCallback num_items must be >= 1, got 0"),
     ({"score": "emoji_tones", "samples_per_item": 0}, "HeldOutScoreCallback samples_per_item must be >= 1, got 0"),
     ({"score": "scene_captions", "every_n_validations": -1},
      "HeldOutScoreCallback every_n_validations must be >= 0, got -1"),
+    ({"score": "scene_samples"}, "HeldOutScoreCallback samples_per_item must be >= 2 for scene_samples, got 1"),
     ({"score": "scene_captions", "splits": []},
      "HeldOutScoreCallback splits: none given; name one or more, e.g. [heldout]"),
 ])
