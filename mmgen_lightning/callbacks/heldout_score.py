@@ -1,6 +1,6 @@
-"""Held-out scores that need no judge network, logged while training: for the recipes whose data no
-attribute judge reads (scenes are right only as a whole; emoji have about 1,900 figures, most drawn
-once), the score their benchmark reports, at the end of every ``every_n_validations``-th validation,
+"""Held-out scores logged while training for the recipes whose data no per-attribute judge reads
+(``EvaluationCallback``'s): scenes are right only as a whole; emoji have about 1,900 figures, most drawn
+once. Each logs the score its benchmark reports, at the end of every ``every_n_validations``-th validation,
 as ``eval/<direction>/<split>/<metric>`` in [0, 1] (TensorBoard stores each point's step and wall time):
 
 * ``scene_captions`` (a Captioner of scenes): the share of the first ``num_items`` images of a split
@@ -84,7 +84,7 @@ def asked_tone_right(model, datamodule: EmojiDataModule, split: str = "heldout",
 
 
 class HeldOutScoreCallback(L.Callback):
-    """Logs a judge-free held-out score (see the module docstring) at the end of validation.
+    """Logs a held-out score of scenes or emoji (see the module docstring) at the end of validation.
 
     Args:
         score: ``scene_captions``, ``scene_samples``, ``scene_hard_negatives`` or ``emoji_tones``.
