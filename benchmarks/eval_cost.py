@@ -1,13 +1,14 @@
 """What the held-out score each recipe logs while training costs: for every recipe, the seconds of one
-evaluation by its own ``EvaluationCallback`` (its judges are trained at the first evaluation and
-cached, once per data configuration and machine: timed apart; run with an empty ``MMGEN_CACHE`` to
-time their training) against the seconds of training between two evaluations, both
+evaluation by its own ``EvaluationCallback`` or ``HeldOutScoreCallback`` (the former's judges are
+trained at the first evaluation and cached, once per data configuration and machine: timed apart; run
+with an empty ``MMGEN_CACHE`` to time their training) against the seconds of training between two evaluations, both
 measured in the recipe's own Lightning loop with one torch thread.
 
     python benchmarks/eval_cost.py [--recipes configs/flow/shapes.yaml ...] [--steps 30]
 
 Writes benchmarks/results/eval_cost.json: per recipe the training step time, the evaluation time, the
-steps between evaluations (the recipe's validation cadence times the callback's ``every_n_epochs``)
+steps between evaluations (the recipe's validation cadence times the callback's ``every_n_epochs`` or
+``every_n_validations``)
 and the cost, evaluation time over training time between evaluations.
 """
 
@@ -27,29 +28,34 @@ import yaml
 from recipe_run import ROOT, StepClock, build_recipe
 
 from mmgen_lightning.callbacks.evaluation import EvaluationCallback
+from mmgen_lightning.callbacks.heldout_score import HeldOutScoreCallback
 from mmgen_lightning.metrics.evaluator import flatten
 
 
-def evaluation_spec(config: dict) -> dict | None:
+def evaluation_spec(config: dict) -> tuple[type, dict] | None:
+    """The recipe's scoring callback class and its arguments."""
     for spec in config["trainer"].get("callbacks", []):
-        if spec["class_path"].endswith("EvaluationCallback"):
-            return spec.get("init_args", {})
+        for kind in (EvaluationCallback, HeldOutScoreCallback):
+            if spec["class_path"].endswith(kind.__name__):
+                return kind, spec.get("init_args", {})
     return None
 
 
-def steps_between_evaluations(config: dict, datamodule, every_n_epochs: int) -> int:
+def steps_between_evaluations(config: dict, datamodule, every_n: int) -> int:
+    """Training steps between two evaluations: the recipe's validation cadence times ``every_n``."""
     trainer = config["trainer"]
     steps_per_epoch = len(datamodule.train_dataloader())
     if isinstance(trainer.get("val_check_interval"), int):  # in steps, inside the epoch
-        return int(trainer["val_check_interval"]) * every_n_epochs
-    return steps_per_epoch * int(trainer.get("check_val_every_n_epoch", 1)) * every_n_epochs
+        return int(trainer["val_check_interval"]) * every_n
+    return steps_per_epoch * int(trainer.get("check_val_every_n_epoch", 1)) * every_n
 
 
 def measure(path: Path, steps: int) -> dict:
     config = yaml.safe_load(path.read_text())
-    spec = evaluation_spec(config)
-    if spec is None:
+    found = evaluation_spec(config)
+    if found is None:
         return {"recipe": str(path.relative_to(ROOT)), "evaluation": None}
+    kind, spec = found
     torch.manual_seed(0)
     model, datamodule = build_recipe(config)
     clock = StepClock()
@@ -59,7 +65,7 @@ def measure(path: Path, steps: int) -> dict:
     trainer.fit(model, datamodule=datamodule)
     step_seconds = statistics.mean(clock.gaps(skip=4))  # from the end of the 5th batch
 
-    callback = EvaluationCallback(**spec)
+    callback = kind(**spec)
     judges_started = time.perf_counter()
     # the callback's setup reads only these of its trainer: one process fitting to its end (so it trains
     # or loads the judges), no barrier to wait at
@@ -70,14 +76,19 @@ def measure(path: Path, steps: int) -> dict:
     model.eval()
     started = time.perf_counter()
     with torch.no_grad():
-        results = callback.evaluator.run(model)
+        if kind is EvaluationCallback:
+            results = flatten(callback.evaluator.run(model))
+            every = spec.get("every_n_epochs", 1)
+        else:
+            results = callback.measure(model, datamodule)
+            every = spec.get("every_n_validations", 1)
     eval_seconds = time.perf_counter() - started
-    between = steps_between_evaluations(config, datamodule, spec.get("every_n_epochs", 1))
+    between = steps_between_evaluations(config, datamodule, every)
     return {"recipe": str(path.relative_to(ROOT)), "evaluation": spec, "seconds_per_step": round(step_seconds, 4),
             "judge_setup_seconds": round(judge_seconds, 1), "evaluation_seconds": round(eval_seconds, 2),
             "steps_between_evaluations": between,
             "cost": round(eval_seconds / (between * step_seconds), 4),
-            "logged": sorted(flatten(results))}
+            "logged": sorted(results)}
 
 
 def main() -> None:
