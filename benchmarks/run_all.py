@@ -318,6 +318,26 @@ def recipe_rows(name: str, report: dict, with_note: bool = False) -> list[str]:
                  f"asked skin tone on the {tones['names']} held-out pairs {tones['asked_tone']:.3f} "
                  f"(real {tones['real_asked_tone']:.3f})"]
         return [head + "; ".join(cells) + f" | {command} |"]
+    if isinstance(report.get("scenes"), dict):  # scenes_quality.py: per caption kind, beside the real renders
+        tables = report["scenes"]
+        head = f"| `{name}.json` | FlowMatching | {report.get('optimizer_steps', '')} | "
+        cells = [f"{group} ({'held-out pairs' if group == 'heldout' else 'seen pairs'}): "
+                 + ", ".join(f"{row} {value:.3f}" for row, value in tables[group]["accuracy"].items() if value is not None)
+                 + f" (real {tables['real'][group]['accuracy']['overall']:.3f})" for group in ("seen", "heldout")]
+        return [head + "; ".join(cells) + f" | {command} |"]
+    scores = report.get("scores")
+    if isinstance(scores, dict) and "heldout" in scores:  # scenes_readers.py: the Captioner's or the Aligner's reading
+        head = f"| `{name}.json` | {Path(report.get('config', '')).parent.name} | {report.get('optimizer_steps', '')} | "
+        cells = []
+        for split in ("test", "heldout"):
+            row = scores[split]
+            if "per_twin" in row:  # the Aligner: each caption against its swapped twins
+                what, parts = "caption over its twin", {twin: value["accuracy"] for twin, value in row["per_twin"].items()}
+            else:
+                what, parts = "every object stated right", row["per_kind"]
+            cells.append(f"{split}: {what} {row['accuracy']:.3f} ("
+                         + ", ".join(f"{k} {number(v)}" for k, v in parts.items()) + ")")
+        return [head + "; ".join(cells) + f" | {command} |"]
     if isinstance(report.get("rows"), list) and report["rows"] and "fused_ms" in report["rows"][0]:  # ema_update.py
         cells = [f"{Path(r['recipe']).stem} ({r['tensors']} tensors, {r['trainable']:,} of {r['parameters']:,} "
                  f"trained) per-tensor {r['per_tensor_ms']} ms, fused {r['fused_ms']} ms" for r in report["rows"]]
