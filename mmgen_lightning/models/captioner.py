@@ -336,8 +336,7 @@ class Captioner(GenerativeModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         world = self._trainer.world_size if self._trainer is not None else 1
         mean_over_processes = (lambda count: self.all_gather(count).mean()) if world > 1 else None
-        terms = captioning_objective(self, batch, self.modality, self.config.objective, mean_over_processes,
-                                     vocab_size=self.spec("vocab_size"))
+        terms = captioning_objective(self, batch, self.modality, self.config.objective, mean_over_processes)
         if self._logging_step():  # only the batches whose metrics Lightning writes
             nll, accuracy = token_statistics(terms["logits"].detach(), terms["targets"])
             self.log("train/loss", terms["loss"], prog_bar=True)

@@ -7,13 +7,6 @@ the cross-entropy of every real next token (padding is skipped), averaged over t
 
 With ``label_smoothing`` ``e`` the target is ``(1 - e)`` one-hot plus ``e`` spread uniformly over the
 vocabulary (Szegedy et al. 2016); validation reports the plain NLL.
-
-With ``input_noise`` ``p`` each word the decoder *reads* is replaced, with probability ``p``, by a word
-drawn uniformly from the vocabulary, while the targets stay the true next words (word replacement, as
-SwitchOut, Wang et al. 2018, does for translation). A decoder that cannot trust the words before it has
-to read each word off the condition: one trained on captions that never pair "red" with "triangle"
-then still says "red triangle" of a red triangle, where teacher forcing alone learns that "triangle"
-never follows "red".
 """
 
 from __future__ import annotations
@@ -21,13 +14,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mmgen_lightning.config import ConfigGroup
 from mmgen_lightning.modalities import random_shift
-from mmgen_lightning.tokenizer import SPECIAL_TOKENS
 
 #: the target of padding positions: ``F.cross_entropy`` skips it
 IGNORE_INDEX = -100
@@ -42,34 +33,21 @@ class CaptionerObjective(ConfigGroup):
         shift_augment: training only: shift each image (each video, all frames alike) by its own random
             offset of up to this many pixels in x and y, filling with the background (-1); 0 turns it off,
             and it must be 0 for audio.
-        input_noise: training only: the probability that each caption word the decoder reads is
-            replaced by a random word of the vocabulary (the targets stay the true words); 0 turns it off.
     """
 
     section = "objective"
     label_smoothing: float = 0.0
     shift_augment: int = 0
-    input_noise: float = 0.0
 
     def check(self) -> None:
         self.require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
         self.require(self.shift_augment >= 0, "shift_augment", "must be >= 0")
-        self.require(0.0 <= self.input_noise < 1.0, "input_noise", "must be in [0, 1)")
 
 
 def next_token_targets(batch: Mapping[str, Tensor]) -> Tensor:
     """Next tokens ``long B,L-1`` of ``text: long B,L`` with padding (``text_mask`` False) set to
     ``IGNORE_INDEX``, so the loss skips it."""
     return batch["text"][:, 1:].masked_fill(~batch["text_mask"][:, 1:], IGNORE_INDEX)
-
-
-def replace_words(text: Tensor, text_mask: Tensor, probability: float, vocab_size: int) -> Tensor:
-    """``text: long B,L`` with each word (a real token that is not a special one) replaced, with
-    ``probability``, by a word drawn uniformly from ids ``len(SPECIAL_TOKENS) .. vocab_size - 1``."""
-    words = text_mask & (text >= len(SPECIAL_TOKENS))
-    replaced = words & (torch.rand(text.shape, device=text.device) < probability)
-    random_words = torch.randint(len(SPECIAL_TOKENS), vocab_size, text.shape, device=text.device)
-    return torch.where(replaced, random_words, text)
 
 
 def token_statistics(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,8 +60,7 @@ def token_statistics(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 def captioning_objective(teacher_forced: Callable[[Mapping[str, Tensor]], Tensor], batch: Mapping[str, Tensor],
                          condition: str, objective: CaptionerObjective,
-                         mean_over_processes: Callable[[Tensor], Tensor] | None = None,
-                         vocab_size: int | None = None) -> dict[str, Tensor]:
+                         mean_over_processes: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """``{"loss", "logits", "targets"}`` for one batch.
 
     Args:
@@ -95,16 +72,10 @@ def captioning_objective(teacher_forced: Callable[[Mapping[str, Tensor]], Tensor
             Gradients are averaged over processes, so dividing by the mean token count (not each
             process's own) makes that average the gradient of the token mean over the global batch,
             whatever each process's caption lengths.
-        vocab_size: the tokenizer's vocabulary size ``V``, which ``objective.input_noise`` draws from.
     """
-    targets = next_token_targets(batch)
     if objective.shift_augment:
         batch = {**batch, condition: random_shift(batch[condition], objective.shift_augment)}
-    if objective.input_noise:
-        if vocab_size is None:
-            raise ValueError("objective.input_noise needs the vocabulary size to draw replacement words from")
-        batch = {**batch, "text": replace_words(batch["text"], batch["text_mask"], objective.input_noise, vocab_size)}
-    logits = teacher_forced(batch).float()
+    logits, targets = teacher_forced(batch).float(), next_token_targets(batch)
     summed = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
                              label_smoothing=objective.label_smoothing, reduction="sum")
     tokens = (targets != IGNORE_INDEX).sum().float()

@@ -14,7 +14,6 @@ from mmgen_lightning.batch import check_batch
 from mmgen_lightning.models.base import load_generator
 from mmgen_lightning.models.captioner import (PAD_ID, Captioner, CaptionerSampling, find_caption_parser,
                                               states_every_attribute)
-from mmgen_lightning.objectives.captioner import CaptionerObjective, captioning_objective, replace_words
 from tests.conftest import WORDS, ToyDataModule, fit
 
 VIDEO_SPEC = {"dataset": "toy", "modalities": ["video", "text"], "image_size": 16, "image_channels": 1,
@@ -62,31 +61,6 @@ def test_changing_a_future_token_leaves_earlier_logits_alone():
             after = model(changed)
             torch.testing.assert_close(after[:, :k], before[:, :k], rtol=0, atol=1e-6)  # rows < k never see token k
             assert (after[:, k:] - before[:, k:]).abs().amax() > 1e-4
-
-
-def test_input_noise_replaces_only_words_and_keeps_the_targets():
-    generator = torch.Generator().manual_seed(0)
-    text = torch.randint(4, 40, (64, 10), generator=generator)
-    text[:, 0], text[:, -1] = 1, 2  # [BOS] ... [EOS]
-    mask = torch.ones_like(text, dtype=torch.bool)
-    mask[:8, 6:] = False
-    text[:8, 6:] = 0
-    torch.manual_seed(0)
-    noisy = replace_words(text, mask, 0.5, vocab_size=40)
-    changed = noisy != text
-    assert not changed[:, 0].any() and not changed[:, -1].any() and not changed[~mask].any()
-    assert 0.4 < changed[:, 1:-1][mask[:, 1:-1]].float().mean() < 0.55  # about p, less the draws of the same word
-    assert noisy[changed].min() >= 4 and noisy[changed].max() < 40
-
-    seen = []
-    batch = random_batch(VIDEO_SPEC, batch_size=16)
-    for noise in (0.0, 0.9):
-        terms = captioning_objective(lambda b: seen.append(b["text"]) or torch.zeros(16, 7, 12), batch, "video",
-                                     CaptionerObjective(input_noise=noise), vocab_size=12)
-        torch.testing.assert_close(terms["targets"], batch["text"][:, 1:])  # the true next words, noise or not
-    assert torch.equal(seen[0], batch["text"]) and not torch.equal(seen[1], batch["text"])
-    with pytest.raises(ValueError, match="objective.input_noise needs the vocabulary size"):
-        captioning_objective(lambda b: torch.zeros(16, 7, 12), batch, "video", CaptionerObjective(input_noise=0.5))
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -301,7 +275,6 @@ def test_bad_arguments_are_named(tmp_path):
     ({"network": {"width": 30}}, r"network.width must be divisible by num_heads \(4\), got 30"),
     ({"network": {"hidden": 8}}, r"network: unknown option\(s\) hidden; allowed: width, encoder_layers"),
     ({"objective": {"label_smoothing": 1.0}}, r"objective.label_smoothing must be in \[0, 1\), got 1.0"),
-    ({"objective": {"input_noise": -0.1}}, r"objective.input_noise must be in \[0, 1\), got -0.1"),
     ({"optimization": {"lr": 0}}, r"optimization.lr must be > 0, got 0"),
     ({"sampling": {"top_p": 1.5}}, r"sampling.top_p must be float in \(0, 1\], got 1.5"),
     ({"sampling": {"min_new_tokens": 4, "max_new_tokens": 2}}, r"sampling.min_new_tokens must be <= max_new_tokens"),
