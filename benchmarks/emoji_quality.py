@@ -36,7 +36,7 @@ from torch.utils.data import default_collate
 
 from mmgen_lightning.datamodules.rendered import RENDERED_SPLITS
 from mmgen_lightning.metrics.alignment import _aligner_inputs, r_precision
-from mmgen_lightning.metrics.emoji_tone import tone_correct
+from mmgen_lightning.metrics.emoji_tone import asked_tone_right, tone_correct
 from mmgen_lightning.metrics.evaluator import chunk_seed
 from mmgen_lightning.metrics.report import load_datamodule
 from mmgen_lightning.models.aligner import load_aligner
@@ -92,12 +92,10 @@ def heldout_tones(model, datamodule, samples: int, seed: int, batch_size: int, s
     items = [{k: v for k, v in dataset[i].items() if not k.startswith("_")} for i in range(len(dataset))]
     heldout = datamodule.split_of == RENDERED_SPLITS.index("heldout")
     asked = [datamodule.items[i].tones for i in np.flatnonzero(heldout)]
-    images = sample(model, items, samples, seed, batch_size, sampling)
-    generated = tone_correct(images, [tones for tones in asked for _ in range(samples)])
+    generated = asked_tone_right(model, datamodule, "heldout", None, samples, batch_size, seed, **sampling)
     real = tone_correct(default_collate(items)["image"], asked)
     return {"names": len(items), "samples_per_name": samples, "asked_tone": generated.float().mean().item(),
-            "real_asked_tone": real.float().mean().item(),
-            "per_name": generated.view(len(items), samples).float().mean(1).tolist()}
+            "real_asked_tone": real.float().mean().item(), "per_name": generated.float().mean(1).tolist()}
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ as ``eval/<direction>/<split>/<metric>`` in [0, 1] (TensorBoard stores each poin
   scores 0.5;
 * ``emoji_tones`` (a text -> image model of emoji): the share of ``samples_per_item`` samples of each
   of the first ``num_items`` names of a split drawn in the asked skin tone(s)
-  (:func:`asked_tone_right`, read by ``metrics/emoji_tone.py``'s palette reader):
+  (:func:`~mmgen_lightning.metrics.emoji_tone.asked_tone_right`, read by its palette reader):
   ``eval/text->image/<split>/asked_tone``.
 
 The scorers read a split whole, so the first process scores and the others receive its numbers
@@ -33,16 +33,11 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import default_collate
 
 from mmgen_lightning.datamodules.emoji import EmojiDataModule
-from mmgen_lightning.datamodules.rendered import RENDERED_SPLITS
 from mmgen_lightning.datamodules.scenes import ScenesDataModule
-from mmgen_lightning.metrics.emoji_tone import tone_correct
-from mmgen_lightning.metrics.evaluator import chunk_seed
+from mmgen_lightning.metrics.emoji_tone import asked_tone_right
 from mmgen_lightning.metrics.scene_judge import SceneJudge, get_scene_judge
 from mmgen_lightning.metrics.scenes import (aligner_similarity, caption_accuracy, hard_negative_accuracy,
                                             model_captioner, model_sampler, score_split)
@@ -53,34 +48,6 @@ SCORES = {"scene_captions": (ScenesDataModule, "image->text"),
           "scene_samples": (ScenesDataModule, "text->image"),
           "scene_hard_negatives": (ScenesDataModule, "image->text"),
           "emoji_tones": (EmojiDataModule, "text->image")}
-
-
-@torch.no_grad()
-def asked_tone_right(model, datamodule: EmojiDataModule, split: str = "heldout", num_names: int | None = None,
-                     samples_per_name: int = 1, batch_size: int = 64, seed: int = 0, **sampling: Any) -> Tensor:
-    """``bool N,samples_per_name``: whether each sample of the first ``num_names`` names of ``split``
-    (default: all) shows the skin tone(s) its name asks (:func:`~mmgen_lightning.metrics.emoji_tone.tone_correct`).
-    The names are drawn item-major in chunks of ``batch_size``, chunk ``k`` seeded from ``(seed, k)``, as
-    ``benchmarks/emoji_quality.py`` draws them."""
-    dataset = datamodule.dataset(split)
-    count = len(dataset) if num_names is None else min(num_names, len(dataset))
-    if count < 1 or samples_per_name < 1 or batch_size < 1:
-        raise ValueError(f"num_names, samples_per_name and batch_size must be >= 1, got {num_names}, "
-                         f"{samples_per_name} and {batch_size}")
-    # the split's items in the order build_split takes them
-    indices = np.flatnonzero(datamodule.split_of == RENDERED_SPLITS.index(split))[:count]
-    asked = [datamodule.items[i].tones for i in indices for _ in range(samples_per_name)]
-    device = torch.device(model.device)
-    names = default_collate([{k: dataset[i][k] for k in ("text", "text_mask")} for i in range(count)])
-    names = {k: v.repeat_interleave(samples_per_name, 0).to(device) for k, v in names.items()}
-    right = []
-    for chunk, start in enumerate(range(0, len(asked), batch_size)):
-        conditions = {k: v[start:start + batch_size] for k, v in names.items()}
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(chunk_seed(seed, chunk, 0))
-            images = model.generate(conditions, num_samples=len(conditions["text"]), to="image", **sampling)["image"]
-        right.append(tone_correct(images.cpu(), asked[start:start + batch_size]))
-    return torch.cat(right).view(count, samples_per_name)
 
 
 class HeldOutScoreCallback(L.Callback):

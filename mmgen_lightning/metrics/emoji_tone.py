@@ -18,8 +18,15 @@ tones, not the palette.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import default_collate
+
+from mmgen_lightning.datamodules.rendered import RENDERED_SPLITS
+from mmgen_lightning.metrics.evaluator import chunk_seed
 
 #: OpenMoji 15-17's skin fills for the modifiers U+1F3FB..U+1F3FF (``TONES[1:6]`` of datamodules/emoji.py)
 TONE_COLOURS = ((0xFA, 0xDC, 0xBC), (0xDE, 0xBB, 0x90), (0xC1, 0x9A, 0x65), (0xA5, 0x79, 0x39), (0x6A, 0x46, 0x2F))
@@ -69,4 +76,32 @@ def tone_correct(images: Tensor, asked: list[tuple[int, ...]], mixed_share: floa
     return torch.tensor(right, dtype=torch.bool)
 
 
-__all__ = ["TONE_COLOURS", "present_tones", "read_tones", "tone_correct", "tone_counts"]
+@torch.no_grad()
+def asked_tone_right(model, datamodule, split: str = "heldout", num_names: int | None = None,
+                     samples_per_name: int = 1, batch_size: int = 64, seed: int = 0, **sampling: Any) -> Tensor:
+    """``bool N,samples_per_name``: whether each sample of the first ``num_names`` names of ``split``
+    (default: all) shows the skin tone(s) its name asks (:func:`~mmgen_lightning.metrics.emoji_tone.tone_correct`).
+    The names are drawn item-major in chunks of ``batch_size``, chunk ``k`` seeded from ``(seed, k)``; the
+    ``emoji_tones`` score of ``HeldOutScoreCallback`` and ``benchmarks/emoji_quality.py`` both read with it."""
+    dataset = datamodule.dataset(split)
+    count = len(dataset) if num_names is None else min(num_names, len(dataset))
+    if count < 1 or samples_per_name < 1 or batch_size < 1:
+        raise ValueError(f"num_names, samples_per_name and batch_size must be >= 1, got {num_names}, "
+                         f"{samples_per_name} and {batch_size}")
+    # the split's items in the order build_split takes them
+    indices = np.flatnonzero(datamodule.split_of == RENDERED_SPLITS.index(split))[:count]
+    asked = [datamodule.items[i].tones for i in indices for _ in range(samples_per_name)]
+    device = torch.device(model.device)
+    names = default_collate([{k: dataset[i][k] for k in ("text", "text_mask")} for i in range(count)])
+    names = {k: v.repeat_interleave(samples_per_name, 0).to(device) for k, v in names.items()}
+    right = []
+    for chunk, start in enumerate(range(0, len(asked), batch_size)):
+        conditions = {k: v[start:start + batch_size] for k, v in names.items()}
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(chunk_seed(seed, chunk, 0))
+            images = model.generate(conditions, num_samples=len(conditions["text"]), to="image", **sampling)["image"]
+        right.append(tone_correct(images.cpu(), asked[start:start + batch_size]))
+    return torch.cat(right).view(count, samples_per_name)
+
+
+__all__ = ["TONE_COLOURS", "asked_tone_right", "present_tones", "read_tones", "tone_correct", "tone_counts"]

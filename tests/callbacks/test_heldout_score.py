@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgen_lightning.callbacks.heldout_score import HeldOutScoreCallback, asked_tone_right
+from mmgen_lightning.callbacks.heldout_score import HeldOutScoreCallback
+from mmgen_lightning.metrics.emoji_tone import asked_tone_right
 from mmgen_lightning.datamodules import EmojiDataModule, ScenesDataModule
 from mmgen_lightning.datamodules.scenes import draw_scene, parse_scene_caption, render_scene
 from mmgen_lightning.metrics.emoji_tone import TONE_COLOURS
