@@ -18,21 +18,15 @@ import numpy as np
 import torch
 from family_figures import draw_rows
 from PIL import Image
+from readme_figure import tile
 
 from mmgen_lightning.datamodules.rendered import RENDERED_SPLITS
 from mmgen_lightning.metrics.report import load_datamodule
-from mmgen_lightning.modalities import to_uint8
 from mmgen_lightning.models.base import load_generator
 
 SEEN = ("red apple", "rocket", "fire", "woman: dark skin tone", "woman technologist: light skin tone", "flag: Japan",
         "grinning face")
 FREE = ("a smiling cat",)
-
-
-def tile(image: torch.Tensor, scale: int) -> Image.Image:
-    """A ``3,S,S`` image in [-1, 1] as a picture ``scale`` times as wide (nearest: the pixels stay visible)."""
-    picture = Image.fromarray(to_uint8(image)).convert("RGB")
-    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
 
 
 def rows_for(model, datamodule, names: list[str], split: str, num: int, scale: int) -> list[tuple[str, list]]:

@@ -35,9 +35,10 @@ def scene_label(caption: str) -> str:
     return caption + ("  (held out)" if parse_scene_caption(caption).pairs & set(HELDOUT_PAIRS) else "")
 
 
-def tile(image: torch.Tensor) -> Image.Image:
+def tile(image: torch.Tensor, scale: int = SCALE) -> Image.Image:
+    """A ``3,S,S`` image in [-1, 1] as a picture ``scale`` times as wide (nearest: the pixels stay visible)."""
     picture = Image.fromarray(_to_uint8(image)).convert("RGB")
-    return picture.resize((picture.width * SCALE, picture.height * SCALE), Image.Resampling.NEAREST)
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
 
 
 def main() -> None:
