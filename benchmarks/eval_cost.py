@@ -45,6 +45,8 @@ def steps_between_evaluations(config: dict, datamodule, every_n: int) -> int:
     """Training steps between two evaluations: the recipe's validation cadence times ``every_n``."""
     trainer = config["trainer"]
     steps_per_epoch = len(datamodule.train_dataloader())
+    if isinstance(trainer.get("limit_train_batches"), int):  # the scenes recipes' short epochs
+        steps_per_epoch = min(steps_per_epoch, trainer["limit_train_batches"])
     if isinstance(trainer.get("val_check_interval"), int):  # in steps, inside the epoch
         return int(trainer["val_check_interval"]) * every_n
     return steps_per_epoch * int(trainer.get("check_val_every_n_epoch", 1)) * every_n
